@@ -1,0 +1,106 @@
+"""Open cursors for getMore: each holds the rest of a result as an iterator."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from bson.raw_bson import RawBSONDocument
+
+from .errors import MongoError
+
+DEFAULT_FIRST_BATCH = 101
+MAX_BATCH_BYTES = 16 * 1024 * 1024
+IDLE_TIMEOUT = 600.0  # mongod's cursorTimeoutMillis default
+
+
+def _size(item: Any) -> int:
+    if isinstance(item, RawBSONDocument):
+        return len(item.raw)
+    return 256  # a projected or computed document: an estimate is enough
+
+
+@dataclass
+class Cursor:
+    """What is left of one result."""
+
+    id: int  # the cursor id the client uses in getMore
+    namespace: str  # db.collection, echoed in every batch
+    items: Iterator[Any]  # the documents not yet sent
+    last_used: float = field(default_factory=time.monotonic)  # for the idle timeout
+    pending: list[Any] = field(default_factory=list)  # one read-ahead document
+
+    def batch(self, size: int) -> tuple[list[Any], bool]:
+        """Up to ``size`` documents (0: as many as fit in 16 MiB); whether the
+        result is exhausted."""
+        self.last_used = time.monotonic()
+        out: list[Any] = []
+        total = 0
+        while not size or len(out) < size:
+            if self.pending:
+                item = self.pending.pop()
+            else:
+                item = next(self.items, None)
+                if item is None:
+                    return out, True
+            total += _size(item)
+            if out and total > MAX_BATCH_BYTES:
+                self.pending.append(item)
+                return out, False
+            out.append(item)
+        if not self.pending:
+            item = next(self.items, None)
+            if item is None:
+                return out, True
+            self.pending.append(item)
+        return out, False
+
+
+class Cursors:
+    """Every open cursor of the store, by id."""
+
+    def __init__(self) -> None:
+        self._open: dict[int, Cursor] = {}  # cursor id -> cursor
+
+    def __len__(self) -> int:
+        return len(self._open)
+
+    def first_batch(self, namespace: str, items: Iterator[Any], batch_size: int | None,
+                    single_batch: bool = False) -> dict[str, Any]:
+        """The reply's ``cursor`` document; keeps the cursor open if more is left."""
+        cursor = Cursor(0, namespace, items)
+        size = DEFAULT_FIRST_BATCH if batch_size is None else batch_size
+        docs, done = cursor.batch(size)
+        if not done and not single_batch:
+            cursor.id = random.getrandbits(62) | 1
+            self._open[cursor.id] = cursor
+        return {"firstBatch": docs, "id": cursor.id, "ns": namespace}
+
+    def get_more(self, cursor_id: int, namespace: str, batch_size: int | None) -> dict[str, Any]:
+        cursor = self._open.get(cursor_id)
+        if cursor is None:
+            raise MongoError(43, f"cursor id {cursor_id} not found")
+        if cursor.namespace != namespace:
+            raise MongoError(13, f"Requested getMore on namespace '{namespace}', but cursor belongs to a "
+                                 f"different namespace {cursor.namespace}")
+        docs, done = cursor.batch(batch_size or 0)
+        if done:
+            del self._open[cursor_id]
+        return {"nextBatch": docs, "id": 0 if done else cursor_id, "ns": namespace}
+
+    def kill(self, cursor_ids: list[int]) -> tuple[list[int], list[int]]:
+        killed, missing = [], []
+        for cursor_id in cursor_ids:
+            (killed if self._open.pop(cursor_id, None) else missing).append(cursor_id)
+        return killed, missing
+
+    def reap(self, now: float | None = None) -> int:
+        """Closes cursors idle for longer than the timeout."""
+        now = time.monotonic() if now is None else now
+        stale = [cid for cid, c in self._open.items() if now - c.last_used > IDLE_TIMEOUT]
+        for cid in stale:
+            del self._open[cid]
+        return len(stale)

@@ -1,0 +1,130 @@
+"""MongoDB's query semantics, borrowed from maintained libraries.
+
+Filters, update operators, update pipelines, projections and aggregation
+expressions come from mongomock, the most complete and most used pure-Python
+implementation; array filters (``$[identifier]``), which mongomock lacks, come from
+montydb's update engine. This module is the only one that imports them, so the
+store can change engines without touching storage or the wire protocol.
+Every library failure becomes a ``MongoError`` with mongod's code.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import mongomock
+from mongomock import aggregate as mm_aggregate
+from mongomock import filtering as mm_filtering
+from montydb.types import init_bson
+
+from .errors import MongoError
+
+init_bson(use_bson=True)
+
+from montydb.engine.field_walker import FieldWalker  # noqa: E402  (after init_bson)
+from montydb.engine.update import Updator  # noqa: E402
+
+Matcher = Callable[[dict[str, Any]], bool]
+
+
+@contextmanager
+def translated() -> Iterator[None]:
+    """Turns the libraries' exceptions into mongod-shaped errors."""
+    try:
+        yield
+    except MongoError:
+        raise
+    except mongomock.OperationFailure as exc:
+        code = getattr(exc, "code", None) or 2
+        raise MongoError(int(code), str(exc)) from None
+    except NotImplementedError as exc:
+        raise MongoError(115, f"not supported by the embedded store: {exc}") from None
+    except (ValueError, TypeError, KeyError, AttributeError, IndexError) as exc:
+        raise MongoError(2, f"{type(exc).__name__}: {exc}") from None
+    except Exception as exc:  # montydb raises its own error types
+        code = getattr(exc, "code", None)
+        raise MongoError(int(code) if isinstance(code, int) else 2, str(exc)) from None
+
+
+def compile_filter(query: dict[str, Any] | None) -> Matcher:
+    """A predicate for a query filter; ``{}`` matches everything."""
+    if not query:
+        return lambda doc: True
+    if not isinstance(query, dict):
+        raise MongoError(2, "query filter must be an object")
+    spec = query
+
+    def matches(doc: dict[str, Any]) -> bool:
+        with translated():
+            return bool(mm_filtering.filter_applies(spec, doc))
+
+    return matches
+
+
+class Engine:
+    """Applies updates, projections and pipelines to plain documents."""
+
+    def __init__(self) -> None:
+        self._client = mongomock.MongoClient()  # a scratch in-memory database
+        self._scratch = self._client.scratch  # holds one collection per call, emptied after
+
+    def _collection(self, name: str = "doc") -> Any:
+        coll = self._scratch[name]
+        coll.delete_many({})
+        return coll
+
+    def apply_update(self, doc: dict[str, Any], update: Any, array_filters: list[Any] | None = None) -> dict[str, Any]:
+        """The document after ``update`` (operators or a pipeline); ``doc`` is
+        not changed."""
+        with translated():
+            if array_filters:
+                walker = FieldWalker(copy.deepcopy(doc))
+                Updator(update, array_filters)(walker)
+                return dict(walker.doc)
+            coll = self._collection()
+            coll.insert_one(copy.deepcopy(doc))
+            coll.update_one({"_id": doc["_id"]}, update)
+            result = coll.find_one({"_id": doc["_id"]})
+            coll.delete_many({})
+            return dict(result)
+
+    def upsert_document(self, query: dict[str, Any], update: Any, array_filters: list[Any] | None = None) -> dict[str, Any]:
+        """The document an upsert inserts when nothing matched ``query``."""
+        with translated():
+            if array_filters:
+                walker = FieldWalker({k: v for k, v in query.items() if not k.startswith("$")})
+                Updator(update, array_filters)(walker, do_insert=True)
+                return dict(walker.doc)
+            coll = self._collection()
+            coll.update_one(query, update, upsert=True)
+            result = coll.find_one({})
+            coll.delete_many({})
+            return dict(result)
+
+    def project(self, docs: list[dict[str, Any]], projection: dict[str, Any]) -> list[dict[str, Any]]:
+        """Applies a find projection to documents."""
+        if not projection:
+            return docs
+        with translated():
+            coll = self._collection()
+            out = [coll._copy_only_fields(doc, projection, dict) for doc in docs]  # noqa: SLF001
+            return out
+
+    def aggregate(self, docs: list[dict[str, Any]], pipeline: list[dict[str, Any]],
+                  others: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+        """Runs a pipeline over ``docs``; ``others`` holds the documents of the
+        collections that ``$lookup``, ``$graphLookup`` and ``$unionWith`` read."""
+        with translated():
+            database = self._client.pipeline_db
+            for name in database.list_collection_names():
+                database.drop_collection(name)
+            for name, items in others.items():
+                if items:
+                    database[name].insert_many(copy.deepcopy(items))
+            result = list(mm_aggregate.process_pipeline(docs, database, pipeline, None))
+            for name in others:
+                database.drop_collection(name)
+            return result

@@ -1,0 +1,236 @@
+"""Query planning and execution: which index to read, in which order.
+
+The planner reads the top level of a filter (and of ``$and``) for equality,
+``$in`` and range predicates, and picks the index whose leading fields they fix;
+a sort is served by the index when its fields follow the fixed ones in one
+direction. The index only narrows the candidates: every document read is checked
+against the whole filter, so a plan can be imprecise but never wrong.
+"""
+
+from __future__ import annotations
+
+import datetime
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from bson import Decimal128, ObjectId
+
+from . import keys
+from .engine import compile_filter
+from .errors import MongoError
+from .storage import Collection, Index, Store, decode
+
+SortSpec = list[tuple[str, Any]]
+_RANGE_OPS = {"$gt", "$gte", "$lt", "$lte"}
+_MAX_POINTS = 1000
+
+
+@dataclass
+class Plan:
+    """How to read candidates: an index and its key ranges, or the whole table."""
+
+    index: Index | None = None  # None: a collection scan
+    ranges: list[tuple[bytes, bytes]] = field(default_factory=list)  # [low, high) key ranges
+    reverse: bool = False  # read the ranges (or the table) backwards
+    sort_served: bool = False  # the order read is the order asked for
+
+    def describe(self) -> dict[str, Any]:
+        if self.index is None:
+            return {"stage": "COLLSCAN", "direction": "backward" if self.reverse else "forward"}
+        return {
+            "stage": "IXSCAN",
+            "indexName": self.index.name,
+            "keyPattern": self.index.spec["key"],
+            "direction": "backward" if self.reverse else "forward",
+            "sortServed": self.sort_served,
+        }
+
+
+def _usable_point(value: Any) -> bool:
+    return not (value is None or isinstance(value, (list, re.Pattern)) or keys.type_byte(value) == keys.REGEX)
+
+
+def _ranged(value: Any) -> bool:
+    return isinstance(value, (int, float, Decimal128, str, datetime.datetime, ObjectId)) and not isinstance(value, bool)
+
+
+def predicates(query: dict[str, Any]) -> dict[str, list[tuple[str, Any]]]:
+    """Top-level (and ``$and``) predicates by field: ``(op, value)`` pairs."""
+    found: dict[str, list[tuple[str, Any]]] = {}
+    for name, value in query.items():
+        if name == "$and" and isinstance(value, list):
+            for sub in value:
+                if isinstance(sub, dict):
+                    for sub_name, ops in predicates(sub).items():
+                        found.setdefault(sub_name, []).extend(ops)
+        elif name.startswith("$"):
+            continue
+        elif isinstance(value, dict) and value and all(str(k).startswith("$") for k in value):
+            for op, arg in value.items():
+                if op == "$eq" and _usable_point(arg):
+                    found.setdefault(name, []).append(("$eq", arg))
+                elif op == "$in" and isinstance(arg, list) and arg and all(_usable_point(a) for a in arg):
+                    found.setdefault(name, []).append(("$in", arg))
+                elif op in _RANGE_OPS and _ranged(arg):
+                    found.setdefault(name, []).append((op, arg))
+        elif _usable_point(value):
+            found.setdefault(name, []).append(("$eq", value))
+    return found
+
+
+def _index_plan(index: Index, preds: dict[str, list[tuple[str, Any]]], sort: SortSpec) -> tuple[tuple[int, ...], Plan]:
+    names = list(index.spec["key"])
+    prefixes = [b""]
+    fixed = 0
+    bounded = False
+    low_part, high_part = b"", keys.AFTER
+    for name in names:
+        ops = preds.get(name, [])
+        points = [arg for op, arg in ops if op == "$eq"]
+        if points:
+            prefixes = [p + keys.encode(points[0]) for p in prefixes]
+            fixed += 1
+            continue
+        sets = [arg for op, arg in ops if op == "$in"]
+        if sets and len(prefixes) * len(sets[0]) <= _MAX_POINTS:
+            encoded = sorted({keys.encode(v) for v in sets[0]})
+            prefixes = [p + e for p in prefixes for e in encoded]
+            fixed += 1
+            continue
+        lows = [arg for op, arg in ops if op in ("$gt", "$gte")]
+        highs = [arg for op, arg in ops if op in ("$lt", "$lte")]
+        if lows or highs:
+            bounded = True
+            sample = (lows or highs)[0]
+            bracket_low, bracket_high = keys.bracket_bounds(sample)
+            low_part = keys.encode(lows[0]) if lows else bracket_low
+            high_part = keys.encode(highs[0]) + keys.AFTER if highs else bracket_high
+        break
+    ranges = [(p + low_part, p + high_part) for p in prefixes]
+    rest = names[fixed:]
+    directions = {1 if d in (1, 1.0) else -1 for _, d in sort}
+    served = (
+        bool(sort)
+        and not index.multikey
+        and len(prefixes) == 1
+        and len(directions) == 1
+        and [n for n, _ in sort] == rest[: len(sort)]
+    )
+    plan = Plan(index=index, ranges=ranges, reverse=served and directions == {-1}, sort_served=served)
+    unique_hit = int(index.unique and fixed == len(names))
+    return (unique_hit, int(fixed > 0 or bounded), fixed, int(served), int(bounded)), plan
+
+
+def choose(coll: Collection, query: dict[str, Any], sort: SortSpec, hint: Any = None) -> Plan:
+    """The plan for a filter and a sort (and an optional hint)."""
+    if sort and sort[0][0] == "$natural":
+        return Plan(reverse=sort[0][1] in (-1, -1.0), sort_served=True)
+    preds = predicates(query)
+    if hint not in (None, "", {}):
+        if isinstance(hint, dict) and "$natural" in hint:
+            return Plan(reverse=hint["$natural"] in (-1, -1.0))
+        index = find_index(coll, hint)
+        if index is None:
+            raise MongoError(2, "error processing query: planner returned error :: caused by :: "
+                                "hint provided does not correspond to an existing index")
+        return _index_plan(index, preds, sort)[1]
+    best: tuple[tuple[int, ...], Plan] | None = None
+    for index in coll.indexes.values():
+        if index.sparse or index.partial is not None:
+            continue  # holds only some documents: never a plan of its own
+        score, plan = _index_plan(index, preds, sort)
+        if score[1] or score[3]:
+            if best is None or score > best[0]:
+                best = (score, plan)
+    return best[1] if best else Plan()
+
+
+def find_index(coll: Collection, hint: Any) -> Index | None:
+    """The index a hint names, by name or by key pattern."""
+    if isinstance(hint, str):
+        return coll.indexes.get(hint)
+    if isinstance(hint, dict):
+        for index in coll.indexes.values():
+            if list(index.spec["key"].items()) == list(hint.items()):
+                return index
+    return None
+
+
+def candidates(store: Store, coll: Collection, plan: Plan) -> Iterator[tuple[int, bytes]]:
+    if plan.index is None:
+        yield from store.scan(coll, reverse=plan.reverse)
+        return
+    ranges = list(reversed(plan.ranges)) if plan.reverse else plan.ranges
+    seen: set[int] | None = set() if len(ranges) > 1 else None
+    for low, high in ranges:
+        for rid, raw in store.index_scan(coll, plan.index, low, high, reverse=plan.reverse):
+            if seen is not None:
+                if rid in seen:
+                    continue
+                seen.add(rid)
+            yield rid, raw
+
+
+def sort_documents(items: list[Any], sort: SortSpec, doc_of: Any = lambda item: item) -> list[Any]:
+    """Sorts in MongoDB's order, by successive stable passes from the last key."""
+    for name, direction in reversed(sort):
+        if isinstance(direction, dict):  # {$meta: ...}: no text search here
+            continue
+        ascending = direction in (1, 1.0)
+        path = name.split(".")
+        items.sort(key=lambda item: keys.sort_key(doc_of(item), path, ascending), reverse=not ascending)
+    return items
+
+
+@dataclass
+class Match:
+    """A document found: its rid, its stored bytes and its decoded form."""
+
+    rid: int
+    raw: bytes
+    doc: dict[str, Any]
+
+
+def execute(store: Store, coll: Collection | None, query: dict[str, Any] | None, sort: SortSpec | None = None,
+            skip: int = 0, limit: int = 0, hint: Any = None) -> Iterator[Match]:
+    """The documents that match, in order, after skip and limit (0: none)."""
+    if coll is None:
+        return
+    query = query or {}
+    sort = sort or []
+    matches = compile_filter(query)
+    plan = choose(coll, query, sort, hint)
+    found: Iterator[Match] = (
+        Match(rid, raw, doc)
+        for rid, raw in candidates(store, coll, plan)
+        for doc in (decode(raw),)
+        if matches(doc)
+    )
+    if sort and not plan.sort_served:
+        found = iter(sort_documents(list(found), sort, lambda m: m.doc))
+    emitted = 0
+    for position, match in enumerate(found):
+        if position < skip:
+            continue
+        yield match
+        emitted += 1
+        if limit and emitted >= limit:
+            return
+
+
+def parse_sort(sort: Any) -> SortSpec:
+    if sort in (None, {}):
+        return []
+    if not isinstance(sort, dict):
+        raise MongoError(2, "sort must be an object")
+    spec: SortSpec = []
+    for name, direction in sort.items():
+        if isinstance(direction, dict) and "$meta" in direction:
+            spec.append((name, direction))
+        elif direction in (1, -1, 1.0, -1.0):
+            spec.append((name, int(direction)))
+        else:
+            raise MongoError(15975, "$sort key ordering must be 1 (for ascending) or -1 (for descending)")
+    return spec
