@@ -20,9 +20,23 @@ from mongomock import aggregate as mm_aggregate
 from mongomock import filtering as mm_filtering
 from montydb.types import init_bson
 
+from . import keys
 from .errors import MongoError
 
 init_bson(use_bson=True)
+
+
+def _bson_compare(op: Callable[[Any, Any], bool], a: Any, b: Any, can_compare_types: bool = True) -> bool:
+    """MongoDB's comparison of two values, through the store's own order-preserving
+    keys: exact for every BSON type, where mongomock's own comparison knows only
+    some (it has no Decimal128, Timestamp, MinKey or MaxKey)."""
+    key_a, key_b = keys.encode(a), keys.encode(b)
+    if key_a[:1] != key_b[:1] and not can_compare_types:
+        return False
+    return bool(op(key_a, key_b))
+
+
+mm_filtering.bson_compare = _bson_compare
 
 from montydb.engine.field_walker import FieldWalker  # noqa: E402  (after init_bson)
 from montydb.engine.update import Updator  # noqa: E402
@@ -37,6 +51,9 @@ def translated() -> Iterator[None]:
         yield
     except MongoError:
         raise
+    except mongomock.WriteError as exc:
+        code = getattr(exc, "code", None) or (66 if "immutable" in str(exc) else 2)
+        raise MongoError(int(code), str(exc)) from None
     except mongomock.OperationFailure as exc:
         code = getattr(exc, "code", None) or 2
         raise MongoError(int(code), str(exc)) from None
