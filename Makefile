@@ -1,0 +1,34 @@
+# `make run` starts the server on its embedded defaults; `make test` runs the tests.
+# Each creates .venv and installs the pinned requirements the first time.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test store lint bench clean
+
+$(STAMP): requirements.txt requirements-test.txt
+	@$(PYTHON) -c 'import sys; sys.exit("Python 3.11 or newer is needed") if sys.version_info < (3, 11) else None'
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements-test.txt
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/python run.py
+
+store: $(STAMP)
+	$(BIN)/python -m embedded_mongo --dbpath data/db --port 27017
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check embedded_mongo server handlers tests bench run.py settings.py
+	$(BIN)/mypy embedded_mongo
+
+bench: $(STAMP)
+	$(BIN)/python bench/embedded_mongo_bench.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
