@@ -26,17 +26,74 @@ from .errors import MongoError
 init_bson(use_bson=True)
 
 
+_NAN = keys.encode(float("nan"))
+
+
 def _bson_compare(op: Callable[[Any, Any], bool], a: Any, b: Any, can_compare_types: bool = True) -> bool:
     """MongoDB's comparison of two values, through the store's own order-preserving
     keys: exact for every BSON type, where mongomock's own comparison knows only
     some (it has no Decimal128, Timestamp, MinKey or MaxKey)."""
     key_a, key_b = keys.encode(a), keys.encode(b)
-    if key_a[:1] != key_b[:1] and not can_compare_types:
-        return False
+    if not can_compare_types:  # a query's $lt/$gt/...: type bracketing and mongod's NaN rule
+        if key_a[:1] != key_b[:1]:
+            return False
+        if key_a == _NAN or key_b == _NAN:  # NaN equals NaN and compares false to every number
+            return key_a == key_b and bool(op(0, 0))
     return bool(op(key_a, key_b))
 
 
+def _bson_equal(doc_value: Any, query_value: Any) -> bool:
+    """MongoDB's equality: by BSON value, so True is not 1 while 1 == 1.0."""
+    if doc_value is mm_filtering.NOTHING:
+        return query_value is None
+    try:
+        return keys.encode(doc_value) == keys.encode(query_value)
+    except MongoError:
+        return bool(doc_value == query_value)
+
+
+def _in(doc_value: Any, query_values: Any) -> bool:
+    if not isinstance(query_values, (list, tuple)):
+        raise mongomock.OperationFailure("$in needs an array")
+    candidates = [doc_value] if not isinstance(doc_value, list) else [*doc_value, doc_value]
+    for wanted in query_values:
+        if isinstance(wanted, mm_filtering._RE_TYPES):  # noqa: SLF001
+            if doc_value is not mm_filtering.NOTHING and mm_filtering._regex(doc_value, wanted):  # noqa: SLF001
+                return True
+        elif any(_bson_equal(candidate, wanted) for candidate in candidates):
+            return True
+    return False
+
+
+def _eq(doc_value: Any, query_value: Any) -> bool:
+    """``$eq``: the value itself, or for an array any of its elements, equals."""
+    if isinstance(doc_value, list) and any(_bson_equal(item, query_value) for item in doc_value):
+        return True
+    return _bson_equal(doc_value, query_value)
+
+
 mm_filtering.bson_compare = _bson_compare
+mm_filtering._in_op = _in  # noqa: SLF001
+_FILTERER = mm_filtering._Filterer()  # noqa: SLF001  (built with the patched $in)
+_FILTERER._operator_map["$eq"] = _eq  # noqa: SLF001
+_FILTERER._operator_map["$ne"] = lambda doc_value, query_value: not _eq(doc_value, query_value)  # noqa: SLF001
+mm_filtering._filterer_inst = _FILTERER  # noqa: SLF001
+
+
+def _normalized(query: dict[str, Any]) -> dict[str, Any]:
+    """The filter with every plain ``{field: value}`` written as ``{field: {$eq:
+    value}}``, so that equality always takes the exact BSON comparison."""
+    out: dict[str, Any] = {}
+    for name, value in query.items():
+        if name in ("$and", "$or", "$nor") and isinstance(value, list):
+            out[name] = [_normalized(q) if isinstance(q, dict) else q for q in value]
+        elif name.startswith("$") or isinstance(value, mm_filtering._RE_TYPES):  # noqa: SLF001
+            out[name] = value
+        elif isinstance(value, dict) and value and all(str(k).startswith("$") for k in value):
+            out[name] = value
+        else:
+            out[name] = {"$eq": value}
+    return out
 
 from montydb.engine.field_walker import FieldWalker  # noqa: E402  (after init_bson)
 from montydb.engine.update import Updator  # noqa: E402
@@ -72,7 +129,7 @@ def compile_filter(query: dict[str, Any] | None) -> Matcher:
         return lambda doc: True
     if not isinstance(query, dict):
         raise MongoError(2, "query filter must be an object")
-    spec = query
+    spec = _normalized(query)
 
     def matches(doc: dict[str, Any]) -> bool:
         with translated():

@@ -35,12 +35,14 @@ class Plan:
     ranges: list[tuple[bytes, bytes]] = field(default_factory=list)  # [low, high) key ranges
     reverse: bool = False  # read the ranges (or the table) backwards
     sort_served: bool = False  # the order read is the order asked for
+    exact: bool = False  # the key ranges select exactly what the filter matches
 
     def describe(self) -> dict[str, Any]:
         if self.index is None:
             return {"stage": "COLLSCAN", "direction": "backward" if self.reverse else "forward"}
         return {
             "stage": "IXSCAN",
+            "exact": self.exact,
             "indexName": self.index.name,
             "keyPattern": self.index.spec["key"],
             "direction": "backward" if self.reverse else "forward",
@@ -53,7 +55,38 @@ def _usable_point(value: Any) -> bool:
 
 
 def _ranged(value: Any) -> bool:
+    if isinstance(value, float) and value != value:
+        return False  # NaN
     return isinstance(value, (int, float, Decimal128, str, datetime.datetime, ObjectId)) and not isinstance(value, bool)
+
+
+def _exact_value(value: Any) -> bool:
+    """Whether the key of ``value`` compares exactly as MongoDB does: Decimal128
+    keys are approximations."""
+    if isinstance(value, Decimal128):
+        return False
+    if isinstance(value, dict):
+        return all(_exact_value(v) for v in value.values())
+    if isinstance(value, list):
+        return all(_exact_value(v) for v in value)
+    return True
+
+
+def _exact_filter(query: dict[str, Any]) -> bool:
+    """Whether ``predicates`` captured every condition of the filter."""
+    for name, value in query.items():
+        if name.startswith("$"):
+            return False
+        if isinstance(value, dict) and value and all(str(k).startswith("$") for k in value):
+            if any(op not in ("$eq", "$in", *_RANGE_OPS) for op in value):
+                return False
+            if sum(op in ("$gt", "$gte") for op in value) > 1 or sum(op in ("$lt", "$lte") for op in value) > 1:
+                return False
+            if "$in" in value and ("$eq" in value or len(value) > 1):
+                return False
+        elif not _usable_point(value) or not _exact_value(value):
+            return False
+    return True
 
 
 def predicates(query: dict[str, Any]) -> dict[str, list[tuple[str, Any]]]:
@@ -80,33 +113,49 @@ def predicates(query: dict[str, Any]) -> dict[str, list[tuple[str, Any]]]:
     return found
 
 
-def _index_plan(index: Index, preds: dict[str, list[tuple[str, Any]]], sort: SortSpec) -> tuple[tuple[int, ...], Plan]:
+def _index_plan(index: Index, preds: dict[str, list[tuple[str, Any]]], sort: SortSpec,
+                exact_filter: bool = False) -> tuple[tuple[int, ...], Plan]:
     names = list(index.spec["key"])
     prefixes = [b""]
     fixed = 0
     bounded = False
+    used: set[str] = set()
     low_part, high_part = b"", keys.AFTER
     for name in names:
         ops = preds.get(name, [])
         points = [arg for op, arg in ops if op == "$eq"]
         if points:
+            if len(ops) > 1:
+                exact_filter = False
             prefixes = [p + keys.encode(points[0]) for p in prefixes]
             fixed += 1
+            used.add(name)
             continue
         sets = [arg for op, arg in ops if op == "$in"]
         if sets and len(prefixes) * len(sets[0]) <= _MAX_POINTS:
             encoded = sorted({keys.encode(v) for v in sets[0]})
             prefixes = [p + e for p in prefixes for e in encoded]
             fixed += 1
+            used.add(name)
             continue
-        lows = [arg for op, arg in ops if op in ("$gt", "$gte")]
-        highs = [arg for op, arg in ops if op in ("$lt", "$lte")]
+        lows = [(op, arg) for op, arg in ops if op in ("$gt", "$gte")]
+        highs = [(op, arg) for op, arg in ops if op in ("$lt", "$lte")]
         if lows or highs:
             bounded = True
-            sample = (lows or highs)[0]
-            bracket_low, bracket_high = keys.bracket_bounds(sample)
-            low_part = keys.encode(lows[0]) if lows else bracket_low
-            high_part = keys.encode(highs[0]) + keys.AFTER if highs else bracket_high
+            used.add(name)
+            brackets = {keys.type_byte(arg) for _, arg in lows + highs}
+            if len(brackets) > 1:
+                exact_filter = False
+            bracket_low, bracket_high = keys.bracket_bounds((lows or highs)[0][1])
+            if bracket_low == bytes([keys.NUMBER]):
+                bracket_low = keys.encode(float("-inf"))  # NaN is in no range
+            low_part, high_part = bracket_low, bracket_high
+            if lows:
+                op, arg = lows[0]
+                low_part = keys.encode(arg) + (keys.AFTER if op == "$gt" else b"")
+            if highs:
+                op, arg = highs[0]
+                high_part = keys.encode(arg) + (keys.AFTER if op == "$lte" else b"")
         break
     ranges = [(p + low_part, p + high_part) for p in prefixes]
     rest = names[fixed:]
@@ -118,7 +167,8 @@ def _index_plan(index: Index, preds: dict[str, list[tuple[str, Any]]], sort: Sor
         and len(directions) == 1
         and [n for n, _ in sort] == rest[: len(sort)]
     )
-    plan = Plan(index=index, ranges=ranges, reverse=served and directions == {-1}, sort_served=served)
+    exact = exact_filter and not index.multikey and used == set(preds)
+    plan = Plan(index=index, ranges=ranges, reverse=served and directions == {-1}, sort_served=served, exact=exact)
     unique_hit = int(index.unique and fixed == len(names))
     return (unique_hit, int(fixed > 0 or bounded), fixed, int(served), int(bounded)), plan
 
@@ -128,6 +178,7 @@ def choose(coll: Collection, query: dict[str, Any], sort: SortSpec, hint: Any = 
     if sort and sort[0][0] == "$natural":
         return Plan(reverse=sort[0][1] in (-1, -1.0), sort_served=True)
     preds = predicates(query)
+    exact = _exact_filter(query)
     if hint not in (None, "", {}):
         if isinstance(hint, dict) and "$natural" in hint:
             return Plan(reverse=hint["$natural"] in (-1, -1.0))
@@ -135,12 +186,12 @@ def choose(coll: Collection, query: dict[str, Any], sort: SortSpec, hint: Any = 
         if index is None:
             raise MongoError(2, "error processing query: planner returned error :: caused by :: "
                                 "hint provided does not correspond to an existing index")
-        return _index_plan(index, preds, sort)[1]
+        return _index_plan(index, preds, sort, exact)[1]
     best: tuple[tuple[int, ...], Plan] | None = None
     for index in coll.indexes.values():
         if index.sparse or index.partial is not None:
             continue  # holds only some documents: never a plan of its own
-        score, plan = _index_plan(index, preds, sort)
+        score, plan = _index_plan(index, preds, sort, exact)
         if score[1] or score[3]:
             if best is None or score > best[0]:
                 best = (score, plan)
@@ -184,13 +235,22 @@ def sort_documents(items: list[Any], sort: SortSpec, doc_of: Any = lambda item: 
     return items
 
 
-@dataclass
 class Match:
-    """A document found: its rid, its stored bytes and its decoded form."""
+    """A document found: its rid, its stored bytes and, decoded when first asked
+    for, its fields."""
 
-    rid: int
-    raw: bytes
-    doc: dict[str, Any]
+    __slots__ = ("rid", "raw", "_doc")
+
+    def __init__(self, rid: int, raw: bytes, doc: dict[str, Any] | None = None) -> None:
+        self.rid = rid  # the row id in the collection table
+        self.raw = raw  # the stored BSON
+        self._doc = doc  # the decoded document, once decoded
+
+    @property
+    def doc(self) -> dict[str, Any]:
+        if self._doc is None:
+            self._doc = decode(self.raw)
+        return self._doc
 
 
 def execute(store: Store, coll: Collection | None, query: dict[str, Any] | None, sort: SortSpec | None = None,
@@ -202,12 +262,16 @@ def execute(store: Store, coll: Collection | None, query: dict[str, Any] | None,
     sort = sort or []
     matches = compile_filter(query)
     plan = choose(coll, query, sort, hint)
-    found: Iterator[Match] = (
-        Match(rid, raw, doc)
-        for rid, raw in candidates(store, coll, plan)
-        for doc in (decode(raw),)
-        if matches(doc)
-    )
+    found: Iterator[Match]
+    if plan.exact:
+        found = (Match(rid, raw) for rid, raw in candidates(store, coll, plan))
+    else:
+        found = (
+            Match(rid, raw, doc)
+            for rid, raw in candidates(store, coll, plan)
+            for doc in (decode(raw),)
+            if matches(doc)
+        )
     if sort and not plan.sort_served:
         found = iter(sort_documents(list(found), sort, lambda m: m.doc))
     emitted = 0

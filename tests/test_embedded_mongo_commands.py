@@ -12,6 +12,8 @@ from bson import Binary, Decimal128, Int64, MaxKey, MinKey, ObjectId, Regex, Tim
 from bson.codec_options import CodecOptions
 from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure
 
+from embedded_mongo.keys import sort_key
+
 
 def test_handshake_advertises_a_standalone_server(client: pymongo.MongoClient) -> None:
     """hello and buildInfo describe one standalone server of a stated version."""
@@ -445,3 +447,37 @@ def test_regex_and_expr_filters(db) -> None:
     assert [d["s"] for d in db.c.find({"s": re.compile("^a", re.I)})] == ["Apple"]
     assert [d["s"] for d in db.c.find({"s": {"$regex": "AN", "$options": "i"}})] == ["banana"]
     assert [d["s"] for d in db.c.find({"$expr": {"$gt": ["$a", "$b"]}})] == ["Apple"]
+
+
+def test_indexed_answers_equal_collection_scan_answers(db) -> None:
+    """For many filters and sorts, an indexed collection answers exactly as an unindexed copy does."""
+    docs = []
+    values = [None, 0, 1, 1.0, 2.5, -3, Int64(7), float("nan"), "", "a", "b\x00", "ab", "中", True,
+              datetime.datetime(2020, 1, 1), ObjectId("0" * 24), {"x": 1}, [1, 2], Decimal128("2.5")]
+    for i in range(400):
+        doc = {"_id": i, "g": i % 5, "v": values[i % len(values)], "w": values[(i * 7) % len(values)]}
+        if i % 11 == 0:
+            del doc["v"]
+        docs.append(doc)
+    db.plain.insert_many(docs)
+    db.indexed.insert_many(docs)
+    db.indexed.create_index([("g", 1), ("v", 1)])
+    db.indexed.create_index([("w", -1)])
+    filters = [
+        {"g": 2}, {"g": 2, "v": 1}, {"g": {"$in": [1, 3]}, "v": {"$gt": 0}}, {"g": 0, "v": {"$gte": 1, "$lt": 3}},
+        {"g": 4, "v": {"$lte": "ab"}}, {"g": 1, "v": {"$gt": "a"}}, {"w": {"$gt": 1}}, {"w": {"$lt": 1}},
+        {"w": "a"}, {"w": {"$eq": 1.0}}, {"g": 3, "v": {"x": 1}}, {"g": 3, "v": None}, {"v": {"$exists": False}},
+        {"g": 2, "v": {"$gt": datetime.datetime(2019, 1, 1)}}, {"g": {"$gte": 2}, "v": 1}, {"w": {"$in": [1, "a"]}},
+        {"g": 1, "v": {"$ne": 1}}, {"w": Decimal128("2.5")}, {"w": {"$gt": 2, "$lt": 8}}, {"g": 2, "w": 1},
+    ]
+    sorts = [None, [("v", 1)], [("v", -1)], [("w", 1), ("_id", -1)]]
+    def sort_keys(found: list[dict], sort: list) -> list[bytes]:
+        return [b"|".join(sort_key(d, name.split("."), direction == 1) for name, direction in sort) for d in found]
+
+    for query in filters:
+        for sort in sorts:
+            expected = list(db.plain.find(query, sort=sort))
+            got = list(db.indexed.find(query, sort=sort))
+            assert sorted(d["_id"] for d in got) == sorted(d["_id"] for d in expected), (query, sort)
+            if sort:
+                assert sort_keys(got, sort) == sort_keys(expected, sort), (query, sort)
