@@ -82,6 +82,12 @@ def _with_id(doc: dict[str, Any]) -> dict[str, Any]:
     return {"_id": ObjectId(), **doc}
 
 
+def _insertable(doc: Any) -> dict[str, Any]:
+    if not isinstance(doc, dict):
+        raise MongoError(2, "document to insert must be an object")
+    return _with_id(doc)
+
+
 def _is_operator_update(update: Any) -> bool:
     if not isinstance(update, dict) or not update:
         return False
@@ -632,14 +638,22 @@ class Commands:
         docs, ordered = self._write_batch(body, "documents")
         errors = []
         n = 0
+        if len(docs) == 1:  # one document: the command's transaction is its undo
+            self.opcounters["insert"] += 1
+            try:
+                with self.store.transaction():
+                    self.store.insert(self.store.get_or_create(db, name), _insertable(docs[0]), atomic=False)
+                n = 1
+            except MongoError as exc:
+                errors.append(exc.to_write_error(0))
+            docs = []
         with self.store.transaction():
-            coll = self.store.get_or_create(db, name)
+            coll = self.store.get_or_create(db, name) if docs else None
             for position, doc in enumerate(docs):
                 self.opcounters["insert"] += 1
                 try:
-                    if not isinstance(doc, dict):
-                        raise MongoError(2, "document to insert must be an object")
-                    self.store.insert(coll, _with_id(doc))
+                    assert coll is not None
+                    self.store.insert(coll, _insertable(doc))
                     n += 1
                 except MongoError as exc:
                     errors.append(exc.to_write_error(position))

@@ -18,6 +18,7 @@ from typing import Any
 import mongomock
 from mongomock import aggregate as mm_aggregate
 from mongomock import filtering as mm_filtering
+from mongomock import helpers as mm_helpers
 from montydb.types import init_bson
 
 from . import keys
@@ -150,20 +151,28 @@ class Engine:
         coll.delete_many({})
         return coll
 
+    @staticmethod
+    def _store_key(value: Any) -> Any:
+        return mm_helpers.hashdict(value) if isinstance(value, dict) else value
+
     def apply_update(self, doc: dict[str, Any], update: Any, array_filters: list[Any] | None = None) -> dict[str, Any]:
         """The document after ``update`` (operators or a pipeline); ``doc`` is
-        not changed."""
+        not changed. The document goes straight into the scratch collection's
+        store and through mongomock's own update, without its insert and find
+        bookkeeping."""
         with translated():
             if array_filters:
                 walker = FieldWalker(copy.deepcopy(doc))
                 Updator(update, array_filters)(walker)
                 return dict(walker.doc)
-            coll = self._collection()
-            coll.insert_one(copy.deepcopy(doc))
-            coll.update_one({"_id": doc["_id"]}, update)
-            result = coll.find_one({"_id": doc["_id"]})
-            coll.delete_many({})
-            return dict(result)
+            coll = self._scratch.doc
+            key = self._store_key(doc["_id"])
+            coll._store[key] = copy.deepcopy(doc)  # noqa: SLF001
+            try:
+                coll._update({"_id": doc["_id"]}, update)  # noqa: SLF001
+                return dict(coll._store[key])  # noqa: SLF001
+            finally:
+                del coll._store[key]  # noqa: SLF001
 
     def upsert_document(self, query: dict[str, Any], update: Any, array_filters: list[Any] | None = None) -> dict[str, Any]:
         """The document an upsert inserts when nothing matched ``query``."""
@@ -173,9 +182,9 @@ class Engine:
                 Updator(update, array_filters)(walker, do_insert=True)
                 return dict(walker.doc)
             coll = self._collection()
-            coll.update_one(query, update, upsert=True)
-            result = coll.find_one({})
-            coll.delete_many({})
+            coll._update(query, update, upsert=True)  # noqa: SLF001
+            result = next(iter(coll._store.documents))  # noqa: SLF001
+            coll._store._documents.clear()  # noqa: SLF001
             return dict(result)
 
     def project(self, docs: list[dict[str, Any]], projection: dict[str, Any]) -> list[dict[str, Any]]:

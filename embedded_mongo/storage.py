@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import sqlite3
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -276,10 +276,12 @@ class Store:
             if only is None or key in only:
                 self._db.execute(f"DELETE FROM {index.table} WHERE key = ? AND rid = ?", (key, rid))
 
-    def insert(self, coll: Collection, doc: dict[str, Any]) -> int:
-        """Stores one document (its ``_id`` already set); returns its rid."""
+    def insert(self, coll: Collection, doc: dict[str, Any], atomic: bool = True) -> int:
+        """Stores one document (its ``_id`` already set); returns its rid. With
+        ``atomic`` off the caller's transaction is the only undo: for a command
+        that writes one document, it saves a savepoint."""
         raw = encode_document(doc)
-        with self.transaction():
+        with self.transaction() if atomic else nullcontext():
             cur = self._db.execute(f"INSERT INTO {coll.table} (doc) VALUES (?)", (raw,))
             rid = int(cur.lastrowid or 0)
             for index in coll.indexes.values():
