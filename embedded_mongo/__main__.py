@@ -19,12 +19,14 @@ def _serve(argv: list[str]) -> int:
     parser.add_argument("--port", type=int, default=27017, help="port to listen on; 0 picks a free one")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--ttl-interval", type=float, default=60.0, help="seconds between TTL sweeps (default 60)")
+    parser.add_argument("--enable-test-commands", action="store_true",
+                        help="accept configureFailPoint (failCommand), as mongod's enableTestCommands does")
     args = parser.parse_args(argv)
 
     from .server import LockedError, Server
 
     try:
-        server = Server(args.dbpath, args.host, args.port, args.ttl_interval)
+        server = Server(args.dbpath, args.host, args.port, args.ttl_interval, args.enable_test_commands)
     except LockedError as exc:
         print(f"embedded_mongo: {exc}", file=sys.stderr, flush=True)
         return 1

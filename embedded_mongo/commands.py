@@ -22,8 +22,8 @@ from bson.raw_bson import RawBSONDocument
 
 from . import __version__, keys
 from .cursors import Cursors
-from .engine import Engine, compile_filter
-from .errors import MongoError, type_mismatch
+from .engine import Engine, bind_pipeline, bind_variables, compile_filter, evaluate_variables
+from .errors import CloseConnection, MongoError, type_mismatch
 from .query import Match, choose, execute, find_index, parse_sort
 from .storage import Collection, Store, decode, encode_document
 from .wire import CODEC, MAX_BSON_BYTES, MAX_MESSAGE_BYTES, Request
@@ -33,6 +33,7 @@ log = logging.getLogger("embedded_mongo")
 SERVER_VERSION = "7.0.0"
 MAX_WIRE_VERSION = 21  # MongoDB 7.0
 MAX_WRITE_BATCH = 100_000
+_NO_ID = object()
 _TXN_MESSAGE = "Transaction numbers are only allowed on a replica set member or mongos"
 _ALIASES = {"ismaster": "hello", "isMaster": "hello", "buildinfo": "buildInfo", "deleteIndexes": "dropIndexes"}
 _GENERIC_FIELDS = {"$db", "lsid", "txnNumber", "$clusterTime", "$readPreference", "readConcern", "writeConcern",
@@ -62,6 +63,12 @@ def _int(body: dict[str, Any], name: str, default: int = 0, minimum: int | None 
     return int(value)
 
 
+def _let(body: dict[str, Any]) -> dict[str, Any]:
+    """A command's ``let`` variables, evaluated."""
+    variables = _doc(body, "let")
+    return evaluate_variables(variables) if variables else {}
+
+
 def _doc(body: dict[str, Any], name: str) -> dict[str, Any]:
     value = body.get(name)
     if value is None:
@@ -78,8 +85,27 @@ def _with_id(doc: dict[str, Any]) -> dict[str, Any]:
             raise MongoError(53, "The '_id' value cannot be of type array")
         if isinstance(value, Regex) or keys.type_byte(value) == keys.REGEX:
             raise MongoError(53, "The '_id' value cannot be of type regex")
+        if isinstance(value, dict):
+            for name in value:
+                if str(name).startswith("$"):
+                    raise MongoError(52, f"_id fields may not contain '$'-prefixed fields: {name} is not valid "
+                                         "for storage.")
         return doc
     return {"_id": ObjectId(), **doc}
+
+
+def _bound_statement(spec: dict[str, Any], variables: dict[str, Any], query_field: str,
+                     update_field: str | None = None) -> dict[str, Any]:
+    """A write statement with its ``let`` variables bound in its filter and its
+    update pipeline."""
+    if not variables:
+        return spec
+    bound = dict(spec)
+    if isinstance(spec.get(query_field), dict):
+        bound[query_field] = bind_variables(spec[query_field], variables)
+    if update_field and isinstance(spec.get(update_field), list):
+        bound[update_field] = bind_pipeline(spec[update_field], variables)
+    return bound
 
 
 def _insertable(doc: Any) -> dict[str, Any]:
@@ -103,8 +129,10 @@ def _is_operator_update(update: Any) -> bool:
 class Commands:
     """Dispatches commands to the store."""
 
-    def __init__(self, store: Store, port: int) -> None:
+    def __init__(self, store: Store, port: int, test_commands: bool = False) -> None:
         self.store = store  # the documents and indexes
+        self.test_commands = test_commands  # configureFailPoint allowed (--enable-test-commands)
+        self.fail_command: dict[str, Any] | None = None  # the failCommand failpoint, while on
         self.engine = Engine()  # update, projection and pipeline semantics
         self.cursors = Cursors()  # open cursors for getMore
         self.port = port  # the port served, for hello and hostInfo
@@ -133,7 +161,13 @@ class Commands:
                 raise MongoError(59, f"no such command: '{name}'")
             if "autocommit" in body or "startTransaction" in body:
                 raise MongoError(20, _TXN_MESSAGE)
+            failure = self._failpoint(name)
+            if failure is not None and "errorCode" in failure:
+                raise MongoError(int(failure["errorCode"]), "Failing command via 'failCommand' failpoint",
+                                 **({"errorLabels": failure["errorLabels"]} if "errorLabels" in failure else {}))
             reply = handler(body, request)
+            if failure is not None and "writeConcernError" in failure:
+                reply["writeConcernError"] = failure["writeConcernError"]
             if name in ("hello", "connectionStatus"):
                 reply.setdefault("connectionId", connection_id)
             if body.get("writeConcern", {}).get("j") and name in ("insert", "update", "delete", "findAndModify"):
@@ -142,9 +176,66 @@ class Commands:
             return reply
         except MongoError as exc:
             return exc.to_reply()
+        except CloseConnection:
+            raise
         except Exception as exc:  # a bug of ours: answer, log, keep serving
             log.exception("command %s failed", name)
             return MongoError(1, f"internal error in {name}: {type(exc).__name__}: {exc}").to_reply()
+
+    def _failpoint(self, name: str) -> dict[str, Any] | None:
+        """The failCommand data that applies to this command, counting it down."""
+        point = self.fail_command
+        if point is None or name not in point["data"].get("failCommands", []):
+            return None
+        mode = point["mode"]
+        if isinstance(mode, dict):
+            if "skip" in mode and mode["skip"] > 0:
+                mode["skip"] -= 1
+                return None
+            if "times" in mode:
+                mode["times"] -= 1
+                if mode["times"] <= 0:
+                    self.fail_command = None
+        data: dict[str, Any] = point["data"]
+        if data.get("closeConnection"):
+            raise CloseConnection()
+        return data
+
+    def cmd_configureFailPoint(self, body: dict[str, Any], request: Request) -> dict[str, Any]:
+        if not self.test_commands:
+            raise MongoError(59, "no such command: 'configureFailPoint'")
+        if body.get("configureFailPoint") != "failCommand":
+            raise MongoError(2, "only the failCommand failpoint is supported")
+        mode = body.get("mode")
+        if mode == "off":
+            self.fail_command = None
+        elif mode == "alwaysOn" or isinstance(mode, dict):
+            self.fail_command = {"mode": dict(mode) if isinstance(mode, dict) else mode, "data": _doc(body, "data")}
+        else:
+            raise MongoError(2, f"invalid failpoint mode {mode!r}")
+        return {}
+
+    def cmd_collMod(self, body: dict[str, Any], request: Request) -> dict[str, Any]:
+        db, name = self._coll(body, request, "collMod")
+        coll = self.store.get(db, name)
+        if coll is None:
+            raise MongoError(26, f"ns does not exist: {db}.{name}")
+        reply: dict[str, Any] = {}
+        options = {k: v for k, v in body.items() if k in ("validator", "validationLevel", "validationAction")}
+        if "index" in body:
+            change = _doc(body, "index")
+            index = find_index(coll, change.get("name") or change.get("keyPattern"))
+            if index is None:
+                raise MongoError(27, "cannot find index for collMod")
+            for option in ("expireAfterSeconds", "hidden"):
+                if option in change:
+                    reply[f"{option}_old"] = index.spec.get(option)
+                    reply[f"{option}_new"] = change[option]
+            spec = {**index.spec, **{k: v for k, v in change.items() if k in ("expireAfterSeconds", "hidden")}}
+            self.store.set_index_spec(coll, index.name, spec)
+        if options:
+            self.store.set_options(coll, {**coll.options, **options})
+        return reply
 
     def _coll(self, body: dict[str, Any], request: Request, field: str) -> tuple[str, str]:
         return request.db, _check_name(request.db, body.get(field), field)
@@ -469,7 +560,7 @@ class Commands:
         if limit and (batch_size is None or batch_size > limit):
             batch_size = limit
         coll = self.store.get(db, name)
-        query = _doc(body, "filter")
+        query = bind_variables(_doc(body, "filter"), _let(body))
         sort = parse_sort(body.get("sort"))
         matches = execute(self.store, coll, query, sort, _int(body, "skip"), limit, body.get("hint"))
         items = self._results(matches, _doc(body, "projection"))
@@ -529,6 +620,7 @@ class Commands:
             db, name = request.db, None
         else:
             db, name = self._coll(body, request, "aggregate")
+        pipeline = bind_pipeline(pipeline, _let(body))
         output = pipeline[-1] if pipeline and next(iter(pipeline[-1])) in ("$out", "$merge") else None
         stages = pipeline[:-1] if output else pipeline
         docs, rest = self._pipeline_input(db, name, stages)
@@ -611,7 +703,9 @@ class Commands:
                         raise MongoError(13113, "$merge could not find a matching document in the target collection")
                     continue
                 if when_matched == "fail":
-                    raise MongoError(11000, "E11000 duplicate key error during $merge")
+                    raise MongoError(11000, f"E11000 duplicate key error collection: {coll.namespace} "
+                                            f"(whenMatched: fail)", keyPattern={f: 1 for f in on_fields},
+                                     keyValue=query)
                 if when_matched == "keepExisting":
                     continue
                 if when_matched == "replace":
@@ -677,6 +771,7 @@ class Commands:
                     with self.store.transaction():
                         if not isinstance(spec, dict):
                             raise MongoError(14, "update statement must be an object")
+                        spec = _bound_statement(spec, {**_let(body), **evaluate_variables(_doc(spec, "c"))}, "q", "u")
                         matched, changed, new_id, coll = self._update_one_spec(db, name, coll, spec)
                     n += matched
                     modified += changed
@@ -703,12 +798,15 @@ class Commands:
         if not isinstance(update, (dict, list)):
             raise type_mismatch("u", "object", update)
         array_filters = spec.get("arrayFilters")
+        if isinstance(update, list):
+            update = bind_pipeline(update, None)
         multi = bool(spec.get("multi"))
         operator = isinstance(update, list) or _is_operator_update(update)
         if multi and not operator:
             raise MongoError(9, "multi update is not supported for replacement-style update")
-        sort = parse_sort(spec.get("sort"))
-        matches = list(execute(self.store, coll, query, sort, 0, 0 if multi else 1, spec.get("hint")))
+        if "sort" in spec:
+            raise MongoError(40415, "BSON field 'update.updates.sort' is an unknown field.")
+        matches = list(execute(self.store, coll, query, [], 0, 0 if multi else 1, spec.get("hint")))
         if not matches:
             if not spec.get("upsert"):
                 return 0, 0, None, coll
@@ -739,11 +837,12 @@ class Commands:
         return new
 
     def _new_document(self, query: dict[str, Any], update: Any, array_filters: Any, operator: bool) -> dict[str, Any]:
-        if operator:
-            return _with_id(self.engine.upsert_document(query, update, array_filters))
-        doc = {k: v for k, v in update.items()}
-        if "_id" not in doc and "_id" in query and not isinstance(query["_id"], dict):
-            doc = {"_id": query["_id"], **doc}
+        doc = self.engine.upsert_document(query, update, array_filters) if operator else dict(update)
+        query_id = query.get("_id", _NO_ID)
+        if query_id is not _NO_ID and not (isinstance(query_id, dict) and any(str(k).startswith("$") for k in query_id)):
+            if "_id" in doc and keys.encode(doc["_id"]) != keys.encode(query_id) and not operator:
+                raise MongoError(66, "The _id in the replacement does not match the _id in the query")
+            doc = {"_id": query_id, **{k: v for k, v in doc.items() if k != "_id"}}
         return _with_id(doc)
 
     def cmd_delete(self, body: dict[str, Any], request: Request) -> dict[str, Any]:
@@ -758,6 +857,7 @@ class Commands:
                 try:
                     if not isinstance(spec, dict):
                         raise MongoError(14, "delete statement must be an object")
+                    spec = _bound_statement(spec, _let(body), "q")
                     query = spec.get("q")
                     if not isinstance(query, dict):
                         raise type_mismatch("q", "object", query)
@@ -780,6 +880,7 @@ class Commands:
     def cmd_findAndModify(self, body: dict[str, Any], request: Request) -> dict[str, Any]:
         db, name = self._coll(body, request, "findAndModify")
         self.opcounters["command"] += 1
+        body = _bound_statement(body, _let(body), "query", "update")
         query = _doc(body, "query")
         update = body.get("update")
         remove = bool(body.get("remove"))
@@ -790,6 +891,8 @@ class Commands:
                                 "document" if body.get("new") else "Cannot specify both upsert=true and remove=true")
         if update is not None and not isinstance(update, (dict, list)):
             raise type_mismatch("update", "object", update)
+        if isinstance(update, list):
+            update = bind_pipeline(update, None)
         projection = _doc(body, "fields")
         array_filters = body.get("arrayFilters")
         with self.store.transaction():

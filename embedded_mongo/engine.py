@@ -11,11 +11,14 @@ Every library failure becomes a ``MongoError`` with mongod's code.
 from __future__ import annotations
 
 import copy
+import random
+import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import mongomock
+from bson import Code, MaxKey, MinKey, Regex, Timestamp
 from mongomock import aggregate as mm_aggregate
 from mongomock import filtering as mm_filtering
 from mongomock import helpers as mm_helpers
@@ -81,6 +84,108 @@ _FILTERER._operator_map["$ne"] = lambda doc_value, query_value: not _eq(doc_valu
 mm_filtering._filterer_inst = _FILTERER  # noqa: SLF001
 
 
+# $type names mongomock leaves unimplemented.
+mm_filtering.TYPE_MAP.update({
+    "null": lambda v: v is None,
+    "regex": lambda v: isinstance(v, (Regex, re.Pattern)),
+    "timestamp": lambda v: isinstance(v, Timestamp),
+    "minKey": lambda v: isinstance(v, MinKey),
+    "maxKey": lambda v: isinstance(v, MaxKey),
+    "javascript": lambda v: isinstance(v, Code),
+})
+
+
+_parse_expression = mm_aggregate._Parser.parse  # noqa: SLF001
+_RANDOM = random.Random()
+
+
+def _parse_with_field_operators(parser: Any, expression: Any) -> Any:
+    """mongomock's expression parser, plus the operators it lacks: ``$literal``,
+    ``$getField``, ``$setField`` and ``$unsetField`` (MongoDB 5.0), whose
+    sub-expressions its own parser evaluates."""
+    if isinstance(expression, dict) and len(expression) == 1:
+        operator, argument = next(iter(expression.items()))
+        if operator == "$literal":
+            return argument
+        if operator == "$rand":
+            return _RANDOM.random()
+        if operator in ("$getField", "$setField", "$unsetField"):
+            spec = argument if isinstance(argument, dict) else {"field": argument}
+            name = parser.parse(spec["field"])
+            if not isinstance(name, str):
+                raise mongomock.OperationFailure(f"{operator} requires 'field' to evaluate to a string")
+            source = parser.parse(spec.get("input", "$$CURRENT"))
+            if operator == "$getField":
+                if not isinstance(source, dict) or name not in source:
+                    raise KeyError(name)
+                return source[name]
+            if source is None:
+                return None
+            if not isinstance(source, dict):
+                raise mongomock.OperationFailure(f"{operator} requires 'input' to evaluate to an object")
+            result = dict(source)
+            if operator == "$unsetField" or spec.get("value") == "$$REMOVE":
+                result.pop(name, None)
+            else:
+                result[name] = parser.parse(spec["value"])
+            return result
+    return _parse_expression(parser, expression)
+
+
+mm_aggregate._Parser.parse = _parse_with_field_operators  # noqa: SLF001
+
+
+def bind_variables(value: Any, variables: dict[str, Any] | None, expression: bool = False) -> Any:
+    """Replaces ``$$name`` references to a command's ``let`` variables with
+    ``{$literal: value}``, in aggregation-expression contexts only (pipelines,
+    ``$expr``); mongomock knows no user variables of its own."""
+    if not variables:
+        return value
+    if isinstance(value, str):
+        if expression and value.startswith("$$"):
+            name, _, rest = value[2:].partition(".")
+            if name in variables:
+                bound = variables[name]
+                for part in rest.split(".") if rest else []:
+                    bound = bound.get(part) if isinstance(bound, dict) else None
+                return {"$literal": bound}
+        return value
+    if isinstance(value, list):
+        return [bind_variables(v, variables, expression) for v in value]
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for name, item in value.items():
+            if name == "$literal":
+                out[name] = item
+            elif name == "$match" and expression:
+                out[name] = bind_variables(item, variables, False)
+            else:
+                out[name] = bind_variables(item, variables, expression or name == "$expr")
+        return out
+    return value
+
+
+def evaluate_variables(variables: dict[str, Any]) -> dict[str, Any]:
+    """A command's ``let``: each value is itself an expression (``{$literal:
+    ...}``, ``{$rand: {}}``), evaluated once against no document."""
+    with translated():
+        return {name: mm_aggregate._Parser({}).parse(value) for name, value in variables.items()}  # noqa: SLF001
+
+
+def bind_pipeline(pipeline: list[Any], variables: dict[str, Any] | None) -> list[Any]:
+    """A pipeline with ``let`` variables bound and stages mongomock lacks
+    rewritten into ones it has (``$replaceWith`` is ``$replaceRoot``)."""
+    stages = []
+    for stage in pipeline:
+        if isinstance(stage, dict) and "$replaceWith" in stage:
+            stage = {"$replaceRoot": {"newRoot": stage["$replaceWith"]}}
+        if isinstance(stage, dict) and "$match" in stage:
+            stages.append({"$match": bind_variables(stage["$match"], variables, False)})
+        else:
+            stages.append(bind_variables(stage, variables, True))
+    return stages
+
+
 def _normalized(query: dict[str, Any]) -> dict[str, Any]:
     """The filter with every plain ``{field: value}`` written as ``{field: {$eq:
     value}}``, so that equality always takes the exact BSON comparison."""
@@ -134,7 +239,12 @@ def compile_filter(query: dict[str, Any] | None) -> Matcher:
 
     def matches(doc: dict[str, Any]) -> bool:
         with translated():
-            return bool(mm_filtering.filter_applies(spec, doc))
+            try:
+                return bool(mm_filtering.filter_applies(spec, doc))
+            except KeyError:
+                # mongomock's $expr raises on a field the document lacks; mongod
+                # evaluates it as missing, which no comparison in a filter matches.
+                return False
 
     return matches
 
@@ -165,6 +275,9 @@ class Engine:
                 walker = FieldWalker(copy.deepcopy(doc))
                 Updator(update, array_filters)(walker)
                 return dict(walker.doc)
+            if isinstance(update, list):  # an update pipeline: _id survives it as in mongod
+                [result] = mm_aggregate.process_pipeline([copy.deepcopy(doc)], self._scratch, update, None)
+                return {"_id": doc["_id"], **{k: v for k, v in result.items() if k != "_id"}}
             coll = self._scratch.doc
             key = self._store_key(doc["_id"])
             coll._store[key] = copy.deepcopy(doc)  # noqa: SLF001

@@ -79,3 +79,7 @@ def type_mismatch(field: str, expected: str, value: Any) -> MongoError:
     return MongoError(
         14, f"BSON field '{field}' is the wrong type '{type(value).__name__}', expected type '{expected}'"
     )
+
+
+class CloseConnection(Exception):
+    """The command's answer is to close the connection (a failpoint asked so)."""

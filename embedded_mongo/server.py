@@ -14,7 +14,7 @@ import struct
 from typing import IO
 
 from .commands import Commands
-from .errors import MongoError, ProtocolError
+from .errors import CloseConnection, MongoError, ProtocolError
 from .storage import Store
 from .engine import compile_filter
 from .wire import HEADER, OP_MSG, Request, encode_reply, parse_header, parse_message
@@ -63,7 +63,8 @@ class DataDirLock:
 class Server:
     """One store served on one TCP address."""
 
-    def __init__(self, dbpath: str, host: str = "127.0.0.1", port: int = 27017, ttl_interval: float = 60.0) -> None:
+    def __init__(self, dbpath: str, host: str = "127.0.0.1", port: int = 27017, ttl_interval: float = 60.0,
+                 test_commands: bool = False) -> None:
         os.makedirs(dbpath, exist_ok=True)
         self.dbpath = dbpath  # where the SQLite file and the lock live
         self.host = host  # address to listen on
@@ -72,7 +73,7 @@ class Server:
         self._lock = DataDirLock(dbpath)  # refuses a second server on the dbpath
         self._lock.acquire()
         self.store = Store(dbpath, compile_filter)  # documents and indexes
-        self.commands = Commands(self.store, port)  # command dispatch
+        self.commands = Commands(self.store, port, test_commands)  # command dispatch
         self._server: asyncio.base_events.Server | None = None  # the listening socket
         self._writers: set[asyncio.StreamWriter] = set()  # open client connections
         self._sweeper: asyncio.Task[None] | None = None  # the TTL and cursor sweep
@@ -140,6 +141,8 @@ class Server:
                     continue
                 writer.write(encode_reply(request, reply, self._response_id()))
                 await writer.drain()
+        except CloseConnection:
+            log.info("event=failpoint_close connection=%d", connection_id)
         except ProtocolError as exc:
             log.warning("event=bad_frame connection=%d peer=%s error=%r", connection_id, peer, str(exc))
         except (asyncio.IncompleteReadError, ConnectionError):

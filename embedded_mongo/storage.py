@@ -237,6 +237,18 @@ class Store:
                 self._add_keys(coll, index, rid, decode(raw))
         return index
 
+    def set_options(self, coll: Collection, options: dict[str, Any]) -> None:
+        with self.transaction():
+            self._db.execute("UPDATE collections SET options = ? WHERE id = ?", (encode_document(options), coll.id))
+        coll.options = options
+
+    def set_index_spec(self, coll: Collection, name: str, spec: dict[str, Any]) -> None:
+        """Changes options of an index that do not change its keys (TTL, hidden)."""
+        index = coll.indexes[name]
+        with self.transaction():
+            self._db.execute("UPDATE indexes SET spec = ? WHERE id = ?", (encode_document(spec), index.id))
+        index.spec = spec
+
     def drop_index(self, coll: Collection, name: str) -> None:
         index = coll.indexes[name]
         with self.transaction():
