@@ -165,7 +165,8 @@ class Commands:
             if failure is not None and "errorCode" in failure:
                 raise MongoError(int(failure["errorCode"]), "Failing command via 'failCommand' failpoint",
                                  **({"errorLabels": failure["errorLabels"]} if "errorLabels" in failure else {}))
-            reply = handler(body, request)
+            with keys.collation(body.get("collation")):
+                reply = handler(body, request)
             if failure is not None and "writeConcernError" in failure:
                 reply["writeConcernError"] = failure["writeConcernError"]
             if name in ("hello", "connectionStatus"):
@@ -768,7 +769,8 @@ class Commands:
             for position, spec in enumerate(updates):
                 self.opcounters["update"] += 1
                 try:
-                    with self.store.transaction():
+                    with self.store.transaction(), keys.collation(_doc(spec, "collation") if isinstance(spec, dict)
+                                                                  else None):
                         if not isinstance(spec, dict):
                             raise MongoError(14, "update statement must be an object")
                         spec = _bound_statement(spec, {**_let(body), **evaluate_variables(_doc(spec, "c"))}, "q", "u")
@@ -864,7 +866,9 @@ class Commands:
                     limit = spec.get("limit", 0)
                     if limit not in (0, 1):
                         raise MongoError(9, "The limit field in delete objects must be 0 or 1. Got " + str(limit))
-                    for match in list(execute(self.store, coll, query, [], 0, int(limit), spec.get("hint"))):
+                    with keys.collation(spec.get("collation")):
+                        matches = list(execute(self.store, coll, query, [], 0, int(limit), spec.get("hint")))
+                    for match in matches:
                         assert coll is not None
                         self.store.delete(coll, match.rid, match.doc)
                         n += 1

@@ -17,7 +17,10 @@ from __future__ import annotations
 import datetime
 import math
 import struct
+import unicodedata
 from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 from bson import Binary, Code, DBRef, Decimal128, Int64, MaxKey, MinKey, ObjectId, Regex, Timestamp
@@ -48,6 +51,40 @@ _DOUBLE = struct.Struct(">d")
 _U64 = struct.Struct(">Q")
 _EPOCH = datetime.datetime(1970, 1, 1)
 _BIAS = 1 << 63
+
+
+# The collation strength in effect: 3 (and up) compares strings by their bytes;
+# 2 ignores case; 1 ignores case and accents. Locale-specific ICU ordering is
+# not implemented.
+_STRENGTH: ContextVar[int] = ContextVar("collation_strength", default=3)
+
+
+@contextmanager
+def collation(spec: Any) -> Iterator[None]:
+    """Compares strings under a command's ``collation`` while inside."""
+    strength = 3
+    if isinstance(spec, dict) and spec.get("locale") not in (None, "simple"):
+        strength = int(spec.get("strength", 3))
+    token = _STRENGTH.set(strength)
+    try:
+        yield
+    finally:
+        _STRENGTH.reset(token)
+
+
+def collating() -> bool:
+    """Whether strings compare other than by their bytes just now."""
+    return _STRENGTH.get() < 3
+
+
+def _fold(text: str) -> str:
+    strength = _STRENGTH.get()
+    if strength >= 3:
+        return text
+    text = text.casefold()
+    if strength == 1:
+        text = "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
+    return text
 
 
 class Missing:
@@ -133,7 +170,7 @@ def encode(value: Any) -> bytes:
     if kind == NUMBER:
         return _number(value)
     if kind == STRING:
-        return b"\x28" + _text(value)
+        return b"\x28" + _text(_fold(value))
     if kind == OBJECT:
         if isinstance(value, DBRef):
             value = value.as_doc()

@@ -177,6 +177,8 @@ def choose(coll: Collection, query: dict[str, Any], sort: SortSpec, hint: Any = 
     """The plan for a filter and a sort (and an optional hint)."""
     if sort and sort[0][0] == "$natural":
         return Plan(reverse=sort[0][1] in (-1, -1.0), sort_served=True)
+    if keys.collating():
+        return Plan()  # index keys compare strings by their bytes: read the table
     preds = predicates(query)
     exact = _exact_filter(query)
     if hint not in (None, "", {}):

@@ -10,6 +10,7 @@ part of what a server is judged on and is not checked.
 
 from __future__ import annotations
 
+import collections
 import datetime
 import glob
 import os
@@ -26,6 +27,10 @@ from pymongo.errors import BulkWriteError, OperationFailure, PyMongoError
 SERVER_VERSION = (7, 0, 0)
 SPEC_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "conformance",
                         "mongodb-crud")
+
+
+# Outcomes of this run's spec tests, for the summary line pytest prints.
+RESULTS: collections.Counter[str] = collections.Counter()
 
 
 class NotApplicable(Exception):
