@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from bson import Int64
 from bson.raw_bson import RawBSONDocument
 
 from .errors import MongoError
@@ -77,7 +78,7 @@ class Cursors:
         if not done and not single_batch:
             cursor.id = random.getrandbits(62) | 1
             self._open[cursor.id] = cursor
-        return {"firstBatch": docs, "id": cursor.id, "ns": namespace}
+        return {"firstBatch": docs, "id": Int64(cursor.id), "ns": namespace}
 
     def get_more(self, cursor_id: int, namespace: str, batch_size: int | None) -> dict[str, Any]:
         cursor = self._open.get(cursor_id)
@@ -89,7 +90,7 @@ class Cursors:
         docs, done = cursor.batch(batch_size or 0)
         if done:
             del self._open[cursor_id]
-        return {"nextBatch": docs, "id": 0 if done else cursor_id, "ns": namespace}
+        return {"nextBatch": docs, "id": Int64(0 if done else cursor_id), "ns": namespace}
 
     def kill(self, cursor_ids: list[int]) -> tuple[list[int], list[int]]:
         killed, missing = [], []

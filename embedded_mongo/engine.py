@@ -133,6 +133,16 @@ def _parse_with_field_operators(parser: Any, expression: Any) -> Any:
 
 
 mm_aggregate._Parser.parse = _parse_with_field_operators  # noqa: SLF001
+_group_stage = mm_aggregate._PIPELINE_HANDLERS["$group"]  # noqa: SLF001
+
+
+def _group_id_first(collection: Any, database: Any, options: Any) -> list[dict[str, Any]]:
+    """``$group`` with ``_id`` first in each result, as mongod writes it."""
+    return [{"_id": doc.get("_id"), **{k: v for k, v in doc.items() if k != "_id"}}
+            for doc in _group_stage(collection, database, options)]
+
+
+mm_aggregate._PIPELINE_HANDLERS["$group"] = _group_id_first  # noqa: SLF001
 
 
 def bind_variables(value: Any, variables: dict[str, Any] | None, expression: bool = False) -> Any:
