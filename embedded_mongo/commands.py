@@ -137,6 +137,7 @@ class Commands:
         self.cursors = Cursors()  # open cursors for getMore
         self.port = port  # the port served, for hello and hostInfo
         self.started = time.time()  # for uptime
+        self.topology_version = {"processId": ObjectId(), "counter": Int64(0)}  # what awaitable hellos watch
         self.connections = 0  # open connections, kept by the server
         self.connections_total = 0  # connections ever accepted
         self.opcounters = {k: 0 for k in ("insert", "query", "update", "delete", "getmore", "command")}
@@ -243,13 +244,27 @@ class Commands:
 
     # -- handshake and administration --------------------------------------------
 
+    def hello_wait(self, request: Request) -> float:
+        """Seconds to hold an awaitable hello: a driver's monitor that already
+        knows this server's topologyVersion is answered only when the version
+        changes (never, here) or after its maxAwaitTimeMS, as mongod does."""
+        body = request.body
+        if not body or _ALIASES.get(next(iter(body)), next(iter(body))) != "hello":
+            return 0.0
+        known = body.get("topologyVersion")
+        wait = body.get("maxAwaitTimeMS")
+        if not isinstance(known, dict) or known.get("processId") != self.topology_version["processId"]:
+            return 0.0
+        if isinstance(wait, bool) or not isinstance(wait, (int, float)) or wait <= 0:
+            return 0.0
+        return min(float(wait), 60_000.0) / 1000.0
+
     def cmd_hello(self, body: dict[str, Any], request: Request) -> dict[str, Any]:
         return {
             "helloOk": True,
             "isWritablePrimary": True,
             "ismaster": True,
-            "topologyVersion": {"processId": ObjectId.from_datetime(datetime.datetime.fromtimestamp(self.started)),
-                                "counter": Int64(0)},
+            "topologyVersion": self.topology_version,
             "maxBsonObjectSize": MAX_BSON_BYTES,
             "maxMessageSizeBytes": MAX_MESSAGE_BYTES,
             "maxWriteBatchSize": MAX_WRITE_BATCH,
@@ -742,18 +757,18 @@ class Commands:
             except MongoError as exc:
                 errors.append(exc.to_write_error(0))
             docs = []
-        with self.store.transaction():
-            coll = self.store.get_or_create(db, name) if docs else None
-            for position, doc in enumerate(docs):
-                self.opcounters["insert"] += 1
-                try:
-                    assert coll is not None
-                    self.store.insert(coll, _insertable(doc))
-                    n += 1
-                except MongoError as exc:
-                    errors.append(exc.to_write_error(position))
-                    if ordered:
-                        break
+        if docs:
+            with self.store.transaction():
+                coll = self.store.get_or_create(db, name)
+                for position, doc in enumerate(docs):
+                    self.opcounters["insert"] += 1
+                    try:
+                        self.store.insert(coll, _insertable(doc))
+                        n += 1
+                    except MongoError as exc:
+                        errors.append(exc.to_write_error(position))
+                        if ordered:
+                            break
         reply: dict[str, Any] = {"n": n}
         if errors:
             reply["writeErrors"] = errors

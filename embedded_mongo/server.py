@@ -11,7 +11,7 @@ import fcntl
 import logging
 import os
 import struct
-from typing import IO
+from typing import IO, Any
 
 from .commands import Commands
 from .errors import CloseConnection, MongoError, ProtocolError
@@ -75,13 +75,14 @@ class Server:
         self.store = Store(dbpath, compile_filter)  # documents and indexes
         self.commands = Commands(self.store, port, test_commands)  # command dispatch
         self._server: asyncio.base_events.Server | None = None  # the listening socket
-        self._writers: set[asyncio.StreamWriter] = set()  # open client connections
+        self.connections: set[Connection] = set()  # open client connections
         self._sweeper: asyncio.Task[None] | None = None  # the TTL and cursor sweep
         self._next_connection = 0  # connection ids, as hello reports them
         self._next_response = 0  # requestID of replies
 
     async def start(self) -> int:
-        self._server = await asyncio.start_server(self._serve, self.host, self.port, limit=2**16)
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(self._connection, self.host, self.port)
         self.port = self._server.sockets[0].getsockname()[1]
         self.commands.port = self.port
         self._sweeper = asyncio.create_task(self._sweep())
@@ -92,8 +93,8 @@ class Server:
             self._server.close()
         if self._sweeper is not None:
             self._sweeper.cancel()
-        for writer in list(self._writers):
-            writer.close()
+        for connection in list(self.connections):
+            connection.close()
         if self._server is not None:
             await self._server.wait_closed()
         self.store.close()
@@ -110,48 +111,114 @@ class Server:
             except MongoError as exc:
                 log.warning("event=sweep_failed code=%d error=%r", exc.code, exc.message)
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def _connection(self) -> "Connection":
         self._next_connection += 1
-        connection_id = self._next_connection
-        self.commands.connections += 1
-        self.commands.connections_total += 1
-        self._writers.add(writer)
-        peer = writer.get_extra_info("peername")
-        try:
-            while True:
-                header = await reader.readexactly(HEADER.size)
-                length, request_id, _, op_code = parse_header(header)
-                body = await reader.readexactly(length - HEADER.size)
-                try:
-                    request = parse_message(header + body)
-                except ProtocolError as exc:
-                    # A well-framed message whose content is bad gets mongod's
-                    # error and the connection goes on; bad framing closes it.
-                    log.warning("event=bad_message connection=%d peer=%s error=%r", connection_id, peer, str(exc))
-                    flags = struct.unpack_from("<I", body, 0)[0] if op_code == OP_MSG and len(body) >= 4 else 0
-                    if op_code != OP_MSG or flags & 2:
-                        return
-                    failed = Request(request_id=request_id, op_code=OP_MSG)
-                    reply = MongoError(22, str(exc)).to_reply()
-                    writer.write(encode_reply(failed, reply, self._response_id()))
-                    await writer.drain()
-                    continue
-                reply = self.commands.run(request, connection_id)
-                if request.more_to_come:
-                    continue
-                writer.write(encode_reply(request, reply, self._response_id()))
-                await writer.drain()
-        except CloseConnection:
-            log.info("event=failpoint_close connection=%d", connection_id)
-        except ProtocolError as exc:
-            log.warning("event=bad_frame connection=%d peer=%s error=%r", connection_id, peer, str(exc))
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            self.commands.connections -= 1
-            self._writers.discard(writer)
-            writer.close()
+        return Connection(self, self._next_connection)
 
-    def _response_id(self) -> int:
+    def response_id(self) -> int:
         self._next_response = (self._next_response + 1) & 0x7FFFFFFF
         return self._next_response
+
+
+class Connection(asyncio.Protocol):
+    """One client connection: frames messages out of the bytes received and
+    answers each in order. Commands run synchronously as their message
+    completes; only an awaitable hello is answered later."""
+
+    def __init__(self, server: Server, connection_id: int) -> None:
+        self.server = server  # the store being served
+        self.id = connection_id  # as hello and the logs report it
+        self.transport: asyncio.Transport | None = None  # the socket, once connected
+        self.buffer = bytearray()  # bytes received and not yet framed
+        self.held: asyncio.TimerHandle | None = None  # a hello held for its maxAwaitTimeMS
+        self.queue: list[bytes] = []  # whole messages waiting behind a held hello
+        self.peer: Any = None  # the client's address, for the logs
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.peer = transport.get_extra_info("peername")
+        commands = self.server.commands
+        commands.connections += 1
+        commands.connections_total += 1
+        self.server.connections.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.server.commands.connections -= 1
+        self.server.connections.discard(self)
+        if self.held is not None:
+            self.held.cancel()
+            self.held = None
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    def pause_writing(self) -> None:
+        # The client is not reading its replies: stop reading its requests.
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        try:
+            while len(self.buffer) >= HEADER.size:
+                length = parse_header(bytes(self.buffer[: HEADER.size]))[0]
+                if len(self.buffer) < length:
+                    return
+                message = bytes(self.buffer[:length])
+                del self.buffer[:length]
+                if self.held is not None:
+                    self.queue.append(message)
+                else:
+                    self._handle(message)
+        except ProtocolError as exc:
+            log.warning("event=bad_frame connection=%d peer=%s error=%r", self.id, self.peer, str(exc))
+            self.close()
+        except CloseConnection:
+            log.info("event=failpoint_close connection=%d", self.id)
+            self.close()
+
+    def _handle(self, message: bytes) -> None:
+        try:
+            request = parse_message(message)
+        except ProtocolError as exc:
+            # A well-framed message whose content is bad gets mongod's error and
+            # the connection goes on; a message we cannot answer closes it.
+            _, request_id, _, op_code = parse_header(message[: HEADER.size])
+            flags = struct.unpack_from("<I", message, HEADER.size)[0] if len(message) >= HEADER.size + 4 else 0
+            if op_code != OP_MSG or flags & 2:
+                raise
+            log.warning("event=bad_message connection=%d peer=%s error=%r", self.id, self.peer, str(exc))
+            failed = Request(request_id=request_id, op_code=OP_MSG)
+            self._send(failed, MongoError(22, str(exc)).to_reply())
+            return
+        wait = self.server.commands.hello_wait(request)
+        if wait:
+            loop = asyncio.get_running_loop()
+            self.held = loop.call_later(wait, self._release, request)
+            return
+        self._answer(request)
+
+    def _answer(self, request: Request) -> None:
+        reply = self.server.commands.run(request, self.id)
+        if not request.more_to_come:
+            self._send(request, reply)
+
+    def _send(self, request: Request, reply: dict[str, Any]) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(encode_reply(request, reply, self.server.response_id()))
+
+    def _release(self, request: Request) -> None:
+        """Answers a held hello, then what queued behind it."""
+        self.held = None
+        try:
+            self._answer(request)
+            while self.queue and self.held is None:
+                self._handle(self.queue.pop(0))
+        except (ProtocolError, CloseConnection):
+            self.close()
