@@ -27,7 +27,7 @@ from bson import ObjectId
 from motor.motor_asyncio import AsyncIOMotorClient
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from tests.mongo_process import StoreProcess  # noqa: E402
+from tests.mongo_process import StoreProcess
 
 
 def percentiles(samples: list[float]) -> tuple[float, float]:

@@ -26,7 +26,7 @@ from .engine import Engine, bind_pipeline, bind_variables, compile_filter, evalu
 from .errors import CloseConnection, MongoError, type_mismatch
 from .query import Match, choose, execute, find_index, parse_sort
 from .storage import Collection, Store, decode, encode_document
-from .wire import CODEC, MAX_BSON_BYTES, MAX_MESSAGE_BYTES, Request
+from .wire import MAX_BSON_BYTES, MAX_MESSAGE_BYTES, Request
 
 log = logging.getLogger("embedded_mongo")
 
@@ -118,7 +118,7 @@ def _is_operator_update(update: Any) -> bool:
     if not isinstance(update, dict) or not update:
         return False
     first = next(iter(update))
-    operator = first.startswith("$")
+    operator = bool(first.startswith("$"))
     for name in update:
         if name.startswith("$") != operator:
             raise MongoError(9, f"Unknown modifier: {name}. Expected a valid update modifier or pipeline-style "
@@ -268,7 +268,7 @@ class Commands:
             "maxBsonObjectSize": MAX_BSON_BYTES,
             "maxMessageSizeBytes": MAX_MESSAGE_BYTES,
             "maxWriteBatchSize": MAX_WRITE_BATCH,
-            "localTime": datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None),
+            "localTime": datetime.datetime.now(datetime.UTC).replace(tzinfo=None),
             "logicalSessionTimeoutMinutes": 30,
             "minWireVersion": 0,
             "maxWireVersion": MAX_WIRE_VERSION,
@@ -321,7 +321,7 @@ class Commands:
             "uptime": float(int(uptime)),
             "uptimeMillis": Int64(int(uptime * 1000)),
             "uptimeEstimate": Int64(int(uptime)),
-            "localTime": datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None),
+            "localTime": datetime.datetime.now(datetime.UTC).replace(tzinfo=None),
             "connections": {"current": self.connections, "available": 20000 - self.connections,
                             "totalCreated": self.connections_total},
             "opcounters": {k: Int64(v) for k, v in self.opcounters.items()},
@@ -337,7 +337,7 @@ class Commands:
     def cmd_hostInfo(self, body: dict[str, Any], request: Request) -> dict[str, Any]:
         pages = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 0
         return {
-            "system": {"currentTime": datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None),
+            "system": {"currentTime": datetime.datetime.now(datetime.UTC).replace(tzinfo=None),
                        "hostname": f"{socket.gethostname()}:{self.port}", "cpuAddrSize": 64,
                        "memSizeMB": Int64(pages // (1024 * 1024)), "numCores": os.cpu_count() or 1,
                        "cpuArch": platform.machine()},
@@ -385,7 +385,7 @@ class Commands:
         databases = []
         total = 0
         for name in self.store.databases():
-            size = sum(self.store.data_size(c) for c in self.store.list(name))
+            size = sum(self.store.data_size(c) for c in self.store.collections_of(name))
             total += size
             entry: dict[str, Any] = {"name": name}
             if not body.get("nameOnly"):
@@ -401,7 +401,7 @@ class Commands:
     def cmd_listCollections(self, body: dict[str, Any], request: Request) -> dict[str, Any]:
         matches = compile_filter(_doc(body, "filter"))
         items = []
-        for coll in self.store.list(request.db):
+        for coll in self.store.collections_of(request.db):
             entry: dict[str, Any] = {"name": coll.name, "type": "collection"}
             if not body.get("nameOnly"):
                 entry.update(options=coll.options, info={"readOnly": False},
@@ -432,7 +432,7 @@ class Commands:
         return {"ns": f"{db}.{name}", "nIndexesWas": indexes}
 
     def cmd_dropDatabase(self, body: dict[str, Any], request: Request) -> dict[str, Any]:
-        for coll in self.store.list(request.db):
+        for coll in self.store.collections_of(request.db):
             self.store.drop(coll)
         return {"dropped": request.db}
 
@@ -469,7 +469,7 @@ class Commands:
                 "indexSizes": {n: 0 for n in coll.indexes}, "totalIndexSize": 0}
 
     def cmd_dbStats(self, body: dict[str, Any], request: Request) -> dict[str, Any]:
-        colls = self.store.list(request.db)
+        colls = self.store.collections_of(request.db)
         objects = sum(self.store.count(c) for c in colls)
         size = sum(self.store.data_size(c) for c in colls)
         return {"db": request.db, "collections": len(colls), "views": 0, "objects": objects,
@@ -739,7 +739,8 @@ class Commands:
         if not isinstance(items, list):
             raise type_mismatch(field, "array", items)
         if len(items) > MAX_WRITE_BATCH:
-            raise MongoError(16, f"Write batch sizes must be between 1 and {MAX_WRITE_BATCH}. Got {len(items)} operations.")
+            raise MongoError(16, f"Write batch sizes must be between 1 and {MAX_WRITE_BATCH}. "
+                                 f"Got {len(items)} operations.")
         ordered = body.get("ordered", True)
         return items, bool(ordered)
 
@@ -856,7 +857,8 @@ class Commands:
     def _new_document(self, query: dict[str, Any], update: Any, array_filters: Any, operator: bool) -> dict[str, Any]:
         doc = self.engine.upsert_document(query, update, array_filters) if operator else dict(update)
         query_id = query.get("_id", _NO_ID)
-        if query_id is not _NO_ID and not (isinstance(query_id, dict) and any(str(k).startswith("$") for k in query_id)):
+        operators = isinstance(query_id, dict) and any(str(k).startswith("$") for k in query_id)
+        if query_id is not _NO_ID and not operators:
             if "_id" in doc and keys.encode(doc["_id"]) != keys.encode(query_id) and not operator:
                 raise MongoError(66, "The _id in the replacement does not match the _id in the query")
             doc = {"_id": query_id, **{k: v for k, v in doc.items() if k != "_id"}}
@@ -962,7 +964,7 @@ class Commands:
 
     def expire_ttl(self, now: datetime.datetime | None = None) -> int:
         """Deletes documents whose TTL index date has passed; returns how many."""
-        now = now or datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
+        now = now or datetime.datetime.now(datetime.UTC).replace(tzinfo=None)
         removed = 0
         for coll in list(self.store.collections.values()):
             for index in list(coll.indexes.values()):

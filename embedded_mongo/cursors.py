@@ -93,7 +93,8 @@ class Cursors:
         return {"nextBatch": docs, "id": Int64(0 if done else cursor_id), "ns": namespace}
 
     def kill(self, cursor_ids: list[int]) -> tuple[list[int], list[int]]:
-        killed, missing = [], []
+        killed: list[int] = []
+        missing: list[int] = []
         for cursor_id in cursor_ids:
             (killed if self._open.pop(cursor_id, None) else missing).append(cursor_id)
         return killed, missing

@@ -61,8 +61,8 @@ def _in(doc_value: Any, query_values: Any) -> bool:
         raise mongomock.OperationFailure("$in needs an array")
     candidates = [doc_value] if not isinstance(doc_value, list) else [*doc_value, doc_value]
     for wanted in query_values:
-        if isinstance(wanted, mm_filtering._RE_TYPES):  # noqa: SLF001
-            if doc_value is not mm_filtering.NOTHING and mm_filtering._regex(doc_value, wanted):  # noqa: SLF001
+        if isinstance(wanted, mm_filtering._RE_TYPES):
+            if doc_value is not mm_filtering.NOTHING and mm_filtering._regex(doc_value, wanted):
                 return True
         elif any(_bson_equal(candidate, wanted) for candidate in candidates):
             return True
@@ -77,11 +77,11 @@ def _eq(doc_value: Any, query_value: Any) -> bool:
 
 
 mm_filtering.bson_compare = _bson_compare
-mm_filtering._in_op = _in  # noqa: SLF001
-_FILTERER = mm_filtering._Filterer()  # noqa: SLF001  (built with the patched $in)
-_FILTERER._operator_map["$eq"] = _eq  # noqa: SLF001
-_FILTERER._operator_map["$ne"] = lambda doc_value, query_value: not _eq(doc_value, query_value)  # noqa: SLF001
-mm_filtering._filterer_inst = _FILTERER  # noqa: SLF001
+mm_filtering._in_op = _in
+_FILTERER = mm_filtering._Filterer()
+_FILTERER._operator_map["$eq"] = _eq
+_FILTERER._operator_map["$ne"] = lambda doc_value, query_value: not _eq(doc_value, query_value)
+mm_filtering._filterer_inst = _FILTERER
 
 
 # $type names mongomock leaves unimplemented.
@@ -95,7 +95,7 @@ mm_filtering.TYPE_MAP.update({
 })
 
 
-_parse_expression = mm_aggregate._Parser.parse  # noqa: SLF001
+_parse_expression = mm_aggregate._Parser.parse
 _RANDOM = random.Random()
 
 
@@ -132,8 +132,8 @@ def _parse_with_field_operators(parser: Any, expression: Any) -> Any:
     return _parse_expression(parser, expression)
 
 
-mm_aggregate._Parser.parse = _parse_with_field_operators  # noqa: SLF001
-_group_stage = mm_aggregate._PIPELINE_HANDLERS["$group"]  # noqa: SLF001
+mm_aggregate._Parser.parse = _parse_with_field_operators
+_group_stage = mm_aggregate._PIPELINE_HANDLERS["$group"]
 
 
 def _group_id_first(collection: Any, database: Any, options: Any) -> list[dict[str, Any]]:
@@ -142,7 +142,7 @@ def _group_id_first(collection: Any, database: Any, options: Any) -> list[dict[s
             for doc in _group_stage(collection, database, options)]
 
 
-mm_aggregate._PIPELINE_HANDLERS["$group"] = _group_id_first  # noqa: SLF001
+mm_aggregate._PIPELINE_HANDLERS["$group"] = _group_id_first
 
 
 def bind_variables(value: Any, variables: dict[str, Any] | None, expression: bool = False) -> Any:
@@ -179,7 +179,7 @@ def evaluate_variables(variables: dict[str, Any]) -> dict[str, Any]:
     """A command's ``let``: each value is itself an expression (``{$literal:
     ...}``, ``{$rand: {}}``), evaluated once against no document."""
     with translated():
-        return {name: mm_aggregate._Parser({}).parse(value) for name, value in variables.items()}  # noqa: SLF001
+        return {name: mm_aggregate._Parser({}).parse(value) for name, value in variables.items()}
 
 
 def bind_pipeline(pipeline: list[Any], variables: dict[str, Any] | None) -> list[Any]:
@@ -203,9 +203,8 @@ def _normalized(query: dict[str, Any]) -> dict[str, Any]:
     for name, value in query.items():
         if name in ("$and", "$or", "$nor") and isinstance(value, list):
             out[name] = [_normalized(q) if isinstance(q, dict) else q for q in value]
-        elif name.startswith("$") or isinstance(value, mm_filtering._RE_TYPES):  # noqa: SLF001
-            out[name] = value
-        elif isinstance(value, dict) and value and all(str(k).startswith("$") for k in value):
+        elif (name.startswith("$") or isinstance(value, mm_filtering._RE_TYPES)
+              or (isinstance(value, dict) and value and all(str(k).startswith("$") for k in value))):
             out[name] = value
         else:
             out[name] = {"$eq": value}
@@ -224,7 +223,7 @@ def translated() -> Iterator[None]:
         yield
     except MongoError:
         raise
-    except mongomock.WriteError as exc:
+    except mongomock.WriteError as exc:  # type: ignore[attr-defined]
         code = getattr(exc, "code", None) or (66 if "immutable" in str(exc) else 2)
         raise MongoError(int(code), str(exc)) from None
     except mongomock.OperationFailure as exc:
@@ -263,7 +262,7 @@ class Engine:
     """Applies updates, projections and pipelines to plain documents."""
 
     def __init__(self) -> None:
-        self._client = mongomock.MongoClient()  # a scratch in-memory database
+        self._client: Any = mongomock.MongoClient()  # a scratch in-memory database
         self._scratch = self._client.scratch  # holds one collection per call, emptied after
 
     def _collection(self, name: str = "doc") -> Any:
@@ -290,14 +289,15 @@ class Engine:
                 return {"_id": doc["_id"], **{k: v for k, v in result.items() if k != "_id"}}
             coll = self._scratch.doc
             key = self._store_key(doc["_id"])
-            coll._store[key] = copy.deepcopy(doc)  # noqa: SLF001
+            coll._store[key] = copy.deepcopy(doc)
             try:
-                coll._update({"_id": doc["_id"]}, update)  # noqa: SLF001
-                return dict(coll._store[key])  # noqa: SLF001
+                coll._update({"_id": doc["_id"]}, update)
+                return dict(coll._store[key])
             finally:
-                del coll._store[key]  # noqa: SLF001
+                del coll._store[key]
 
-    def upsert_document(self, query: dict[str, Any], update: Any, array_filters: list[Any] | None = None) -> dict[str, Any]:
+    def upsert_document(self, query: dict[str, Any], update: Any,
+                        array_filters: list[Any] | None = None) -> dict[str, Any]:
         """The document an upsert inserts when nothing matched ``query``."""
         with translated():
             if array_filters:
@@ -305,9 +305,9 @@ class Engine:
                 Updator(update, array_filters)(walker, do_insert=True)
                 return dict(walker.doc)
             coll = self._collection()
-            coll._update(query, update, upsert=True)  # noqa: SLF001
-            result = next(iter(coll._store.documents))  # noqa: SLF001
-            coll._store._documents.clear()  # noqa: SLF001
+            coll._update(query, update, upsert=True)
+            result = next(iter(coll._store.documents))
+            coll._store._documents.clear()
             return dict(result)
 
     def project(self, docs: list[dict[str, Any]], projection: dict[str, Any]) -> list[dict[str, Any]]:
@@ -316,7 +316,7 @@ class Engine:
             return docs
         with translated():
             coll = self._collection()
-            out = [coll._copy_only_fields(doc, projection, dict) for doc in docs]  # noqa: SLF001
+            out = [coll._copy_only_fields(doc, projection, dict) for doc in docs]
             return out
 
     def aggregate(self, docs: list[dict[str, Any]], pipeline: list[dict[str, Any]],

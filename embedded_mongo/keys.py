@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any
 
-from bson import Binary, Code, DBRef, Decimal128, Int64, MaxKey, MinKey, ObjectId, Regex, Timestamp
+from bson import Binary, Code, DBRef, Decimal128, MaxKey, MinKey, ObjectId, Regex, Timestamp
 from bson.datetime_ms import DatetimeMS
 
 from .errors import MongoError
@@ -124,7 +124,7 @@ def _text(value: str | bytes) -> bytes:
 
 def _date_ms(value: datetime.datetime) -> int:
     if value.tzinfo is not None:
-        value = value.astimezone(datetime.timezone.utc).replace(tzinfo=None)
+        value = value.astimezone(datetime.UTC).replace(tzinfo=None)
     delta = value - _EPOCH
     return (delta.days * 86400 + delta.seconds) * 1000 + delta.microseconds // 1000
 
@@ -187,7 +187,7 @@ def encode(value: Any) -> bytes:
         raw = bytes(value)
         return b"\x46" + struct.pack(">IB", len(raw), subtype) + raw
     if kind == OBJECTID:
-        return b"\x50" + value.binary
+        return b"\x50" + bytes(value.binary)
     if kind == BOOL:
         return b"\x5a\x01" if value else b"\x5a\x00"
     if kind == DATE:

@@ -194,9 +194,8 @@ def choose(coll: Collection, query: dict[str, Any], sort: SortSpec, hint: Any = 
         if index.sparse or index.partial is not None:
             continue  # holds only some documents: never a plan of its own
         score, plan = _index_plan(index, preds, sort, exact)
-        if score[1] or score[3]:
-            if best is None or score > best[0]:
-                best = (score, plan)
+        if (score[1] or score[3]) and (best is None or score > best[0]):
+            best = (score, plan)
     return best[1] if best else Plan()
 
 
@@ -241,7 +240,7 @@ class Match:
     """A document found: its rid, its stored bytes and, decoded when first asked
     for, its fields."""
 
-    __slots__ = ("rid", "raw", "_doc")
+    __slots__ = ("_doc", "raw", "rid")
 
     def __init__(self, rid: int, raw: bytes, doc: dict[str, Any] | None = None) -> None:
         self.rid = rid  # the row id in the collection table

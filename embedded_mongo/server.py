@@ -14,9 +14,9 @@ import struct
 from typing import IO, Any
 
 from .commands import Commands
+from .engine import compile_filter
 from .errors import CloseConnection, MongoError, ProtocolError
 from .storage import Store
-from .engine import compile_filter
 from .wire import HEADER, OP_MSG, Request, encode_reply, parse_header, parse_message
 
 log = logging.getLogger("embedded_mongo")
@@ -34,7 +34,7 @@ class DataDirLock:
         self._file: IO[str] | None = None  # the open lock file while held
 
     def acquire(self) -> None:
-        handle = open(self.path, "a+")
+        handle = open(self.path, "a+")  # noqa: SIM115  (held open as long as the lock)
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -111,7 +111,7 @@ class Server:
             except MongoError as exc:
                 log.warning("event=sweep_failed code=%d error=%r", exc.code, exc.message)
 
-    def _connection(self) -> "Connection":
+    def _connection(self) -> Connection:
         self._next_connection += 1
         return Connection(self, self._next_connection)
 

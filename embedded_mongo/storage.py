@@ -181,7 +181,7 @@ class Store:
     def get(self, db: str, name: str) -> Collection | None:
         return self.collections.get((db, name))
 
-    def list(self, db: str) -> list[Collection]:
+    def collections_of(self, db: str) -> list[Collection]:
         return [c for (d, _), c in sorted(self.collections.items()) if d == db]
 
     def create(self, db: str, name: str, options: dict[str, Any] | None = None) -> Collection:
@@ -226,7 +226,9 @@ class Store:
             )
             index = self._make_index(int(cur.lastrowid or 0), spec, False)
             if index.unique:
-                self._db.execute(f"CREATE TABLE {index.table} (key BLOB PRIMARY KEY, rid INTEGER NOT NULL) WITHOUT ROWID")
+                self._db.execute(
+                    f"CREATE TABLE {index.table} (key BLOB PRIMARY KEY, rid INTEGER NOT NULL) WITHOUT ROWID"
+                )
             else:
                 self._db.execute(
                     f"CREATE TABLE {index.table} (key BLOB NOT NULL, rid INTEGER NOT NULL, "
@@ -274,7 +276,7 @@ class Store:
 
     @staticmethod
     def _duplicate(coll: Collection, index: Index, values: list[Any]) -> MongoError:
-        key_value = dict(zip(index.spec["key"], values))
+        key_value = dict(zip(index.spec["key"], values, strict=False))
         shown = ", ".join(f"{k}: {v!r}" for k, v in key_value.items())
         return MongoError(
             11000,
@@ -358,7 +360,7 @@ class Store:
         )
         while True:
             rows = self._db.execute(sql, (*cursor, chunk)).fetchall()
-            for key, rid, raw in rows:
+            for _key, rid, raw in rows:
                 if seen is not None:
                     if rid in seen:
                         continue

@@ -32,7 +32,7 @@ MAX_BSON_BYTES = 16 * 1024 * 1024
 
 # Documents keep their exact BSON types: no timezone conversion, UUIDs left as
 # Binary, dates outside Python's range kept as DatetimeMS.
-CODEC = CodecOptions(
+CODEC: CodecOptions[dict[str, Any]] = CodecOptions(
     tz_aware=False,
     datetime_conversion=DatetimeConversion.DATETIME_AUTO,
 )

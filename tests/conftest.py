@@ -44,6 +44,7 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         applicable = RESULTS["passed"] + RESULTS["failed"]
         rate = 100.0 * RESULTS["passed"] / applicable if applicable else 0.0
         terminalreporter.write_line(
-            f"MongoDB CRUD spec tests: {RESULTS['passed']} passed, {RESULTS['failed']} failed, each an expected failure listed with its reason "
+            f"MongoDB CRUD spec tests: {RESULTS['passed']} passed, {RESULTS['failed']} failed "
+            "(each an expected failure, listed with its reason) "
             f"({rate:.1f}% of {applicable} applicable), {RESULTS['not applicable']} not applicable"
         )

@@ -28,9 +28,9 @@ class StoreProcess:
     def uri(self) -> str:
         return f"mongodb://127.0.0.1:{self.port}/"
 
-    def start(self, timeout: float = 20.0) -> "StoreProcess":
+    def start(self, timeout: float = 20.0) -> StoreProcess:
         os.makedirs(self.dbpath, exist_ok=True)
-        self._log = open(os.path.join(self.dbpath, "store.log"), "a+")
+        self._log = open(os.path.join(self.dbpath, "store.log"), "a+")  # noqa: SIM115  (closed in stop())
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "embedded_mongo", "--dbpath", self.dbpath, "--port", "0", *self.extra],
             cwd=ROOT, stdout=subprocess.PIPE, stderr=self._log, text=True,

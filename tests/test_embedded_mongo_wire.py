@@ -61,7 +61,7 @@ def test_parse_legacy_op_query_handshake() -> None:
     request = wire.parse_message(op_query("admin.$cmd", {"isMaster": 1}))
     assert request.body == {"isMaster": 1} and request.db == "admin" and request.op_code == wire.OP_QUERY
     reply = wire.encode_reply(request, {"ok": 1.0}, 9)
-    length, response_id, response_to, op_code = struct.unpack_from("<iiii", reply)
+    length, _, response_to, op_code = struct.unpack_from("<iiii", reply)
     assert (length, response_to, op_code) == (len(reply), 3, wire.OP_REPLY)
     assert bson.decode(reply[36:]) == {"ok": 1.0}
     with pytest.raises(ProtocolError):

@@ -154,14 +154,14 @@ def match(expected: Any, actual: Any, root: bool = True, path: str = "$") -> Non
     if isinstance(expected, list):
         if not isinstance(actual, list) or len(actual) != len(expected):
             raise Mismatch(f"{path}: expected {expected!r}, got {actual!r}")
-        for i, (e, a) in enumerate(zip(expected, actual)):
+        for i, (e, a) in enumerate(zip(expected, actual, strict=False)):
             match(e, a, root and isinstance(e, dict), f"{path}[{i}]")
         return
     if _is_number(expected) and _is_number(actual):
         if _number(expected) != _number(actual):
             raise Mismatch(f"{path}: expected {expected!r}, got {actual!r}")
         return
-    if expected != actual or type(expected) is bool and type(actual) is not bool:
+    if expected != actual or (type(expected) is bool and type(actual) is not bool):
         raise Mismatch(f"{path}: expected {expected!r}, got {actual!r}")
 
 
