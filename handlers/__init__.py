@@ -1,0 +1,1 @@
+"""Thin HTTP and WebSocket handlers: decode, call into ``server``, encode."""

@@ -1,0 +1,158 @@
+"""The one base handler: dependencies through ``initialize``, JSON in and out,
+request ids, and every error body shaped in ``write_error``."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from typing import TYPE_CHECKING, Any
+
+import ujson
+from jsonschema import Draft202012Validator
+from tornado.web import HTTPError, RequestHandler
+
+from server.auth import Principal
+from server.errors import ApiError
+from server.logs import fields
+from server.storage import as_api_error
+from server.validation import parse_json, validate
+
+if TYPE_CHECKING:
+    from server.app import Services
+
+log = logging.getLogger("server.http")
+
+JSON_MAX_BYTES = 1024 * 1024  # the largest JSON body accepted
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
+_TORNADO_CODES = {400: "invalid_request", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
+                  413: "payload_too_large", 415: "unsupported_media_type", 416: "range_not_satisfiable"}
+
+
+class BaseHandler(RequestHandler):
+    """Every HTTP handler of the server."""
+
+    services: Services  # everything a handler may call into
+    route: str  # the URL pattern, for logs and metrics
+    principal: Principal | None  # who the request speaks for, once authenticated
+
+    def initialize(self, services: Services, route: str) -> None:
+        self.services = services
+        self.route = route
+        self.principal = None
+        self.started = time.perf_counter()  # for the latency metric
+        incoming = self.request.headers.get("X-Request-Id", "")
+        self.request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex  # echoed and logged
+
+    def set_default_headers(self) -> None:
+        self.set_header("Content-Type", "application/json; charset=UTF-8")
+        self.set_header("Cache-Control", "no-store")
+
+    async def prepare(self) -> None:
+        self.set_header("X-Request-Id", self.request_id)
+        self.services.track_request(+1)
+
+    def on_finish(self) -> None:
+        self.services.track_request(-1)
+
+    # -- requests --------------------------------------------------------------------
+
+    def client_ip(self) -> str:
+        """The client's address: X-Forwarded-For's last hop when BEHIND_PROXY and
+        the connection comes from the proxy on this machine, else the peer."""
+        peer = self.request.remote_ip or ""
+        if self.services.settings.behind_proxy and peer in ("127.0.0.1", "::1"):
+            forwarded = self.request.headers.get("X-Forwarded-For", "")
+            hops = [h.strip() for h in forwarded.split(",") if h.strip()]
+            if hops:
+                return hops[-1]
+        return peer
+
+    def json_body(self, validator: Draft202012Validator) -> dict[str, Any]:
+        """The request's JSON object, checked against ``validator``."""
+        content_type = self.request.headers.get("Content-Type", "application/json").split(";")[0].strip().lower()
+        if content_type not in ("application/json", "text/json", ""):
+            raise ApiError("unsupported_media_type", "the request body must be application/json")
+        if len(self.request.body) > JSON_MAX_BYTES:
+            raise ApiError("payload_too_large", f"JSON bodies are limited to {JSON_MAX_BYTES} bytes")
+        body = validate(validator, parse_json(self.request.body))
+        assert isinstance(body, dict)
+        return body
+
+    def bearer_token(self) -> str | None:
+        header = self.request.headers.get("Authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() == "bearer" and token.strip():
+            return token.strip()
+        return None
+
+    async def authenticate(self) -> Principal:
+        token = self.bearer_token()
+        if token is None:
+            raise ApiError("unauthorized", "Authorization: Bearer <access_token> is required")
+        self.principal = await self.services.auth.authenticate(token)
+        return self.principal
+
+    # -- responses ---------------------------------------------------------------------
+
+    def write_json(self, payload: Any, status: int = 200) -> None:
+        self.set_status(status)
+        self.finish(ujson.dumps(payload, ensure_ascii=False, escape_forward_slashes=False))
+
+    def send_error(self, status_code: int = 500, **kwargs: Any) -> None:
+        exc_info = kwargs.get("exc_info")
+        error = self._api_error(exc_info[1] if exc_info else None, status_code)
+        super().send_error(error.status, **kwargs)
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        """Every error body, in the contract's envelope; never a stack trace."""
+        exc_info = kwargs.get("exc_info")
+        error = self._api_error(exc_info[1] if exc_info else None, status_code)
+        self.set_header("Content-Type", "application/json; charset=UTF-8")
+        for name, value in error.headers.items():
+            self.set_header(name, value)
+        self.finish(ujson.dumps(error.body(), ensure_ascii=False, escape_forward_slashes=False))
+
+    @staticmethod
+    def _api_error(exc: BaseException | None, status_code: int) -> ApiError:
+        if isinstance(exc, ApiError):
+            return exc
+        if exc is not None:
+            mapped = as_api_error(exc)
+            if mapped is not None:
+                return mapped
+        if isinstance(exc, HTTPError) or exc is None:
+            code = _TORNADO_CODES.get(status_code, "internal" if status_code >= 500 else "invalid_request")
+            message = (exc.log_message if isinstance(exc, HTTPError) and exc.log_message else None) or code.replace(
+                "_", " ")
+            return ApiError(code, message)
+        return ApiError("internal", "the server failed to answer; the error is logged")
+
+    def log_exception(self, typ: Any, value: BaseException | None, tb: Any) -> None:
+        if isinstance(value, (ApiError, HTTPError)):
+            return  # answered with its code; the access log has it
+        if value is not None and as_api_error(value) is not None:
+            log.warning("database unavailable", extra=fields(request_id=self.request_id, route=self.route,
+                                                             error=type(value).__name__))
+            return
+        log.error("unhandled error", exc_info=(typ, value, tb),
+                  extra=fields(request_id=self.request_id, route=self.route, method=self.request.method))
+
+
+class AuthenticatedHandler(BaseHandler):
+    """A handler whose every method needs a valid access token."""
+
+    principal: Principal | None
+
+    async def prepare(self) -> None:
+        await super().prepare()
+        await self.authenticate()
+
+
+class NotFoundHandler(BaseHandler):
+    """Any path no route matches: ``not_found`` in the contract's envelope."""
+
+    async def prepare(self) -> None:
+        await super().prepare()
+        raise ApiError("not_found", f"no such endpoint: {self.request.path}")

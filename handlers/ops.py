@@ -1,0 +1,46 @@
+"""Operations: liveness, readiness, metrics, and the development demo page."""
+
+from __future__ import annotations
+
+import os
+
+from handlers.base import BaseHandler
+from server.errors import ApiError
+
+DEMO_PAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "static", "demo.html")
+
+
+class HealthHandler(BaseHandler):
+    """GET /healthz: the process is alive."""
+
+    async def get(self) -> None:
+        self.write_json({"status": "ok"})
+
+
+class ReadyHandler(BaseHandler):
+    """GET /readyz: 200 only while the database answers."""
+
+    async def get(self) -> None:
+        if not await self.services.storage.ping():
+            raise ApiError("unavailable", "the database is not answering")
+        self.write_json({"status": "ready"})
+
+
+class MetricsHandler(BaseHandler):
+    """GET /metrics: Prometheus text format."""
+
+    async def get(self) -> None:
+        self.set_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+        self.services.refresh_gauges()
+        self.finish(self.services.metrics.render())
+
+
+class DemoHandler(BaseHandler):
+    """GET /: a page to try the server from a browser (development mode only)."""
+
+    async def get(self) -> None:
+        if not self.services.settings.dev_login:
+            raise ApiError("not_found", "no such endpoint: /")
+        self.set_header("Content-Type", "text/html; charset=utf-8")
+        with open(DEMO_PAGE, "rb") as page:
+            self.finish(page.read())

@@ -1,0 +1,1 @@
+"""The core of the real-time server: nothing here knows about HTTP handlers."""

@@ -1,0 +1,131 @@
+"""The one place that wires the server: ``make_app(settings, ...)`` builds every
+dependency and the Tornado application whose handlers receive them through
+``initialize``."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from tornado.httpclient import AsyncHTTPClient
+from tornado.web import Application, RequestHandler
+
+from server.auth import Auth
+from server.logs import fields, redact_text
+from server.metrics import Metrics
+from server.storage import Storage
+from server.users import Users
+from server.wechat import WeChatClient
+from settings import Settings
+
+log = logging.getLogger("server.access")
+
+
+class Services:
+    """Everything handlers call into, built once per application."""
+
+    def __init__(self, settings: Settings, storage: Storage, wechat: WeChatClient) -> None:
+        self.settings = settings  # the configuration
+        self.storage = storage  # motor and the database
+        self.users = Users(storage)  # the users collection
+        self.auth = Auth(storage, self.users, settings.jwt_secret, settings.access_token_ttl,
+                         settings.refresh_token_ttl)  # tokens and sessions
+        self.wechat = wechat  # WeChat's server API
+        self.metrics = Metrics()  # this app's Prometheus registry
+        self.started_at = time.time()  # for uptime
+        self.in_flight = 0  # HTTP requests being answered
+        self._idle = asyncio.Event()  # set while no request is in flight
+        self._idle.set()
+        self.on_session_end: list[Callable[[str], Awaitable[None]]] = []  # called with a sid on logout
+        self.on_shutdown: list[Callable[[], Awaitable[None]]] = []  # called when the server stops
+
+    async def start(self) -> None:
+        """Waits for the database and creates the contract's indexes."""
+        await self.storage.wait_until_ready()
+        await self.storage.ensure_indexes()
+
+    async def shutdown(self) -> None:
+        """Runs the shutdown hooks (the real-time hub closes its sockets here)."""
+        for hook in self.on_shutdown:
+            await hook()
+
+    async def close(self) -> None:
+        self.storage.close()
+
+    def track_request(self, delta: int) -> None:
+        self.in_flight += delta
+        if self.in_flight <= 0:
+            self.in_flight = 0
+            self._idle.set()
+        else:
+            self._idle.clear()
+
+    async def drain(self, timeout: float) -> bool:
+        """Waits (at most ``timeout`` seconds) for in-flight requests to finish."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+            return True
+        except asyncio.TimeoutError:
+            return False
+
+    async def session_ended(self, sid: str) -> None:
+        for callback in self.on_session_end:
+            await callback(sid)
+
+    def refresh_gauges(self) -> None:
+        """Brings gauges up to date before /metrics renders them."""
+
+    def log_request(self, handler: RequestHandler) -> None:
+        """The access log and the request metrics: one structured line per
+        request, no tokens (the query string is redacted)."""
+        status = handler.get_status()
+        route = getattr(handler, "route", "unmatched")
+        elapsed = time.perf_counter() - getattr(handler, "started", time.perf_counter())
+        self.metrics.requests.labels(route, handler.request.method, str(status)).inc()
+        self.metrics.latency.labels(route).observe(elapsed)
+        principal = getattr(handler, "principal", None)
+        level = logging.ERROR if status >= 500 else logging.INFO
+        log.log(level, "request", extra=fields(
+            request_id=getattr(handler, "request_id", None), method=handler.request.method,
+            path=redact_text(handler.request.uri or ""), route=route, status=status,
+            duration_ms=round(elapsed * 1000, 2), user=principal.user_id if principal else None,
+            ip=handler.client_ip() if hasattr(handler, "client_ip") else handler.request.remote_ip))
+
+
+def make_app(settings: Settings, mongo_uri: str | None = None, *, storage: Storage | None = None,
+             wechat: WeChatClient | None = None, http: AsyncHTTPClient | None = None) -> tuple[Application, Services]:
+    """The application and its services. ``mongo_uri`` overrides
+    ``settings.mongo_uri`` (run.py passes the embedded store's)."""
+    from handlers.auth import DevLoginHandler, LogoutHandler, MeHandler, RefreshHandler, WeChatLoginHandler
+    from handlers.base import NotFoundHandler
+    from handlers.ops import DemoHandler, HealthHandler, MetricsHandler, ReadyHandler
+
+    uri = mongo_uri or settings.mongo_uri
+    if storage is None:
+        if uri is None:
+            raise ValueError("make_app needs a MongoDB URI (settings.mongo_uri or mongo_uri)")
+        storage = Storage(uri, settings.mongo_db)
+    wechat = wechat or WeChatClient(settings.wechat_api_base, settings.wechat_appid, settings.wechat_secret, http)
+    services = Services(settings, storage, wechat)
+    routes: list[tuple[str, type[RequestHandler]]] = [
+        (r"/", DemoHandler),
+        (r"/healthz", HealthHandler),
+        (r"/readyz", ReadyHandler),
+        (r"/metrics", MetricsHandler),
+        (r"/api/v1/auth/wechat", WeChatLoginHandler),
+        (r"/api/v1/auth/dev", DevLoginHandler),
+        (r"/api/v1/auth/refresh", RefreshHandler),
+        (r"/api/v1/auth/logout", LogoutHandler),
+        (r"/api/v1/me", MeHandler),
+    ]
+    app = Application(
+        [(pattern, handler, {"services": services, "route": pattern}) for pattern, handler in routes],
+        compress_response=True,
+        log_function=services.log_request,
+        default_handler_class=NotFoundHandler,
+        default_handler_args={"services": services, "route": "unmatched"},
+        xheaders=False,
+    )
+    return app, services

@@ -1,0 +1,150 @@
+"""Sessions: JWT access tokens and rotated, hashed refresh tokens.
+
+A sign-in starts a session: a refresh-token *family* whose id is the ``sid`` of
+every access token it issues. Each refresh spends the refresh token it was given
+and issues the next one of the family; presenting a spent one again means it was
+stolen, and the whole family is revoked. Only a token's SHA-256 is stored.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import re
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import jwt
+from bson import ObjectId
+from pymongo import ReturnDocument
+
+from server.errors import ApiError
+from server.storage import Storage, utcnow
+from server.users import Users, public
+
+ALGORITHMS = ["HS256"]  # fixed: "none" and every other algorithm are refused
+LEEWAY_SECONDS = 10  # clock skew tolerated on exp and iat
+_REFRESH_TOKEN = re.compile(r"^[A-Za-z0-9_-]{32,128}$")
+_SID = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who a valid access token speaks for."""
+
+    user_id: str  # the user's id (ObjectId hex)
+    sid: str  # the session (refresh-token family)
+    expires_at: float  # when the access token expires (epoch seconds)
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class Auth:
+    """Issues and checks tokens; keeps refresh tokens in ``refresh_tokens``."""
+
+    def __init__(self, storage: Storage, users: Users, secret: str, access_ttl: int, refresh_ttl: int) -> None:
+        self._tokens = storage["refresh_tokens"]  # {_id, user_id, family, token_hash, created_at, expires_at, ...}
+        self._users = users  # to check the token's user still exists
+        self._secret = secret  # HS256 key
+        self.access_ttl = access_ttl  # seconds
+        self.refresh_ttl = refresh_ttl  # seconds
+
+    # -- access tokens ---------------------------------------------------------------
+
+    def issue_access(self, user_id: str, sid: str) -> str:
+        now = int(time.time())
+        claims = {"sub": user_id, "sid": sid, "iat": now, "exp": now + self.access_ttl}
+        return jwt.encode(claims, self._secret, algorithm="HS256")
+
+    def verify_access(self, token: Any) -> Principal:
+        """The principal of a well-signed, unexpired access token."""
+        if not isinstance(token, str) or not token or len(token) > 4096:
+            raise ApiError("unauthorized", "a bearer access token is required")
+        try:
+            claims = jwt.decode(token, self._secret, algorithms=ALGORITHMS, leeway=LEEWAY_SECONDS,
+                                options={"require": ["sub", "sid", "iat", "exp"]})
+        except jwt.ExpiredSignatureError:
+            raise ApiError("token_expired", "the access token has expired; refresh it") from None
+        except jwt.PyJWTError:
+            raise ApiError("unauthorized", "the access token is not valid") from None
+        sub, sid = claims.get("sub"), claims.get("sid")
+        if not isinstance(sub, str) or not ObjectId.is_valid(sub) or not isinstance(sid, str) or not _SID.match(sid):
+            raise ApiError("unauthorized", "the access token is not valid")
+        return Principal(sub, sid, float(claims["exp"]))
+
+    async def authenticate(self, token: Any) -> Principal:
+        """verify_access, and the user still exists and the session is not revoked."""
+        principal = self.verify_access(token)
+        if await self._users.get(ObjectId(principal.user_id)) is None:
+            raise ApiError("unauthorized", "the user of this token no longer exists")
+        if await self.session_revoked(principal.sid):
+            raise ApiError("unauthorized", "this session has been signed out")
+        return principal
+
+    async def session_revoked(self, sid: str) -> bool:
+        return await self._tokens.find_one({"family": sid, "revoked_at": {"$ne": None}}, {"_id": 1}) is not None
+
+    # -- sessions ------------------------------------------------------------------------
+
+    async def start_session(self, user: dict[str, Any]) -> dict[str, Any]:
+        """A new session for ``user``: the sign-in answer of the contract."""
+        family = secrets.token_urlsafe(18)
+        return await self._issue_pair(user, family)
+
+    async def _issue_pair(self, user: dict[str, Any], family: str) -> dict[str, Any]:
+        refresh = secrets.token_urlsafe(32)
+        now = utcnow()
+        await self._tokens.insert_one({
+            "user_id": user["_id"], "family": family, "token_hash": token_hash(refresh), "created_at": now,
+            "expires_at": now + datetime.timedelta(seconds=self.refresh_ttl), "spent_at": None, "revoked_at": None,
+        })
+        return {
+            "access_token": self.issue_access(str(user["_id"]), family),
+            "expires_in": self.access_ttl,
+            "refresh_token": refresh,
+            "refresh_expires_in": self.refresh_ttl,
+            "user": public(user),
+        }
+
+    @staticmethod
+    def _check_refresh_token(token: Any) -> str:
+        if not isinstance(token, str) or not _REFRESH_TOKEN.match(token):
+            raise ApiError("unauthorized", "the refresh token is not valid")
+        return token
+
+    async def refresh(self, token: Any) -> dict[str, Any]:
+        """Spends ``token`` and issues the next pair of its session."""
+        hashed = token_hash(self._check_refresh_token(token))
+        now = utcnow()
+        spent = await self._tokens.find_one_and_update(
+            {"token_hash": hashed, "spent_at": None, "revoked_at": None, "expires_at": {"$gt": now}},
+            {"$set": {"spent_at": now}}, return_document=ReturnDocument.BEFORE)
+        if spent is None:
+            existing = await self._tokens.find_one({"token_hash": hashed})
+            if existing is None:
+                raise ApiError("unauthorized", "the refresh token is not valid")
+            if existing.get("revoked_at") is not None:
+                raise ApiError("unauthorized", "this session has been signed out")
+            if existing.get("spent_at") is not None:
+                await self.revoke_family(existing["family"])
+                raise ApiError("token_reused", "this refresh token was already used; the session is revoked")
+            raise ApiError("token_expired", "the refresh token has expired; sign in again")
+        user = await self._users.get(spent["user_id"])
+        if user is None:
+            raise ApiError("unauthorized", "the user of this token no longer exists")
+        return await self._issue_pair(user, spent["family"])
+
+    async def logout(self, token: Any) -> str:
+        """Revokes the session of ``token``; returns its sid."""
+        found = await self._tokens.find_one({"token_hash": token_hash(self._check_refresh_token(token))})
+        if found is None:
+            raise ApiError("unauthorized", "the refresh token is not valid")
+        await self.revoke_family(found["family"])
+        return str(found["family"])
+
+    async def revoke_family(self, family: str) -> None:
+        await self._tokens.update_many({"family": family, "revoked_at": None}, {"$set": {"revoked_at": utcnow()}})

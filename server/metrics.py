@@ -1,0 +1,36 @@
+"""Prometheus metrics of one application, in a registry of its own.
+
+Each ``make_app`` gets its own ``Metrics`` (so several apps can live in one test
+process); ``/metrics`` renders ``registry`` in the Prometheus text format.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class Metrics:
+    """Every metric the server exports."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()  # this app's metrics only
+        self.requests = Counter("http_requests", "HTTP requests answered, by route, method and status",
+                                ["route", "method", "status"], registry=self.registry)
+        self.latency = Histogram("http_request_duration_seconds", "HTTP request latency, by route",
+                                 ["route"], buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.ws_connections = Gauge("ws_connections", "Open WebSocket connections", registry=self.registry)
+        self.ws_subscriptions = Gauge("ws_subscriptions", "Channel subscriptions of open connections",
+                                      registry=self.registry)
+        self.messages_published = Counter("messages_published", "Messages stored and published",
+                                          registry=self.registry)
+        self.messages_delivered = Counter("messages_delivered", "Messages delivered to connections",
+                                          registry=self.registry)
+        self.ws_closed = Counter("ws_closed", "WebSocket connections closed by the server, by close code",
+                                 ["code"], registry=self.registry)
+        self.ws_command_latency = Histogram("ws_command_duration_seconds", "WebSocket command latency, by op",
+                                            ["op"], buckets=LATENCY_BUCKETS, registry=self.registry)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

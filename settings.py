@@ -1,0 +1,228 @@
+"""Every setting of the server, read once from the environment, cast and checked.
+
+``load(environ)`` returns a frozen ``Settings`` or raises ``SettingsError`` whose
+message is one line naming the variable and what it takes. Nothing else in the
+project reads the environment.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+from urllib.parse import urlparse
+
+T = TypeVar("T")
+
+DEVELOPMENT = "development"
+PRODUCTION = "production"
+DEFAULT_FILE_TYPES = ("jpeg", "png", "gif", "webp", "mp4", "mp3", "pdf")
+KNOWN_FILE_TYPES = frozenset(DEFAULT_FILE_TYPES)
+# Secrets that must never protect a production server.
+_WEAK_SECRETS = frozenset({"secret", "changeme", "change-me", "development", "dev", "jwt-secret", "test"})
+
+
+class SettingsError(Exception):
+    """A setting is missing or malformed; the message is one line naming it."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The server's whole configuration."""
+
+    app_env: str = DEVELOPMENT  # "development" or "production"
+    host: str = "127.0.0.1"  # address to listen on
+    port: int = 8888  # port to listen on
+    data_dir: str = "./data"  # the embedded store's files and the development secret
+    mongo_uri: str | None = None  # a real MongoDB; None starts the embedded store
+    mongo_db: str = "miniprogram"  # database name
+    redis_url: str | None = None  # Redis for fan-out between processes
+    jwt_secret: str = ""  # HS256 key of access tokens
+    access_token_ttl: int = 7200  # seconds an access token lives
+    refresh_token_ttl: int = 30 * 86400  # seconds a refresh token lives
+    wechat_appid: str | None = None  # the Mini Program's AppID
+    wechat_secret: str | None = None  # its AppSecret
+    wechat_api_base: str = "https://api.weixin.qq.com"  # WeChat's API (a local fake in tests)
+    content_check: bool = False  # msgSecCheck on room messages
+    tls_cert: str | None = None  # certificate chain file for HTTPS/WSS
+    tls_key: str | None = None  # its private key
+    behind_proxy: bool = False  # trust X-Forwarded-* from a proxy on this machine
+    api_keys: tuple[str, ...] = ()  # keys of the server API (X-API-Key)
+    file_max_bytes: int = 10 * 1024 * 1024  # largest upload
+    file_types: tuple[str, ...] = DEFAULT_FILE_TYPES  # accepted upload types, judged by content
+    schemas_dir: str = "schemas"  # JSON Schemas of records, one file per kind
+    ws_ping_interval: float = 25.0  # seconds between server pings
+    ws_max_message_bytes: int = 64 * 1024  # largest WebSocket frame accepted
+    ws_max_per_user: int = 5  # sockets one user may hold
+    recovery_max: int = 300  # messages a subscribe with `since` replays at most
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)  # overrides from the command line
+
+    @property
+    def production(self) -> bool:
+        return self.app_env == PRODUCTION
+
+    @property
+    def dev_login(self) -> bool:
+        """POST /api/v1/auth/dev is served in development mode only."""
+        return not self.production
+
+    @property
+    def tls(self) -> bool:
+        return bool(self.tls_cert and self.tls_key)
+
+
+def _text(env: Mapping[str, str], name: str, default: str | None = None) -> str | None:
+    value = env.get(name)
+    if value is None or value.strip() == "":
+        return default
+    return value.strip()
+
+
+def _cast(env: Mapping[str, str], name: str, default: T, cast: Callable[[str], T], expects: str) -> T:
+    raw = _text(env, name)
+    if raw is None:
+        return default
+    try:
+        return cast(raw)
+    except (ValueError, TypeError):
+        raise SettingsError(f"{name}={raw!r} is invalid: it takes {expects}") from None
+
+
+def _positive_int(raw: str) -> int:
+    value = int(raw)
+    if value <= 0:
+        raise ValueError(raw)
+    return value
+
+
+def _positive_float(raw: str) -> float:
+    value = float(raw)
+    if not value > 0:
+        raise ValueError(raw)
+    return value
+
+
+def _port(raw: str) -> int:
+    value = int(raw)
+    if not 0 <= value <= 65535:
+        raise ValueError(raw)
+    return value
+
+
+def _switch(raw: str) -> bool:
+    lowered = raw.lower()
+    if lowered in ("1", "on", "true", "yes"):
+        return True
+    if lowered in ("0", "off", "false", "no"):
+        return False
+    raise ValueError(raw)
+
+
+def _file_types(raw: str) -> tuple[str, ...]:
+    kinds = tuple(t.strip().lower() for t in raw.split(",") if t.strip())
+    if not kinds or any(k not in KNOWN_FILE_TYPES for k in kinds):
+        raise ValueError(raw)
+    return kinds
+
+
+def _url(schemes: tuple[str, ...]) -> Callable[[str], str]:
+    def check(raw: str) -> str:
+        parsed = urlparse(raw)
+        if parsed.scheme not in schemes or not parsed.netloc:
+            raise ValueError(raw)
+        return raw.rstrip("/") if parsed.scheme.startswith("http") else raw
+
+    return check
+
+
+def _development_secret(data_dir: str) -> str:
+    """A JWT secret made once and kept in the data directory, so that tokens
+    survive restarts in development."""
+    path = os.path.join(data_dir, "jwt_secret")
+    try:
+        with open(path) as handle:
+            secret = handle.read().strip()
+        if len(secret) >= 32:
+            return secret
+    except FileNotFoundError:
+        pass
+    os.makedirs(data_dir, exist_ok=True)
+    secret = secrets.token_urlsafe(48)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(secret)
+    return secret
+
+
+def load(env: Mapping[str, str], **overrides: Any) -> Settings:
+    """Settings from ``env`` (``os.environ``), with command-line ``overrides``
+    (host, port) applied last."""
+    app_env = (_text(env, "APP_ENV", DEVELOPMENT) or DEVELOPMENT).lower()
+    if app_env not in (DEVELOPMENT, PRODUCTION):
+        raise SettingsError(f"APP_ENV={app_env!r} is invalid: it takes development or production")
+    data_dir = _text(env, "DATA_DIR", "./data") or "./data"
+    values: dict[str, Any] = {
+        "app_env": app_env,
+        "host": _text(env, "HOST", "127.0.0.1"),
+        "port": _cast(env, "PORT", 8888, _port, "a port number from 0 to 65535"),
+        "data_dir": data_dir,
+        "mongo_uri": _cast(env, "MONGO_URI", None, _url(("mongodb", "mongodb+srv")), "a mongodb:// URI"),
+        "mongo_db": _text(env, "MONGO_DB", "miniprogram"),
+        "redis_url": _cast(env, "REDIS_URL", None, _url(("redis", "rediss", "unix")), "a redis:// URL"),
+        "access_token_ttl": _cast(env, "ACCESS_TOKEN_TTL", 7200, _positive_int, "a positive number of seconds"),
+        "refresh_token_ttl": _cast(env, "REFRESH_TOKEN_TTL", 30 * 86400, _positive_int,
+                                   "a positive number of seconds"),
+        "wechat_appid": _text(env, "WECHAT_APPID"),
+        "wechat_secret": _text(env, "WECHAT_SECRET"),
+        "wechat_api_base": _cast(env, "WECHAT_API_BASE", "https://api.weixin.qq.com", _url(("http", "https")),
+                                 "an http(s):// URL"),
+        "content_check": _cast(env, "CONTENT_CHECK", False, _switch, "on or off"),
+        "tls_cert": _text(env, "TLS_CERT"),
+        "tls_key": _text(env, "TLS_KEY"),
+        "behind_proxy": _cast(env, "BEHIND_PROXY", False, _switch, "1 or 0"),
+        "api_keys": tuple(k.strip() for k in (_text(env, "API_KEYS", "") or "").split(",") if k.strip()),
+        "file_max_bytes": _cast(env, "FILE_MAX_BYTES", 10 * 1024 * 1024, _positive_int, "a positive number of bytes"),
+        "file_types": _cast(env, "FILE_TYPES", DEFAULT_FILE_TYPES, _file_types,
+                            "a comma-separated list of " + ", ".join(DEFAULT_FILE_TYPES)),
+        "schemas_dir": _text(env, "SCHEMAS_DIR", "schemas"),
+        "ws_ping_interval": _cast(env, "WS_PING_INTERVAL", 25.0, _positive_float, "a positive number of seconds"),
+        "ws_max_message_bytes": _cast(env, "WS_MAX_MESSAGE_BYTES", 64 * 1024, _positive_int,
+                                      "a positive number of bytes"),
+        "ws_max_per_user": _cast(env, "WS_MAX_PER_USER", 5, _positive_int, "a positive whole number"),
+        "recovery_max": _cast(env, "RECOVERY_MAX", 300, _positive_int, "a positive whole number"),
+    }
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    if (values["tls_cert"] is None) != (values["tls_key"] is None):
+        missing = "TLS_KEY" if values["tls_key"] is None else "TLS_CERT"
+        raise SettingsError(f"{missing} is missing: TLS_CERT and TLS_KEY go together")
+    for name in ("tls_cert", "tls_key"):
+        if values[name] is not None and not os.path.isfile(values[name]):
+            raise SettingsError(f"{name.upper()}={values[name]!r} is invalid: it takes a readable file")
+    secret = _text(env, "JWT_SECRET")
+    if app_env == PRODUCTION:
+        _check_production(values, secret)
+    elif secret is None:
+        secret = _development_secret(data_dir)
+    elif len(secret.encode()) < 32:
+        raise SettingsError("JWT_SECRET is too short: it takes at least 32 bytes")
+    values["jwt_secret"] = secret
+    return Settings(**values)
+
+
+def _check_production(values: dict[str, Any], secret: str | None) -> None:
+    """Production refuses every unsafe default, naming the variable."""
+    if not values["mongo_uri"]:
+        raise SettingsError("MONGO_URI is missing: production needs a real MongoDB (mongodb://...)")
+    if secret is None:
+        raise SettingsError("JWT_SECRET is missing: production needs a secret of at least 32 bytes")
+    if len(secret.encode()) < 32 or secret.lower() in _WEAK_SECRETS or len(set(secret)) < 8:
+        raise SettingsError("JWT_SECRET is unsafe: production needs a random secret of at least 32 bytes")
+    if not values["wechat_appid"]:
+        raise SettingsError("WECHAT_APPID is missing: production signs users in with WeChat")
+    if not values["wechat_secret"]:
+        raise SettingsError("WECHAT_SECRET is missing: production signs users in with WeChat")
+    if not (values["tls_cert"] and values["tls_key"]) and not values["behind_proxy"]:
+        raise SettingsError("TLS_CERT/TLS_KEY are missing: production needs them, or BEHIND_PROXY=1 behind a "
+                            "TLS-terminating proxy")
