@@ -25,7 +25,7 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check embedded_mongo server handlers tests bench run.py settings.py
-	$(BIN)/mypy embedded_mongo
+	$(BIN)/mypy embedded_mongo server handlers run.py settings.py
 
 bench: $(STAMP)
 	$(BIN)/python bench/embedded_mongo_bench.py

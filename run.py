@@ -47,7 +47,8 @@ async def serve(config: settings_module.Settings) -> int:
     app, services = make_app(config, mongo_uri)
     try:
         await services.start()
-        server = HTTPServer(app, ssl_options=tls_context(config.tls_cert, config.tls_key) if config.tls else None,
+        context = tls_context(config.tls_cert, config.tls_key) if config.tls_cert and config.tls_key else None
+        server = HTTPServer(app, ssl_options=context,
                             max_body_size=config.file_max_bytes + 1024 * 1024, idle_connection_timeout=75)
         sockets = bind_sockets(config.port, config.host)
         server.add_sockets(sockets)

@@ -18,7 +18,7 @@ T = TypeVar("T")
 
 DEVELOPMENT = "development"
 PRODUCTION = "production"
-DEFAULT_FILE_TYPES = ("jpeg", "png", "gif", "webp", "mp4", "mp3", "pdf")
+DEFAULT_FILE_TYPES: tuple[str, ...] = ("jpeg", "png", "gif", "webp", "mp4", "mp3", "pdf")
 KNOWN_FILE_TYPES = frozenset(DEFAULT_FILE_TYPES)
 # Secrets that must never protect a production server.
 _WEAK_SECRETS = frozenset({"secret", "changeme", "change-me", "development", "dev", "jwt-secret", "test"})
@@ -184,7 +184,7 @@ def load(env: Mapping[str, str], **overrides: Any) -> Settings:
         "behind_proxy": _cast(env, "BEHIND_PROXY", False, _switch, "1 or 0"),
         "api_keys": tuple(k.strip() for k in (_text(env, "API_KEYS", "") or "").split(",") if k.strip()),
         "file_max_bytes": _cast(env, "FILE_MAX_BYTES", 10 * 1024 * 1024, _positive_int, "a positive number of bytes"),
-        "file_types": _cast(env, "FILE_TYPES", DEFAULT_FILE_TYPES, _file_types,
+        "file_types": _cast(env, "FILE_TYPES", tuple(DEFAULT_FILE_TYPES), _file_types,
                             "a comma-separated list of " + ", ".join(DEFAULT_FILE_TYPES)),
         "schemas_dir": _text(env, "SCHEMAS_DIR", "schemas"),
         "ws_ping_interval": _cast(env, "WS_PING_INTERVAL", 25.0, _positive_float, "a positive number of seconds"),

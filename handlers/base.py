@@ -136,7 +136,7 @@ class BaseHandler(RequestHandler):
             log.warning("database unavailable", extra=fields(request_id=self.request_id, route=self.route,
                                                              error=type(value).__name__))
             return
-        log.error("unhandled error", exc_info=(typ, value, tb),
+        log.error("unhandled error", exc_info=value,
                   extra=fields(request_id=self.request_id, route=self.route, method=self.request.method))
 
 

@@ -67,7 +67,7 @@ class Services:
         try:
             await asyncio.wait_for(self._idle.wait(), timeout)
             return True
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return False
 
     async def session_ended(self, sid: str) -> None:

@@ -47,15 +47,15 @@ INDEXES: dict[str, list[IndexModel]] = {
 
 def utcnow() -> datetime.datetime:
     """Now, in UTC, to the millisecond (what BSON dates hold)."""
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     return now.replace(microsecond=now.microsecond // 1000 * 1000)
 
 
 def iso(moment: datetime.datetime) -> str:
     """ISO-8601 UTC with milliseconds, as the contract writes times."""
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=datetime.timezone.utc)
-    return moment.astimezone(datetime.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        moment = moment.replace(tzinfo=datetime.UTC)
+    return moment.astimezone(datetime.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def object_id(value: Any, what: str = "id") -> ObjectId:
@@ -78,9 +78,9 @@ class Storage:
     """The motor client and the server's database."""
 
     def __init__(self, uri: str, db_name: str, selection_timeout_ms: int = 5000) -> None:
-        self.client: AsyncIOMotorClient = AsyncIOMotorClient(
+        self.client: AsyncIOMotorClient[dict[str, Any]] = AsyncIOMotorClient(
             uri, tz_aware=True, serverSelectionTimeoutMS=selection_timeout_ms, appname="miniprogram-realtime")
-        self.db: AsyncIOMotorDatabase = self.client[db_name]  # the server's database
+        self.db: AsyncIOMotorDatabase[dict[str, Any]] = self.client[db_name]  # the server's database
 
     def __getitem__(self, name: str) -> Any:
         return self.db[name]
@@ -95,7 +95,7 @@ class Storage:
         try:
             await asyncio.wait_for(self.client.admin.command("ping"), timeout)
             return True
-        except (asyncio.TimeoutError, PyMongoError):
+        except (TimeoutError, PyMongoError):
             return False
 
     async def wait_until_ready(self, timeout: float = 30.0) -> None:

@@ -98,7 +98,7 @@ class WeChatClient:
             response = await self._http.fetch(request, raise_error=True)
         except HTTPClientError as exc:
             raise WeChatUnavailable(f"HTTP {exc.code}") from None
-        except (OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, OSError) as exc:
             raise WeChatUnavailable(type(exc).__name__) from None
         try:
             answer = ujson.loads(response.body or b"")

@@ -1,0 +1,71 @@
+"""settings.py: every setting typed and checked, one line naming what is wrong;
+production refuses unsafe defaults; development keeps its generated secret."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import pytest
+
+import settings
+
+
+def test_development_needs_nothing_and_keeps_its_secret(tmp_path) -> None:
+    """With nothing set, development mode loads; its JWT secret is made once, kept 0600, reused."""
+    first = settings.load({"DATA_DIR": str(tmp_path)})
+    assert first.app_env == "development" and first.dev_login and first.mongo_uri is None
+    assert (first.host, first.port, first.mongo_db) == ("127.0.0.1", 8888, "miniprogram")
+    assert (first.access_token_ttl, first.refresh_token_ttl, first.recovery_max) == (7200, 2592000, 300)
+    assert first.file_max_bytes == 10 * 1024 * 1024 and first.ws_max_message_bytes == 65536
+    assert len(first.jwt_secret) >= 32
+    assert stat.S_IMODE(os.stat(tmp_path / "jwt_secret").st_mode) == 0o600
+    assert settings.load({"DATA_DIR": str(tmp_path)}).jwt_secret == first.jwt_secret
+
+
+@pytest.mark.parametrize("name, value", [
+    ("PORT", "eighty"), ("PORT", "70000"), ("APP_ENV", "staging"), ("MONGO_URI", "http://db:27017"),
+    ("REDIS_URL", "localhost:6379"), ("ACCESS_TOKEN_TTL", "-5"), ("CONTENT_CHECK", "maybe"),
+    ("BEHIND_PROXY", "perhaps"), ("FILE_MAX_BYTES", "10MB"), ("FILE_TYPES", "jpeg,exe"),
+    ("WS_PING_INTERVAL", "0"), ("WS_MAX_PER_USER", "many"), ("RECOVERY_MAX", "1.5"),
+    ("WECHAT_API_BASE", "ftp://x"), ("JWT_SECRET", "short"), ("TLS_CERT", "/nonexistent/cert.pem"),
+])
+def test_bad_values_name_the_variable(tmp_path, name: str, value: str) -> None:
+    """Each malformed value stops loading with one line that names the variable."""
+    env = {"DATA_DIR": str(tmp_path), name: value}
+    if name == "TLS_CERT":
+        env["TLS_KEY"] = "/nonexistent/key.pem"
+    with pytest.raises(settings.SettingsError) as error:
+        settings.load(env)
+    message = str(error.value)
+    assert name in message and "\n" not in message
+
+
+PRODUCTION = {
+    "APP_ENV": "production", "MONGO_URI": "mongodb://db.internal:27017/",
+    "JWT_SECRET": "Zk8#q2Lw!pR7vN4x@bT6yH1mC9sD3fG5",
+    "WECHAT_APPID": "wx1234567890", "WECHAT_SECRET": "0123456789abcdef", "BEHIND_PROXY": "1",
+}
+
+
+def test_production_with_everything_set_loads() -> None:
+    """A complete production environment loads, with dev login off."""
+    config = settings.load(PRODUCTION)
+    assert config.production and not config.dev_login and config.behind_proxy
+
+
+@pytest.mark.parametrize("change, named", [
+    ({"MONGO_URI": None}, "MONGO_URI"),
+    ({"JWT_SECRET": None}, "JWT_SECRET"),
+    ({"JWT_SECRET": "too-short"}, "JWT_SECRET"),
+    ({"JWT_SECRET": "a" * 40}, "JWT_SECRET"),
+    ({"WECHAT_APPID": None}, "WECHAT_APPID"),
+    ({"WECHAT_SECRET": None}, "WECHAT_SECRET"),
+    ({"BEHIND_PROXY": None}, "TLS_CERT"),
+])
+def test_production_refuses_each_unsafe_setting(change: dict, named: str) -> None:
+    """Production refuses a missing MONGO_URI, a short or weak JWT_SECRET, missing WeChat credentials, no TLS."""
+    env = {k: v for k, v in {**PRODUCTION, **change}.items() if v is not None}
+    with pytest.raises(settings.SettingsError) as error:
+        settings.load(env)
+    assert named in str(error.value)
