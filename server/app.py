@@ -13,8 +13,14 @@ from tornado.httpclient import AsyncHTTPClient
 from tornado.web import Application, RequestHandler
 
 from server.auth import Auth
+from server.broker import Broker, InProcessBroker
+from server.content import ContentCheck
+from server.errors import CloseCode
 from server.logs import fields, redact_text
+from server.messages import Messages
 from server.metrics import Metrics
+from server.realtime import Realtime
+from server.rooms import Rooms
 from server.storage import Storage
 from server.users import Users
 from server.wechat import WeChatClient
@@ -26,7 +32,7 @@ log = logging.getLogger("server.access")
 class Services:
     """Everything handlers call into, built once per application."""
 
-    def __init__(self, settings: Settings, storage: Storage, wechat: WeChatClient) -> None:
+    def __init__(self, settings: Settings, storage: Storage, wechat: WeChatClient, broker: Broker) -> None:
         self.settings = settings  # the configuration
         self.storage = storage  # motor and the database
         self.users = Users(storage)  # the users collection
@@ -40,11 +46,22 @@ class Services:
         self._idle.set()
         self.on_session_end: list[Callable[[str], Awaitable[None]]] = []  # called with a sid on logout
         self.on_shutdown: list[Callable[[], Awaitable[None]]] = []  # called when the server stops
+        self.rooms = Rooms(storage)  # rooms and channel permissions
+        self.broker = broker  # fan-out between processes
+        self.realtime = Realtime(settings, broker, Messages(storage), self.rooms, self.auth, self.users,
+                                 ContentCheck(wechat) if settings.content_check else None,
+                                 self.metrics)  # publishing and the connections
+        self.on_session_end.append(self._close_session_sockets)
+        self.on_shutdown.append(self.realtime.shutdown)
 
     async def start(self) -> None:
-        """Waits for the database and creates the contract's indexes."""
+        """Waits for the database, creates the contract's indexes, starts the broker."""
         await self.storage.wait_until_ready()
         await self.storage.ensure_indexes()
+        await self.broker.start()
+
+    async def _close_session_sockets(self, sid: str) -> None:
+        self.realtime.hub.close_sid(sid, CloseCode.TOKEN_INVALID, "signed out")
 
     async def shutdown(self) -> None:
         """Runs the shutdown hooks (the real-time hub closes its sockets here)."""
@@ -52,6 +69,7 @@ class Services:
             await hook()
 
     async def close(self) -> None:
+        await self.broker.close()
         self.storage.close()
 
     def track_request(self, delta: int) -> None:
@@ -76,6 +94,9 @@ class Services:
 
     def refresh_gauges(self) -> None:
         """Brings gauges up to date before /metrics renders them."""
+        hub = self.realtime.hub
+        self.metrics.ws_connections.set(hub.connection_count())
+        self.metrics.ws_subscriptions.set(sum(len(s) for s in hub.subscribers.values()))
 
     def log_request(self, handler: RequestHandler) -> None:
         """The access log and the request metrics: one structured line per
@@ -95,12 +116,22 @@ class Services:
 
 
 def make_app(settings: Settings, mongo_uri: str | None = None, *, storage: Storage | None = None,
-             wechat: WeChatClient | None = None, http: AsyncHTTPClient | None = None) -> tuple[Application, Services]:
+             wechat: WeChatClient | None = None, http: AsyncHTTPClient | None = None,
+             broker: Broker | None = None) -> tuple[Application, Services]:
     """The application and its services. ``mongo_uri`` overrides
     ``settings.mongo_uri`` (run.py passes the embedded store's)."""
     from handlers.auth import DevLoginHandler, LogoutHandler, MeHandler, RefreshHandler, WeChatLoginHandler
     from handlers.base import NotFoundHandler
     from handlers.ops import DemoHandler, HealthHandler, MetricsHandler, ReadyHandler
+    from handlers.rooms import DirectRoomHandler, HistoryHandler, MembersHandler, RoomsHandler
+    from handlers.server_api import (
+        BroadcastHandler,
+        DisconnectHandler,
+        PresenceHandler,
+        PublishHandler,
+        StatsHandler,
+    )
+    from handlers.socket import SocketHandler
 
     uri = mongo_uri or settings.mongo_uri
     if storage is None:
@@ -108,7 +139,7 @@ def make_app(settings: Settings, mongo_uri: str | None = None, *, storage: Stora
             raise ValueError("make_app needs a MongoDB URI (settings.mongo_uri or mongo_uri)")
         storage = Storage(uri, settings.mongo_db)
     wechat = wechat or WeChatClient(settings.wechat_api_base, settings.wechat_appid, settings.wechat_secret, http)
-    services = Services(settings, storage, wechat)
+    services = Services(settings, storage, wechat, broker or InProcessBroker())
     routes: list[tuple[str, type[RequestHandler]]] = [
         (r"/", DemoHandler),
         (r"/healthz", HealthHandler),
@@ -119,6 +150,16 @@ def make_app(settings: Settings, mongo_uri: str | None = None, *, storage: Stora
         (r"/api/v1/auth/refresh", RefreshHandler),
         (r"/api/v1/auth/logout", LogoutHandler),
         (r"/api/v1/me", MeHandler),
+        (r"/api/v1/rooms", RoomsHandler),
+        (r"/api/v1/rooms/direct", DirectRoomHandler),
+        (r"/api/v1/rooms/([A-Za-z0-9_-]{1,64})/members(?:/([0-9a-f]{24}))?", MembersHandler),
+        (r"/api/v1/channels/([^/]+)/messages", HistoryHandler),
+        (r"/api/v1/server/publish", PublishHandler),
+        (r"/api/v1/server/broadcast", BroadcastHandler),
+        (r"/api/v1/server/disconnect", DisconnectHandler),
+        (r"/api/v1/server/presence", PresenceHandler),
+        (r"/api/v1/server/stats", StatsHandler),
+        (r"/ws", SocketHandler),
     ]
     app = Application(
         [(pattern, handler, {"services": services, "route": pattern}) for pattern, handler in routes],
@@ -127,5 +168,8 @@ def make_app(settings: Settings, mongo_uri: str | None = None, *, storage: Stora
         default_handler_class=NotFoundHandler,
         default_handler_args={"services": services, "route": "unmatched"},
         xheaders=False,
+        websocket_ping_interval=settings.ws_ping_interval,
+        websocket_ping_timeout=settings.ws_ping_interval * 2,
+        websocket_max_message_size=settings.ws_max_message_bytes,
     )
     return app, services

@@ -108,6 +108,13 @@ class WeChatClient:
             raise WeChatUnavailable("an answer that is not a JSON object")
         return answer
 
+    async def stable_token(self, force: bool = False) -> dict[str, Any]:
+        """WeChat's answer to ``/cgi-bin/stable_token``: an access token of the
+        Mini Program and its lifetime (raises WeChatUnavailable)."""
+        body = {"grant_type": "client_credential", "appid": self.appid, "secret": self._secret,
+                "force_refresh": force}
+        return await self.post_json("/cgi-bin/stable_token", {}, body, "stable_token")
+
     async def code2session(self, code: Any) -> WeChatSession:
         """The user behind a ``wx.login`` code."""
         if not isinstance(code, str) or not _CODE.match(code):

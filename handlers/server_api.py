@@ -1,0 +1,93 @@
+"""The server API (cloud functions, back office): X-API-Key, compared in constant time."""
+
+from __future__ import annotations
+
+import hmac
+import time
+
+from handlers.base import BaseHandler
+from server.errors import ApiError, CloseCode
+from server.protocol import CHANNEL, FrameError, check_cid, check_data
+from server.validation import body_schema
+
+_CHANNEL = {"type": "string", "pattern": CHANNEL.pattern}
+_PUBLISH = body_schema({"channel": _CHANNEL, "data": {"type": "object"},
+                        "idempotency_key": {"type": "string", "minLength": 1, "maxLength": 64}}, ["channel", "data"])
+_BROADCAST = body_schema({"channels": {"type": "array", "items": _CHANNEL, "minItems": 1, "maxItems": 1000,
+                                       "uniqueItems": True}, "data": {"type": "object"}}, ["channels", "data"])
+_DISCONNECT = body_schema({"user_id": {"type": "string", "pattern": "^[0-9a-f]{24}$"}}, ["user_id"])
+
+
+class ServerApiHandler(BaseHandler):
+    """A handler that only answers a valid X-API-Key."""
+
+    async def prepare(self) -> None:
+        await super().prepare()
+        offered = self.request.headers.get("X-API-Key", "").encode()
+        valid = False
+        for key in self.services.settings.api_keys:  # every key compared, in constant time
+            valid |= hmac.compare_digest(offered, key.encode())
+        if not offered or not valid:
+            raise ApiError("unauthorized", "a valid X-API-Key header is required")
+
+    async def _publish(self, channel: str, data: dict, key: str | None) -> dict:  # type: ignore[type-arg]
+        try:
+            check_data(data)
+            check_cid(key)
+        except FrameError as exc:
+            raise ApiError(exc.code, exc.message) from None
+        published = await self.services.realtime.publish(channel, "server", data, key)
+        return {"seq": published.message["seq"], "id": published.message["id"]}
+
+
+class PublishHandler(ServerApiHandler):
+    """POST /api/v1/server/publish {"channel", "data", "idempotency_key"} -> {seq, id}."""
+
+    async def post(self) -> None:
+        body = self.json_body(_PUBLISH)
+        self.write_json(await self._publish(body["channel"], body["data"], body.get("idempotency_key")))
+
+
+class BroadcastHandler(ServerApiHandler):
+    """POST /api/v1/server/broadcast {"channels", "data"} -> one result per channel."""
+
+    async def post(self) -> None:
+        body = self.json_body(_BROADCAST)
+        results = []
+        for channel in body["channels"]:
+            try:
+                results.append({"channel": channel, **await self._publish(channel, body["data"], None)})
+            except ApiError as exc:
+                results.append({"channel": channel, "error": {"code": exc.code, "message": exc.message}})
+        self.write_json({"results": results})
+
+
+class DisconnectHandler(ServerApiHandler):
+    """POST /api/v1/server/disconnect {"user_id"}: that user's sockets close with 4000."""
+
+    async def post(self) -> None:
+        user = self.json_body(_DISCONNECT)["user_id"]
+        closed = self.services.realtime.hub.close_user(user, CloseCode.DISCONNECTED, "disconnected by the server")
+        self.write_json({"closed": closed})
+
+
+class PresenceHandler(ServerApiHandler):
+    """GET /api/v1/server/presence?channel= -> {users, count}."""
+
+    async def get(self) -> None:
+        channel = self.get_query_argument("channel", "")
+        if not CHANNEL.match(channel):
+            raise ApiError("invalid_request", "channel must be a channel name")
+        hub = self.services.realtime.hub
+        if channel.startswith("room:"):
+            users = hub.present(channel)
+        else:
+            users = sorted({s.user for s in hub.subscribers.get(channel, {})})
+        self.write_json({"users": users, "count": len(users)})
+
+
+class StatsHandler(ServerApiHandler):
+    """GET /api/v1/server/stats."""
+
+    async def get(self) -> None:
+        self.write_json(self.services.realtime.stats(time.time() - self.services.started_at))

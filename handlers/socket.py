@@ -1,0 +1,74 @@
+"""GET /ws: the WebSocket endpoint. Authenticates before the upgrade, then
+moves frames between the socket and its ``server.session.Session``."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+import ujson
+from tornado.websocket import WebSocketClosedError, WebSocketHandler
+
+from server.auth import Principal
+from server.errors import ApiError
+from server.session import Session
+
+if TYPE_CHECKING:
+    from server.app import Services
+
+log = logging.getLogger("server.socket")
+
+
+class SocketHandler(WebSocketHandler):
+    """One WebSocket connection; the transport of a Session."""
+
+    def initialize(self, services: Services, route: str) -> None:
+        self.services = services  # everything the connection calls into
+        self.route = route  # for logs and metrics
+        self.principal: Principal | None = None  # who connected
+        self.session: Session | None = None  # the protocol state, once open
+
+    def check_origin(self, origin: str) -> bool:
+        return True  # tokens, not cookies, authenticate: another origin gains nothing
+
+    async def prepare(self) -> None:
+        header = self.request.headers.get("Authorization", "")
+        scheme, _, token = header.partition(" ")
+        token = token.strip() if scheme.lower() == "bearer" else self.get_query_argument("token", "")
+        try:
+            self.principal = await self.services.auth.authenticate(token or None)
+            if not self.services.realtime.accepting:
+                raise ApiError("unavailable", "the server is shutting down")
+        except ApiError as exc:
+            self.set_status(exc.status)
+            self.set_header("Content-Type", "application/json; charset=UTF-8")
+            self.finish(ujson.dumps(exc.body(), ensure_ascii=False))
+
+    def open(self, *args: Any, **kwargs: Any) -> None:
+        assert self.principal is not None
+        self.session = self.services.realtime.open(self.principal, self)
+
+    async def on_message(self, message: str | bytes) -> None:
+        if self.session is not None:
+            await self.session.handle(message)
+
+    def on_close(self) -> None:
+        if self.session is not None:
+            self.session.detach()
+
+    # -- Transport -----------------------------------------------------------------
+
+    def send(self, frame: bytes | str) -> None:
+        try:
+            self.write_message(frame)  # bytes are sent as they are, in a text frame
+        except WebSocketClosedError:
+            pass
+
+    def pending(self) -> int:
+        stream = getattr(self.ws_connection, "stream", None)
+        if stream is None:
+            return 0
+        return int(stream._total_write_index - stream._total_write_done_index)
+
+    def close(self, code: int | None = None, reason: str | None = None) -> None:
+        super().close(code, reason)

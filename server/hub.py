@@ -1,0 +1,140 @@
+"""The hub: this process's connections, their subscriptions, presence, fan-out.
+
+A frame for a channel is handed to the broker once; the broker hands it to the
+hub of every process, which writes the same pre-encoded bytes to each local
+subscriber without awaiting anyone (``Session.deliver``). A connection whose
+unsent bytes pass ``SEND_BUFFER_BYTES`` is closed with 4009, so a client that
+does not read costs a bounded amount of memory.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+from server.broker import Broker
+from server.errors import CloseCode
+from server.logs import fields
+from server.metrics import Metrics
+from server.protocol import encode_presence_push
+
+if TYPE_CHECKING:
+    from server.session import Session
+
+log = logging.getLogger("server.hub")
+
+
+class Hub:
+    """Connections and subscriptions of this process."""
+
+    def __init__(self, broker: Broker, metrics: Metrics, max_per_user: int) -> None:
+        self.broker = broker  # fan-out between processes
+        self.metrics = metrics  # connection and delivery figures
+        self.max_per_user = max_per_user  # WS_MAX_PER_USER
+        self.subscribers: dict[str, dict[Session, None]] = {}  # channel -> its local sessions, in order
+        self.by_user: dict[str, list[Session]] = {}  # user id -> their sessions, oldest first
+        self.presence: dict[str, dict[str, int]] = {}  # room channel -> user -> subscribed sockets
+        self.delivered = 0  # frames written to connections
+        self.published = 0  # messages published through this process
+        broker.bind(self.deliver)
+
+    # -- connections ----------------------------------------------------------------
+
+    @property
+    def sessions(self) -> Iterable[Session]:
+        return [s for sessions in self.by_user.values() for s in sessions]
+
+    def connection_count(self) -> int:
+        return sum(len(s) for s in self.by_user.values())
+
+    def register(self, session: Session) -> None:
+        """Adds a connection; a user's sockets beyond the limit close, oldest first (4010)."""
+        sessions = self.by_user.setdefault(session.user, [])
+        sessions.append(session)
+        while len(sessions) > self.max_per_user:
+            oldest = sessions.pop(0)
+            oldest.close(CloseCode.REPLACED, "replaced by a newer connection")
+        self.metrics.ws_connections.set(self.connection_count())
+
+    def unregister(self, session: Session) -> None:
+        for channel in list(session.channels):
+            self.unsubscribe(session, channel)
+        sessions = self.by_user.get(session.user, [])
+        if session in sessions:
+            sessions.remove(session)
+        if not sessions:
+            self.by_user.pop(session.user, None)
+        self.metrics.ws_connections.set(self.connection_count())
+
+    def close_user(self, user: str, code: int, reason: str) -> int:
+        sessions = list(self.by_user.get(user, []))
+        for session in sessions:
+            session.close(code, reason)
+        return len(sessions)
+
+    def close_sid(self, sid: str, code: int, reason: str) -> int:
+        closing = [s for s in self.sessions if s.sid == sid]
+        for session in closing:
+            session.close(code, reason)
+        return len(closing)
+
+    def close_all(self, code: int, reason: str) -> None:
+        for session in list(self.sessions):
+            session.close(code, reason)
+
+    # -- subscriptions ------------------------------------------------------------------
+
+    def subscribe(self, session: Session, channel: str) -> None:
+        self.subscribers.setdefault(channel, {})[session] = None
+        self.metrics.ws_subscriptions.inc()
+        if channel.startswith("room:"):
+            users = self.presence.setdefault(channel, {})
+            users[session.user] = users.get(session.user, 0) + 1
+            if users[session.user] == 1:
+                self.broker.publish(channel, encode_presence_push("join", channel, session.user), 0)
+
+    def unsubscribe(self, session: Session, channel: str) -> None:
+        subscribers = self.subscribers.get(channel)
+        if subscribers is None or session not in subscribers:
+            return
+        del subscribers[session]
+        session.channels.pop(channel, None)
+        self.metrics.ws_subscriptions.dec()
+        if not subscribers:
+            del self.subscribers[channel]
+        users = self.presence.get(channel)
+        if users is not None and session.user in users:
+            users[session.user] -= 1
+            if users[session.user] == 0:
+                del users[session.user]
+                if not users:
+                    del self.presence[channel]
+                self.broker.publish(channel, encode_presence_push("leave", channel, session.user), 0)
+
+    def present(self, channel: str) -> list[str]:
+        return sorted(self.presence.get(channel, {}))
+
+    # -- fan-out ----------------------------------------------------------------------------
+
+    def publish(self, channel: str, frame: bytes, seq: int) -> None:
+        """Sends a message's frame (encoded once) to its channel, everywhere."""
+        self.published += 1
+        self.metrics.messages_published.inc()
+        self.broker.publish(channel, frame, seq)
+
+    def deliver(self, channel: str, frame: bytes, seq: int) -> None:
+        """The broker's hand-off: writes the frame to every local subscriber."""
+        subscribers = self.subscribers.get(channel)
+        if not subscribers:
+            return
+        delivered = 0
+        for session in list(subscribers):
+            if session.deliver(channel, frame, seq):
+                delivered += 1
+        self.delivered += delivered
+        self.metrics.messages_delivered.inc(delivered)
+
+    def log_close(self, session: Session, code: int, reason: str) -> None:
+        self.metrics.ws_closed.labels(str(code)).inc()
+        log.info("socket closed by server", extra=fields(user=session.user, close_code=int(code), reason=reason))
