@@ -86,13 +86,14 @@ class Hub:
     # -- subscriptions ------------------------------------------------------------------
 
     def subscribe(self, session: Session, channel: str) -> None:
-        self.subscribers.setdefault(channel, {})[session] = None
-        self.metrics.ws_subscriptions.inc()
         if channel.startswith("room:"):
+            # The join goes to the others: it is published before this session subscribes.
             users = self.presence.setdefault(channel, {})
             users[session.user] = users.get(session.user, 0) + 1
             if users[session.user] == 1:
                 self.broker.publish(channel, encode_presence_push("join", channel, session.user), 0)
+        self.subscribers.setdefault(channel, {})[session] = None
+        self.metrics.ws_subscriptions.inc()
 
     def unsubscribe(self, session: Session, channel: str) -> None:
         subscribers = self.subscribers.get(channel)

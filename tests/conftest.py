@@ -70,13 +70,19 @@ def wechat(io_loop) -> Iterator[FakeWeChat]:
 
 
 @pytest.fixture
-def environ(store: StoreProcess, wechat: FakeWeChat, tmp_path) -> dict[str, str]:
+def extra_env() -> dict[str, str]:
+    """Settings a test module adds (override this fixture in the module)."""
+    return {}
+
+
+@pytest.fixture
+def environ(store: StoreProcess, wechat: FakeWeChat, tmp_path, extra_env: dict[str, str]) -> dict[str, str]:
     """The environment a test server starts from: the session's store, a database
     of its own, the fake WeChat API."""
     return {
         "MONGO_URI": store.uri, "MONGO_DB": f"srv_{uuid.uuid4().hex[:10]}", "JWT_SECRET": JWT_SECRET,
         "WECHAT_APPID": wechat.appid, "WECHAT_SECRET": wechat.secret, "WECHAT_API_BASE": wechat.url,
-        "DATA_DIR": str(tmp_path / "data"), "API_KEYS": "server-key-1,server-key-2",
+        "DATA_DIR": str(tmp_path / "data"), "API_KEYS": "server-key-1,server-key-2", **extra_env,
     }
 
 
@@ -136,3 +142,31 @@ def login(api):
         return body
 
     return sign_in
+
+
+@pytest.fixture
+def server_api(api):
+    """Calls the server API with a valid X-API-Key."""
+
+    async def call(method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        status, payload, _ = await api(method, path, body, headers={"X-API-Key": "server-key-2"})
+        return status, payload
+
+    return call
+
+
+@pytest.fixture
+def connect(base_url: str, http_server):
+    """Opens sockets: ``await connect(token)`` -> tests.ws_client.Client; all closed after the test."""
+    from tests.ws_client import Client
+
+    opened: list[Client] = []
+
+    async def open_socket(token: str, via: str = "header") -> Client:
+        client = await Client.connect(base_url, token, via)
+        opened.append(client)
+        return client
+
+    yield open_socket
+    for client in opened:
+        client.close()

@@ -64,6 +64,39 @@ class Code2Session(_Handler):
         self._answer({"openid": f"openid-{openid}", "session_key": SESSION_KEY, "unionid": f"union-{openid}"})
 
 
+class StableToken(_Handler):
+    """POST /cgi-bin/stable_token: a fresh token each time it is fetched."""
+
+    async def post(self) -> None:
+        self._record()
+        body = ujson.loads(self.request.body)
+        if body.get("appid") != self.fake.appid or body.get("secret") != self.fake.secret:
+            return self._answer({"errcode": 40013, "errmsg": "invalid appid"})
+        self.fake.token_count += 1
+        self.fake.current_token = f"token-{self.fake.token_count}"
+        self._answer({"access_token": self.fake.current_token, "expires_in": 7200})
+
+
+class MsgSecCheck(_Handler):
+    """POST /wxa/msg_sec_check: "risky" and "review" in the text decide; "wechat-down" answers 500."""
+
+    async def post(self) -> None:
+        args = self._record()
+        body = ujson.loads(self.request.body)
+        self.fake.checked.append(body)
+        if args.get("access_token") != self.fake.current_token or self.fake.reject_tokens:
+            self.fake.reject_tokens = max(0, self.fake.reject_tokens - 1)
+            return self._answer({"errcode": 40001, "errmsg": "invalid credential"})
+        content = body.get("content", "")
+        if body.get("version") != 2 or not body.get("openid"):
+            return self._answer({"errcode": 47001, "errmsg": "data format error"})
+        if "wechat-down" in content:
+            self.set_status(500)
+            return self.finish("upstream error")
+        suggest = "risky" if "risky" in content else "review" if "review" in content else "pass"
+        self._answer({"errcode": 0, "errmsg": "ok", "result": {"suggest": suggest, "label": 100}})
+
+
 class FakeWeChat:
     """The fake server, on a free loopback port of the running IOLoop."""
 
@@ -73,7 +106,13 @@ class FakeWeChat:
         self.calls: list[tuple[str, dict[str, str]]] = []  # every request received
         self.seen: collections.Counter[str] = collections.Counter()  # calls per js_code
         self.slow_seconds = 2.0  # how long slow- codes take
-        self.handlers: list[tuple[str, type[RequestHandler]]] = [("/sns/jscode2session", Code2Session)]
+        self.token_count = 0  # stable tokens handed out
+        self.current_token = ""  # the one msg_sec_check accepts
+        self.reject_tokens = 0  # how many checks to answer "invalid credential" before accepting
+        self.checked: list[dict[str, Any]] = []  # msg_sec_check bodies received
+        self.handlers: list[tuple[str, type[RequestHandler]]] = [
+            ("/sns/jscode2session", Code2Session), ("/cgi-bin/stable_token", StableToken),
+            ("/wxa/msg_sec_check", MsgSecCheck)]
         self.server: HTTPServer | None = None
         self.port = 0
 

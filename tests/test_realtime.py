@@ -1,0 +1,456 @@
+"""The real-time core over loopback: real servers, real WebSocket clients
+(Tornado's websocket_connect, and the independent ``websockets`` library)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import base64
+import os
+
+import pytest
+import websockets
+from tornado.httpclient import HTTPClientError
+
+from server.errors import CloseCode
+from tests.ws_client import Client
+
+
+async def _room(api, token: str, name: str = "lobby", public: bool = True) -> str:
+    status, room, _ = await api("POST", "/api/v1/rooms", {"name": name, "public": public}, token=token)
+    assert status == 201, room
+    return f"room:{room['id']}"
+
+
+@pytest.mark.gen_test
+async def test_socket_needs_a_valid_token_before_upgrade(base_url: str, login, http_server) -> None:
+    """No token, a bad token: HTTP 401 before any upgrade; header and ?token= both authenticate."""
+    for token in ("", "not-a-token"):
+        with pytest.raises(HTTPClientError) as error:
+            await Client.connect(base_url, token)
+        assert error.value.code == 401
+    tokens = await login("alice")
+    for via in ("header", "query"):
+        client = await Client.connect(base_url, tokens["access_token"], via)
+        assert "ts" in (await client.call("ping"))["result"]
+        client.close()
+
+
+@pytest.mark.gen_test
+async def test_two_users_chat_in_a_public_room(api, login, connect) -> None:
+    """Both subscribe; each publish is stored, acknowledged {seq, id, ts} and pushed to both, in order."""
+    alice, bob = await login("alice"), await login("bob")
+    channel = await _room(api, alice["access_token"])
+    a, b = await connect(alice["access_token"]), await connect(bob["access_token"])
+    assert (await a.call("subscribe", channel=channel))["result"] == {"channel": channel, "seq": 0,
+                                                                      "recovered": True, "messages": []}
+    await b.call("subscribe", channel=channel)
+    ack = (await b.call("publish", channel=channel, data={"text": "hi alice"}, cid="m1"))["result"]
+    assert ack["seq"] == 1 and len(ack["id"]) == 24 and ack["ts"].endswith("Z")
+    await a.call("publish", channel=channel, data={"text": "hi bob"})
+    for client in (a, b):
+        first, second = await client.messages(2)
+        assert first == {"channel": channel, "seq": 1, "id": ack["id"], "from": bob["user"]["id"],
+                         "data": {"text": "hi alice"}, "ts": ack["ts"], "cid": "m1"}
+        assert second["seq"] == 2 and second["from"] == alice["user"]["id"] and "cid" not in second
+
+
+@pytest.mark.gen_test
+async def test_private_room_refuses_strangers(api, login, connect) -> None:
+    """A private room refuses a non-member (forbidden) until its owner adds them."""
+    alice, carol = await login("alice"), await login("carol")
+    channel = await _room(api, alice["access_token"], "secret", public=False)
+    c = await connect(carol["access_token"])
+    for op, args in (("subscribe", {}), ("publish", {"data": {"t": 1}}), ("history", {})):
+        assert (await c.call(op, channel=channel, **args))["error"]["code"] == "forbidden"
+    room_id = channel.split(":")[1]
+    status, _, _ = await api("POST", f"/api/v1/rooms/{room_id}/members", {"user_id": carol["user"]["id"]},
+                             token=carol["access_token"])
+    assert status == 404  # a stranger does not even see the room
+    status, room, _ = await api("POST", f"/api/v1/rooms/{room_id}/members", {"user_id": carol["user"]["id"]},
+                                token=alice["access_token"])
+    assert status == 200 and carol["user"]["id"] in room["members"]
+    assert "result" in await c.call("subscribe", channel=channel)
+    status, _, _ = await api("DELETE", f"/api/v1/rooms/{room_id}/members/{carol['user']['id']}",
+                             token=alice["access_token"])
+    assert status == 200
+    assert (await c.call("publish", channel=channel, data={"t": 2}))["error"]["code"] == "forbidden"
+
+
+@pytest.mark.gen_test
+async def test_feeds_and_user_channels_are_published_by_the_server_only(api, login, connect, server_api) -> None:
+    """Anyone subscribes to a feed, nobody publishes to it; user:<id> is its owner's alone."""
+    alice, bob = await login("alice"), await login("bob")
+    a = await connect(alice["access_token"])
+    assert "result" in await a.call("subscribe", channel="feed:news")
+    assert (await a.call("publish", channel="feed:news", data={}))["error"]["code"] == "forbidden"
+    mine, theirs = f"user:{alice['user']['id']}", f"user:{bob['user']['id']}"
+    assert "result" in await a.call("subscribe", channel=mine)
+    assert (await a.call("subscribe", channel=theirs))["error"]["code"] == "forbidden"
+    assert (await a.call("publish", channel=mine, data={}))["error"]["code"] == "forbidden"
+    status, ack = await server_api("POST", "/api/v1/server/publish", {"channel": mine, "data": {"note": "hello"}})
+    assert status == 200
+    push = await a.push()
+    assert push["message"]["from"] == "server" and push["message"]["seq"] == ack["seq"] == 1
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_feed_reaches_200_subscribers(login, connect, server_api) -> None:
+    """A feed published through the server API reaches each of 200 subscribed sockets once, in order."""
+    users = [await login(f"fan{i}") for i in range(40)]
+    clients = [await connect(u["access_token"]) for u in users for _ in range(5)]
+    for client in clients:
+        assert "result" in await client.call("subscribe", channel="feed:live")
+    for n in range(3):
+        status, _ = await server_api("POST", "/api/v1/server/publish", {"channel": "feed:live", "data": {"n": n}})
+        assert status == 200
+    for client in clients:
+        assert [m["data"]["n"] for m in await client.messages(3)] == [0, 1, 2]
+    status, stats = await server_api("GET", "/api/v1/server/stats")
+    assert stats["connections"] == 200 and stats["users"] == 40 and stats["messages_delivered"] >= 600
+
+
+@pytest.mark.gen_test
+async def test_resubscribe_with_since_gets_exactly_what_was_missed(api, login, connect, server_api) -> None:
+    """A client that left at seq 3 and comes back with since=3 gets 4..8 in order, then live ones."""
+    alice = await login("alice")
+    channel = await _room(api, alice["access_token"])
+    first = await connect(alice["access_token"])
+    await first.call("subscribe", channel=channel)
+    for n in range(3):
+        await first.call("publish", channel=channel, data={"n": n})
+    seen = [m["seq"] for m in await first.messages(3)]
+    first.close()
+    for n in range(3, 8):
+        await server_api("POST", "/api/v1/server/publish", {"channel": channel, "data": {"n": n}})
+    again = await connect(alice["access_token"])
+    result = (await again.call("subscribe", channel=channel, since=seen[-1]))["result"]
+    assert result["recovered"] is True and result["seq"] == 8
+    assert [m["seq"] for m in result["messages"]] == [4, 5, 6, 7, 8]
+    assert [m["data"]["n"] for m in result["messages"]] == [3, 4, 5, 6, 7]
+    await server_api("POST", "/api/v1/server/publish", {"channel": channel, "data": {"n": 8}})
+    assert (await again.push())["message"]["seq"] == 9
+    last = await connect(alice["access_token"])
+    newest = (await last.call("subscribe", channel=channel, last=2))["result"]
+    assert [m["seq"] for m in newest["messages"]] == [8, 9]
+
+
+@pytest.mark.gen_test
+async def test_recovery_beyond_the_limit_says_so(api, login, connect, server_api, services) -> None:
+    """More missed messages than RECOVERY_MAX: the newest RECOVERY_MAX and recovered: false."""
+    object.__setattr__(services.settings, "recovery_max", 5)
+    alice = await login("alice")
+    channel = await _room(api, alice["access_token"])
+    for n in range(12):
+        await server_api("POST", "/api/v1/server/publish", {"channel": channel, "data": {"n": n}})
+    client = await connect(alice["access_token"])
+    result = (await client.call("subscribe", channel=channel, since=2))["result"]
+    assert result["recovered"] is False and [m["seq"] for m in result["messages"]] == [8, 9, 10, 11, 12]
+
+
+@pytest.mark.gen_test
+@pytest.mark.parametrize("when", ["before the replay is read", "after the replay is read"])
+async def test_publish_during_replay_arrives_exactly_once(api, login, connect, server_api, services,
+                                                          when: str) -> None:
+    """A message published while a resubscribe's replay is being read arrives once: in the replay or as a push."""
+    alice = await login("alice")
+    channel = await _room(api, alice["access_token"])
+    for n in range(3):
+        await server_api("POST", "/api/v1/server/publish", {"channel": channel, "data": {"n": n}})
+    messages = services.realtime.messages
+    real_after = messages.after
+
+    async def racing_after(channel_name: str, since: int, limit: int):  # type: ignore[no-untyped-def]
+        if when.startswith("before"):
+            await services.realtime.publish(channel_name, "server", {"n": "race"}, None)
+            return await real_after(channel_name, since, limit)
+        result = await real_after(channel_name, since, limit)
+        await services.realtime.publish(channel_name, "server", {"n": "race"}, None)
+        return result
+
+    messages.after = racing_after  # type: ignore[method-assign]
+    client = await connect(alice["access_token"])
+    result = (await client.call("subscribe", channel=channel, since=1))["result"]
+    messages.after = real_after  # type: ignore[method-assign]
+    await server_api("POST", "/api/v1/server/publish", {"channel": channel, "data": {"n": "after"}})
+    replayed = [m["seq"] for m in result["messages"]]
+    pushed = []
+    while not pushed or pushed[-1] != 5:
+        pushed.append((await client.push())["message"]["seq"])
+    assert sorted(replayed + pushed) == [2, 3, 4, 5]  # each once, nothing lost
+    assert replayed == sorted(replayed) and pushed == sorted(pushed)
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_concurrent_publishers_get_seq_without_gaps(api, login, connect, client, environ) -> None:
+    """20 clients publishing 50 messages each into one channel give seq 1..1000, each once."""
+    owner = await login("owner")
+    channel = await _room(api, owner["access_token"])
+    users = [await login(f"writer{i}") for i in range(20)]
+    clients = [await connect(u["access_token"]) for u in users]
+
+    async def write(c: Client, index: int) -> list[int]:
+        return [(await c.call("publish", channel=channel, data={"w": index, "n": n}, timeout=30))["result"]["seq"]
+                for n in range(50)]
+
+    seqs = await asyncio.gather(*(write(c, i) for i, c in enumerate(clients)))
+    assert sorted(s for per in seqs for s in per) == list(range(1, 1001))
+    stored = [d["seq"] for d in client[environ["MONGO_DB"]].messages.find({"channel": channel}).sort("seq", 1)]
+    assert stored == list(range(1, 1001))
+    assert client[environ["MONGO_DB"]].channels.find_one({"_id": channel})["seq"] == 1000
+
+
+@pytest.mark.gen_test
+async def test_retried_cid_returns_the_first_answer_and_delivers_once(api, login, connect, client, environ) -> None:
+    """The same cid from the same user in the same channel answers the first {seq, id, ts} and delivers nothing."""
+    alice, bob = await login("alice"), await login("bob")
+    channel = await _room(api, alice["access_token"])
+    a, b = await connect(alice["access_token"]), await connect(bob["access_token"])
+    await b.call("subscribe", channel=channel)
+    first = (await a.call("publish", channel=channel, data={"t": "x"}, cid="c-1"))["result"]
+    again = (await a.call("publish", channel=channel, data={"t": "x"}, cid="c-1"))["result"]
+    assert again == first
+    other = (await b.call("publish", channel=channel, data={"t": "y"}, cid="c-1"))["result"]
+    assert other["seq"] == 2  # another user's cid is another message
+    assert [m["seq"] for m in await b.messages(2)] == [1, 2]
+    assert client[environ["MONGO_DB"]].messages.count_documents({"channel": channel}) == 2
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_client_that_does_not_read_is_closed_with_4009(api, login, connect, server_api, services,
+                                                              http_port: int) -> None:
+    """A socket that never reads is closed (4009) once its buffer passes the bound; others keep receiving."""
+    alice = await login("alice")
+    reader = await connect(alice["access_token"])
+    await reader.call("subscribe", channel="feed:firehose")
+    loop = asyncio.get_running_loop()
+    sleeper = socket.socket()
+    sleeper.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sleeper.setblocking(False)
+    await loop.sock_connect(sleeper, ("127.0.0.1", http_port))
+    key = base64.b64encode(os.urandom(16)).decode()
+    await loop.sock_sendall(sleeper, (
+        f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+        f"Authorization: Bearer {alice['access_token']}\r\n\r\n").encode())
+    assert b"101" in await asyncio.wait_for(loop.sock_recv(sleeper, 1024), 5)
+    frame = json.dumps({"id": 1, "op": "subscribe", "channel": "feed:firehose"}).encode()
+    mask = os.urandom(4)
+    await loop.sock_sendall(sleeper, bytes([0x81, 0x80 | len(frame)]) + mask
+                            + bytes(b ^ mask[i % 4] for i, b in enumerate(frame)))
+    await asyncio.sleep(0.3)
+    blob = "x" * 15000
+    for n in range(400):
+        await server_api("POST", "/api/v1/server/publish", {"channel": "feed:firehose", "data": {"n": n, "b": blob}})
+        if services.realtime.hub.connection_count() == 1:
+            break
+    assert services.realtime.hub.connection_count() == 1  # the sleeper is gone
+    text = services.metrics.render().decode()
+    assert 'ws_closed_total{code="4009"} 1.0' in text
+    received = [m["data"]["n"] for m in await reader.messages(n + 1, timeout=20)]
+    assert received == list(range(n + 1))
+    sleeper.close()
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_token_expiry_closes_with_4001_unless_refreshed(api, login, connect, services) -> None:
+    """An expired access token closes its socket with 4001; a refresh before then keeps it open."""
+    services.auth.access_ttl = 2
+    short = await login("alice")
+    services.auth.access_ttl = 7200
+    expiring = await connect(short["access_token"])
+    refreshed = await connect(short["access_token"])
+    fresh = await login("alice")
+    result = (await refreshed.call("refresh", token=fresh["access_token"]))["result"]
+    assert 7100 < result["expires_in"] <= 7200
+    assert await expiring.wait_closed(10) == CloseCode.TOKEN_INVALID
+    assert "ts" in (await refreshed.call("ping"))["result"]
+    bob = await login("bob")
+    assert (await refreshed.call("refresh", token=bob["access_token"]))["error"]["code"] == "forbidden"
+
+
+@pytest.mark.gen_test
+async def test_sixth_socket_closes_the_first_with_4010(login, connect) -> None:
+    """WS_MAX_PER_USER (5): a sixth socket of one user closes the oldest with 4010."""
+    alice = await login("alice")
+    sockets = [await connect(alice["access_token"]) for _ in range(6)]
+    assert await sockets[0].wait_closed() == CloseCode.REPLACED
+    for other in sockets[1:]:
+        assert "result" in await other.call("ping")
+
+
+@pytest.mark.gen_test
+async def test_rate_limit_replies_then_closes_with_4008(login, connect) -> None:
+    """Commands past the rate get rate_limited replies; going on closes the socket with 4008."""
+    alice = await login("alice")
+    client = await connect(alice["access_token"])
+    for n in range(200):
+        await client.send_raw(json.dumps({"id": n, "op": "ping"}))
+    codes = []
+    while True:
+        message = await client.read()
+        if message is None:
+            break
+        codes.append(message.get("error", {}).get("code", "ok"))
+    assert codes[:40] == ["ok"] * 40 and "rate_limited" in codes
+    assert client.close_code == CloseCode.TOO_MANY_COMMANDS
+
+
+@pytest.mark.gen_test
+async def test_malformed_frames_get_errors_and_the_session_goes_on(login, connect) -> None:
+    """Every malformed frame gets one error reply with the contract's code; the session keeps working."""
+    from tests.test_protocol import MALFORMED
+
+    alice = await login("alice")
+    client = await connect(alice["access_token"])
+    for index, (frame, code) in enumerate(MALFORMED):
+        if index % 30 == 29:
+            await asyncio.sleep(1.6)  # stay under the command rate
+        await client.send_raw(frame)
+        reply = await client.read()
+        assert reply is not None and reply["error"]["code"] == code, frame
+    assert "result" in await client.call("ping")
+
+
+@pytest.mark.gen_test
+async def test_oversized_frame_closes_with_1009(login, connect) -> None:
+    """A frame over WS_MAX_MESSAGE_BYTES closes the socket with 1009."""
+    alice = await login("alice")
+    client = await connect(alice["access_token"])
+    await client.send_raw(json.dumps({"id": 1, "op": "ping", "pad": "x" * 70000}))
+    assert await client.wait_closed() == CloseCode.TOO_BIG
+
+
+@pytest.mark.gen_test
+async def test_presence_counts_a_user_once_with_join_and_leave(api, login, connect) -> None:
+    """Presence lists each user once however many sockets; join and leave are pushed to the room."""
+    alice, bob = await login("alice"), await login("bob")
+    channel = await _room(api, alice["access_token"])
+    a = await connect(alice["access_token"])
+    await a.call("subscribe", channel=channel)
+    b1, b2 = await connect(bob["access_token"]), await connect(bob["access_token"])
+    await b1.call("subscribe", channel=channel)
+    await b2.call("subscribe", channel=channel)
+    join = await a.push(kind="join")
+    assert join == {"push": "join", "channel": channel, "user": bob["user"]["id"]}
+    presence = (await a.call("presence", channel=channel))["result"]
+    assert presence == {"users": sorted([alice["user"]["id"], bob["user"]["id"]]), "count": 2}
+    b1.close()
+    await asyncio.sleep(0.2)
+    assert (await a.call("presence", channel=channel))["result"]["count"] == 2
+    await b2.call("unsubscribe", channel=channel)
+    leave = await a.push(kind="leave")
+    assert leave["user"] == bob["user"]["id"]
+    assert (await a.call("presence", channel=channel))["result"]["users"] == [alice["user"]["id"]]
+
+
+@pytest.mark.gen_test
+async def test_history_pages_both_ways(api, login, connect, server_api) -> None:
+    """history (WebSocket and HTTP) pages backwards with before and forwards with after, with has_more."""
+    alice = await login("alice")
+    channel = await _room(api, alice["access_token"])
+    for n in range(25):
+        await server_api("POST", "/api/v1/server/publish", {"channel": channel, "data": {"n": n}})
+    client = await connect(alice["access_token"])
+    newest = (await client.call("history", channel=channel, limit=10))["result"]
+    assert [m["seq"] for m in newest["messages"]] == list(range(16, 26)) and newest["has_more"]
+    older = (await client.call("history", channel=channel, before=16, limit=10))["result"]
+    assert [m["seq"] for m in older["messages"]] == list(range(6, 16)) and older["has_more"]
+    oldest = (await client.call("history", channel=channel, before=6, limit=10))["result"]
+    assert [m["seq"] for m in oldest["messages"]] == list(range(1, 6)) and not oldest["has_more"]
+    forward = (await client.call("history", channel=channel, after=20, limit=10))["result"]
+    assert [m["seq"] for m in forward["messages"]] == list(range(21, 26)) and not forward["has_more"]
+    status, page, _ = await api("GET", f"/api/v1/channels/{channel}/messages?after=0&limit=3",
+                                token=alice["access_token"])
+    assert status == 200 and [m["seq"] for m in page["items"]] == [1, 2, 3] and page["has_more"]
+    status, body, _ = await api("GET", f"/api/v1/channels/{channel}/messages?limit=500", token=alice["access_token"])
+    assert (status, body["error"]["code"]) == (400, "invalid_request")
+
+
+@pytest.mark.gen_test
+async def test_direct_room_is_the_same_for_the_pair(api, login) -> None:
+    """POST /rooms/direct answers the one private room of a pair, whoever asks, every time."""
+    alice, bob = await login("alice"), await login("bob")
+    status, first, _ = await api("POST", "/api/v1/rooms/direct", {"user_id": bob["user"]["id"]},
+                                 token=alice["access_token"])
+    status2, second, _ = await api("POST", "/api/v1/rooms/direct", {"user_id": alice["user"]["id"]},
+                                   token=bob["access_token"])
+    assert status == status2 == 200 and first == second and first["public"] is False
+    assert sorted(first["members"]) == sorted([alice["user"]["id"], bob["user"]["id"]])
+    status, mine, _ = await api("GET", "/api/v1/rooms?mine=1", token=alice["access_token"])
+    assert [r["id"] for r in mine["items"]] == [first["id"]]
+    status, body, _ = await api("POST", "/api/v1/rooms/direct", {"user_id": {"$gt": ""}}, token=alice["access_token"])
+    assert (status, body["error"]["code"]) == (400, "invalid_request")
+
+
+@pytest.mark.gen_test
+async def test_server_api(api, login, connect, server_api) -> None:
+    """X-API-Key is required; publish with idempotency_key, broadcast, presence, disconnect (4000) and stats."""
+    for headers in ({}, {"X-API-Key": "wrong"}, {"X-API-Key": "server-key-1x"}):
+        status, body, _ = await api("POST", "/api/v1/server/publish", {"channel": "feed:a", "data": {}},
+                                    headers=headers)
+        assert (status, body["error"]["code"]) == (401, "unauthorized")
+    alice = await login("alice")
+    a = await connect(alice["access_token"])
+    await a.call("subscribe", channel="feed:a")
+    body = {"channel": "feed:a", "data": {"v": 1}, "idempotency_key": "job-7"}
+    first, again = (await server_api("POST", "/api/v1/server/publish", body))[1], (
+        await server_api("POST", "/api/v1/server/publish", body))[1]
+    assert first == again == {"seq": 1, "id": first["id"]}
+    status, result = await server_api("POST", "/api/v1/server/broadcast",
+                                      {"channels": ["feed:a", "feed:b", "room:nope"], "data": {"v": 2}})
+    assert status == 200 and [r.get("seq") for r in result["results"]] == [2, 1, 1]
+    assert [m["seq"] for m in await a.messages(2)] == [1, 2]
+    status, presence = await server_api("GET", "/api/v1/server/presence?channel=feed:a")
+    assert presence == {"users": [alice["user"]["id"]], "count": 1}
+    status, body = await server_api("POST", "/api/v1/server/publish", {"channel": "feed:a", "data": [1]})
+    assert (status, body["error"]["code"]) == (422, "validation_failed")
+    status, body = await server_api("POST", "/api/v1/server/disconnect", {"user_id": alice["user"]["id"]})
+    assert body == {"closed": 1}
+    assert await a.wait_closed() == CloseCode.DISCONNECTED
+    status, stats = await server_api("GET", "/api/v1/server/stats")
+    assert set(stats) >= {"connections", "users", "subscriptions", "messages_published", "messages_delivered",
+                          "uptime"}
+    assert stats["messages_published"] == 4
+
+
+@pytest.mark.gen_test
+async def test_logout_closes_that_sessions_sockets(api, login, connect) -> None:
+    """Logout closes the sockets of that session with 4001, not the user's other sessions."""
+    phone, tablet = await login("alice"), await login("alice")
+    p, t = await connect(phone["access_token"]), await connect(tablet["access_token"])
+    await api("POST", "/api/v1/auth/logout", {"refresh_token": phone["refresh_token"]})
+    assert await p.wait_closed() == CloseCode.TOKEN_INVALID
+    assert "result" in await t.call("ping")
+
+
+@pytest.mark.gen_test
+async def test_shutdown_closes_sockets_with_1001(login, connect, services) -> None:
+    """Shutdown closes every socket with 1001 (reconnect with backoff) and refuses new publishes."""
+    alice = await login("alice")
+    client = await connect(alice["access_token"])
+    await services.shutdown()
+    assert await client.wait_closed() == CloseCode.GOING_AWAY
+
+
+@pytest.mark.gen_test
+async def test_the_websockets_library_chats_with_a_tornado_client(api, login, connect, base_url: str) -> None:
+    """An independent client library (websockets) speaks the protocol with a Tornado client in one room."""
+    alice, bob = await login("alice"), await login("bob")
+    channel = await _room(api, alice["access_token"])
+    a = await connect(alice["access_token"])
+    await a.call("subscribe", channel=channel)
+    url = base_url.replace("http", "ws", 1) + "/ws"
+    async with websockets.connect(url, additional_headers={"Authorization": f"Bearer {bob['access_token']}"}) as ws:
+        await ws.send(json.dumps({"id": 1, "op": "subscribe", "channel": channel, "since": 0}))
+        assert json.loads(await ws.recv())["result"]["channel"] == channel
+        await ws.send(json.dumps({"id": 2, "op": "publish", "channel": channel, "data": {"text": "from websockets"}}))
+        replies = [json.loads(await ws.recv()) for _ in range(2)]
+        assert {r.get("id") for r in replies} == {2, None}
+        await a.call("publish", channel=channel, data={"text": "from tornado"})
+        push = json.loads(await ws.recv())
+        assert push["message"]["data"] == {"text": "from tornado"}
+    assert [m["data"]["text"] for m in await a.messages(2)] == ["from websockets", "from tornado"]
+
+
