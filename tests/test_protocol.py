@@ -17,7 +17,8 @@ from server.protocol import (
 
 MALFORMED = [
     ("", "invalid_json"), ("{", "invalid_json"), ("not json", "invalid_json"), ("{'id': 1}", "invalid_json"),
-    ("[1, 2]", "invalid_request"), ("42", "invalid_request"), ('"ping"', "invalid_request"), ("null", "invalid_request"),
+    ("[1, 2]", "invalid_request"), ("42", "invalid_request"), ('"ping"', "invalid_request"),
+    ("null", "invalid_request"),
     ('{"op": "ping"}', "invalid_request"), ('{"id": "1", "op": "ping"}', "invalid_request"),
     ('{"id": -1, "op": "ping"}', "invalid_request"), ('{"id": 1.5, "op": "ping"}', "invalid_request"),
     ('{"id": true, "op": "ping"}', "invalid_request"), ('{"id": 9007199254740993, "op": "ping"}', "invalid_request"),

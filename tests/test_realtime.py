@@ -4,10 +4,10 @@
 from __future__ import annotations
 
 import asyncio
-import json
-import socket
 import base64
+import json
 import os
+import socket
 
 import pytest
 import websockets

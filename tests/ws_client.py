@@ -84,7 +84,7 @@ class Client:
                 raise TimeoutError("the socket stayed open")
             try:
                 await self.read(remaining)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 raise TimeoutError("the socket stayed open") from None
         return self.close_code
 
