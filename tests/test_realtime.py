@@ -454,3 +454,29 @@ async def test_the_websockets_library_chats_with_a_tornado_client(api, login, co
     assert [m["data"]["text"] for m in await a.messages(2)] == ["from websockets", "from tornado"]
 
 
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_two_servers_on_one_database_keep_seq_gapless(environ, services, client) -> None:
+    """Two independent servers (their own locks and seq hints, as two processes) publishing into one channel,
+    with the same cids racing on both, store seq 1..N once each and each cid once."""
+    import settings
+    from server.app import make_app
+
+    _, other = make_app(settings.load(environ))
+    await other.start()
+    try:
+        async def writer(realtime, tag: str) -> None:  # type: ignore[no-untyped-def]
+            for n in range(60):
+                cid = f"c{n}" if n % 3 == 0 else None  # every third cid is sent by both servers at once
+                await realtime.publish("feed:race", "server", {"by": tag, "n": n}, cid)
+
+        await asyncio.gather(writer(services.realtime, "a"), writer(other.realtime, "b"),
+                             writer(services.realtime, "c"), writer(other.realtime, "d"))
+    finally:
+        await other.close()
+    stored = list(client[environ["MONGO_DB"]].messages.find({"channel": "feed:race"}).sort("seq", 1))
+    assert [m["seq"] for m in stored] == list(range(1, len(stored) + 1))
+    cids = [m["cid"] for m in stored if "cid" in m]
+    assert sorted(cids) == sorted({f"c{n}" for n in range(0, 60, 3)})  # each cid stored once
+    assert len(stored) == 4 * 40 + 20
