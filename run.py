@@ -24,6 +24,7 @@ import settings as settings_module
 from embedded_mongo.launcher import ChildStore
 from server.app import make_app
 from server.logs import configure, fields
+from server.records import SchemaFileError
 
 log = logging.getLogger("run")
 DRAIN_SECONDS = 10.0  # how long in-flight requests may take to finish at shutdown
@@ -112,6 +113,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return asyncio.run(serve(config))
+    except SchemaFileError as exc:
+        print(f"error: SCHEMAS_DIR: {exc}", file=sys.stderr, flush=True)
+        return 2
     except RuntimeError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return 1

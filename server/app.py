@@ -16,10 +16,12 @@ from server.auth import Auth
 from server.broker import Broker, InProcessBroker
 from server.content import ContentCheck
 from server.errors import CloseCode
+from server.files import Files
 from server.logs import fields, redact_text
 from server.messages import Messages
 from server.metrics import Metrics
 from server.realtime import Realtime
+from server.records import Records, load_schemas
 from server.rooms import Rooms
 from server.storage import Storage
 from server.users import Users
@@ -51,6 +53,8 @@ class Services:
         self.realtime = Realtime(settings, broker, Messages(storage), self.rooms, self.auth, self.users,
                                  ContentCheck(wechat) if settings.content_check else None,
                                  self.metrics)  # publishing and the connections
+        self.records = Records(storage, load_schemas(settings.schemas_dir))  # JSON records of each kind
+        self.files = Files(storage, settings.file_max_bytes, settings.file_types)  # the GridFS bucket
         self.on_session_end.append(self._close_session_sockets)
         self.on_shutdown.append(self.realtime.shutdown)
 
@@ -132,6 +136,7 @@ def make_app(settings: Settings, mongo_uri: str | None = None, *, storage: Stora
         StatsHandler,
     )
     from handlers.socket import SocketHandler
+    from handlers.uploads import FileHandler, FilesHandler, RecordsHandler
 
     uri = mongo_uri or settings.mongo_uri
     if storage is None:
@@ -160,6 +165,9 @@ def make_app(settings: Settings, mongo_uri: str | None = None, *, storage: Stora
         (r"/api/v1/server/presence", PresenceHandler),
         (r"/api/v1/server/stats", StatsHandler),
         (r"/ws", SocketHandler),
+        (r"/api/v1/records/([^/]+)", RecordsHandler),
+        (r"/api/v1/files", FilesHandler),
+        (r"/api/v1/files/([^/]+)", FileHandler),
     ]
     app = Application(
         [(pattern, handler, {"services": services, "route": pattern}) for pattern, handler in routes],

@@ -1,0 +1,145 @@
+"""A streaming ``multipart/form-data`` parser, without I/O.
+
+``feed(chunk)`` returns events — ``("begin", Part)``, ``("data", bytes)``,
+``("end", None)``, ``("done", None)`` — so a caller can stream a part's body to
+storage as it arrives, whatever the chunking. Body data is held back only as long
+as it could still be the start of a boundary.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from urllib.parse import unquote
+
+MAX_HEADER_BYTES = 16 * 1024  # of one part's headers
+MAX_PREAMBLE_BYTES = 64 * 1024  # before the first boundary
+_BOUNDARY = re.compile(r'boundary=(?:"([^"]{1,70})"|([^;\s]{1,70}))', re.I)
+_PARAM = re.compile(r';\s*([A-Za-z0-9_*.-]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^;\s]*))')
+
+
+class MultipartError(Exception):
+    """The body is not well-formed multipart/form-data."""
+
+
+@dataclass
+class Part:
+    """One part's headers."""
+
+    name: str  # the form field's name
+    filename: str | None  # the file's name, for a file part
+    content_type: str | None  # what the client says the part is (never trusted for files)
+    headers: dict[str, str] = field(default_factory=dict)  # all its headers, lower-cased names
+
+
+def boundary_of(content_type: str) -> bytes:
+    """The boundary of a ``multipart/form-data`` Content-Type header."""
+    if not content_type.lower().startswith("multipart/form-data"):
+        raise MultipartError("the body must be multipart/form-data")
+    match = _BOUNDARY.search(content_type)
+    if match is None:
+        raise MultipartError("the multipart Content-Type has no boundary")
+    return (match.group(1) or match.group(2)).encode("latin-1")
+
+
+def _params(value: str) -> dict[str, str]:
+    params: dict[str, str] = {}
+    for name, quoted, bare in _PARAM.findall(";" + value.split(";", 1)[1] if ";" in value else ""):
+        text = re.sub(r"\\(.)", r"\1", quoted) if quoted else bare
+        if name.lower().endswith("*") and "''" in text:  # RFC 5987: filename*=UTF-8''na%C3%AFve.jpg
+            text = unquote(text.split("''", 1)[1], encoding="utf-8", errors="replace")
+            params[name.lower().rstrip("*")] = text
+        else:
+            params.setdefault(name.lower(), text)
+    return params
+
+
+def _part(raw: bytes) -> Part:
+    headers: dict[str, str] = {}
+    for line in raw.split(b"\r\n"):
+        if not line.strip():
+            continue
+        name, sep, value = line.partition(b":")
+        if not sep:
+            raise MultipartError("a part header has no colon")
+        # Browsers and wx.uploadFile send UTF-8 file names; fall back to Latin-1.
+        try:
+            text = value.decode("utf-8")
+        except UnicodeDecodeError:
+            text = value.decode("latin-1")
+        headers[name.decode("latin-1").strip().lower()] = text.strip()
+    disposition = headers.get("content-disposition", "")
+    if not disposition.lower().startswith("form-data"):
+        raise MultipartError("a part is not form-data")
+    params = _params(disposition)
+    if "name" not in params:
+        raise MultipartError("a part has no name")
+    return Part(params["name"], params.get("filename"), headers.get("content-type"), headers)
+
+
+class MultipartParser:
+    """Turns the bytes of a multipart body into events."""
+
+    def __init__(self, boundary: bytes) -> None:
+        self._first = b"--" + boundary  # the first delimiter
+        self._delimiter = b"\r\n--" + boundary  # every later one
+        self._buffer = bytearray()  # bytes not yet turned into events
+        self._state = "preamble"  # preamble, after, headers, body, done
+        self.done = False  # the closing delimiter was seen
+
+    def feed(self, data: bytes) -> list[tuple[str, object]]:
+        self._buffer += data
+        events: list[tuple[str, object]] = []
+        buffer = self._buffer
+        while True:
+            if self._state == "preamble":
+                index = buffer.find(self._first)
+                if index < 0:
+                    if len(buffer) > MAX_PREAMBLE_BYTES:
+                        raise MultipartError("no multipart boundary found")
+                    break
+                del buffer[: index + len(self._first)]
+                self._state = "after"
+            elif self._state == "after":
+                if len(buffer) < 2:
+                    break
+                if buffer[:2] == b"--":
+                    self._state = "done"
+                    self.done = True
+                    events.append(("done", None))
+                    continue
+                end = buffer.find(b"\r\n")
+                if end < 0:
+                    if len(buffer) > 128:
+                        raise MultipartError("garbage after a boundary")
+                    break
+                if buffer[:end].strip(b" \t"):
+                    raise MultipartError("garbage after a boundary")
+                del buffer[: end + 2]
+                self._state = "headers"
+            elif self._state == "headers":
+                end = buffer.find(b"\r\n\r\n")
+                if end < 0:
+                    if len(buffer) > MAX_HEADER_BYTES:
+                        raise MultipartError("a part's headers are too long")
+                    break
+                events.append(("begin", _part(bytes(buffer[:end]))))
+                del buffer[: end + 4]
+                self._state = "body"
+            elif self._state == "body":
+                index = buffer.find(self._delimiter)
+                if index < 0:
+                    safe = len(buffer) - (len(self._delimiter) - 1)
+                    if safe > 0:
+                        events.append(("data", bytes(buffer[:safe])))
+                        del buffer[:safe]
+                    break
+                if index:
+                    events.append(("data", bytes(buffer[:index])))
+                del buffer[: index + len(self._delimiter)]
+                events.append(("end", None))
+                self._state = "after"
+            else:  # done: an epilogue is ignored
+                buffer.clear()
+                break
+        return events
