@@ -7,6 +7,7 @@ import re
 from typing import Any
 from urllib.parse import quote
 
+from tornado.http1connection import HTTP1Connection
 from tornado.web import stream_request_body
 
 from handlers.base import AuthenticatedHandler, BaseHandler
@@ -62,7 +63,9 @@ class FilesHandler(AuthenticatedHandler):
             return
         files = self.services.files
         self.drop_limit = 2 * files.max_bytes + FORM_OVERHEAD  # past this, the connection is cut
-        self.request.connection.set_max_body_size(self.drop_limit + FORM_OVERHEAD)  # type: ignore[attr-defined]
+        connection = self.request.connection
+        if isinstance(connection, HTTP1Connection):
+            connection.set_max_body_size(self.drop_limit + FORM_OVERHEAD)
         length = self.request.headers.get("Content-Length")
         if length is not None and length.isdigit() and int(length) > files.max_bytes + FORM_OVERHEAD:
             self.failure = ApiError("payload_too_large", f"files are limited to {files.max_bytes} bytes")

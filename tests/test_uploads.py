@@ -130,7 +130,7 @@ async def test_type_is_judged_by_content(login, upload, gridfs) -> None:
     status, answer = await upload(alice["access_token"], b"\x7fELF\x02\x01\x01" + b"\x00" * 500,
                                   filename="cat.jpg", part_type="image/jpeg")
     assert (status, answer["error"]["code"]) == (415, "unsupported_media_type")
-    files, chunks = gridfs
+    files, _ = gridfs
     assert files.count_documents({}) == 1
 
 
@@ -152,7 +152,7 @@ async def test_aborted_upload_leaves_nothing(login, http_port, gridfs) -> None:
     """A connection dropped mid-upload leaves no file and no chunks behind."""
     alice = await login("alice")
     body, headers = wx_upload_body(PNG + os.urandom(3 * 1024 * 1024))
-    reader, writer = await asyncio.open_connection("127.0.0.1", http_port)
+    _, writer = await asyncio.open_connection("127.0.0.1", http_port)
     writer.write((f"POST /api/v1/files HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n"
                   f"Content-Type: {headers['Content-Type']}\r\nAuthorization: Bearer {alice['access_token']}\r\n\r\n"
                   ).encode() + body[: len(body) // 2])
@@ -192,7 +192,7 @@ async def test_range_etag_and_304(login, upload, http_client, base_url) -> None:
 
 @pytest.mark.gen_test
 async def test_private_files_are_404_to_others_public_ones_are_open(login, upload, http_client, base_url) -> None:
-    """Another user's private file is 404 (not 403); a public=true file is readable by anyone; only the owner deletes."""
+    """Another user's private file is 404 (not 403); a public=true file is open to anyone; only the owner deletes."""
     alice, bob = await login("alice"), await login("bob")
     _, private = await upload(alice["access_token"], PNG + b"secret")
     _, shared = await upload(alice["access_token"], PNG + b"shared", fields={"public": "true"})
@@ -280,13 +280,13 @@ async def test_paging_stays_correct_while_records_arrive(api, login) -> None:
     token = (await login("alice"))["access_token"]
     for n in range(25):
         await api("POST", "/api/v1/records/feedback", {**FEEDBACK, "message": f"m{n}"}, token=token)
-    status, page, _ = await api("GET", "/api/v1/records/feedback?limit=10", token=token)
+    _, page, _ = await api("GET", "/api/v1/records/feedback?limit=10", token=token)
     seen = [r["data"]["message"] for r in page["items"]]
     assert seen == [f"m{n}" for n in range(24, 14, -1)]
     for n in range(25, 30):
         await api("POST", "/api/v1/records/feedback", {**FEEDBACK, "message": f"m{n}"}, token=token)
     while page["next"]:
-        status, page, _ = await api("GET", f"/api/v1/records/feedback?limit=10&before={page['next']}", token=token)
+        _, page, _ = await api("GET", f"/api/v1/records/feedback?limit=10&before={page['next']}", token=token)
         seen += [r["data"]["message"] for r in page["items"]]
     assert seen == [f"m{n}" for n in range(24, -1, -1)]
     other = (await login("bob"))["access_token"]
