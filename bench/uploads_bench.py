@@ -118,7 +118,7 @@ async def run(args: argparse.Namespace) -> None:
         peak = base_rss = rss_kib(server.pid or 0)
         done = threading.Event()
 
-        def sample() -> None:
+        def sample(done: threading.Event = done) -> None:
             nonlocal peak
             while not done.is_set():
                 peak = max(peak, rss_kib(server.pid or 0))
