@@ -71,10 +71,6 @@ class ProtocolError(Exception):
     connection is closed."""
 
 
-def bad_value(message: str) -> MongoError:
-    return MongoError(2, message)
-
-
 def type_mismatch(field: str, expected: str, value: Any) -> MongoError:
     return MongoError(
         14, f"BSON field '{field}' is the wrong type '{type(value).__name__}', expected type '{expected}'"

@@ -371,12 +371,3 @@ class Store:
             last_key, last_rid = rows[-1][0], rows[-1][1]
             cursor = (last_key, last_rid, cursor[2])
             chunk = min(chunk * 4, 4096)
-
-    def get_by_rid(self, coll: Collection, rid: int) -> bytes | None:
-        row = self._db.execute(f"SELECT doc FROM {coll.table} WHERE rid = ?", (rid,)).fetchone()
-        return None if row is None else bytes(row[0])
-
-    def file_size(self) -> int:
-        page_count = self._db.execute("PRAGMA page_count").fetchone()[0]
-        page_size = self._db.execute("PRAGMA page_size").fetchone()[0]
-        return int(page_count) * int(page_size)

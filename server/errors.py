@@ -75,15 +75,3 @@ class ApiError(Exception):
 
 def status_of(code: str) -> int:
     return STATUS[code]
-
-
-def unauthorized(message: str = "authentication required") -> ApiError:
-    return ApiError("unauthorized", message)
-
-
-def not_found(message: str = "not found") -> ApiError:
-    return ApiError("not_found", message)
-
-
-def invalid(message: str, details: list[dict[str, Any]] | None = None) -> ApiError:
-    return ApiError("invalid_request", message, details)

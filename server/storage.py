@@ -8,11 +8,10 @@ import datetime
 import logging
 from typing import Any
 
-import pymongo
 from bson import ObjectId
 from motor.motor_asyncio import AsyncIOMotorClient, AsyncIOMotorDatabase
 from pymongo import ASCENDING, DESCENDING, IndexModel
-from pymongo.errors import ConnectionFailure, OperationFailure, PyMongoError
+from pymongo.errors import ConnectionFailure, PyMongoError
 
 from server.errors import ApiError
 
@@ -107,8 +106,3 @@ class Storage:
 
     def close(self) -> None:
         self.client.close()
-
-
-def is_duplicate(exc: BaseException) -> bool:
-    return isinstance(exc, pymongo.errors.DuplicateKeyError) or (
-        isinstance(exc, OperationFailure) and exc.code == 11000)
