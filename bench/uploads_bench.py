@@ -14,54 +14,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import multiprocessing
 import os
 import platform
 import sys
-import tempfile
 import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from bench import benchserver
+from bench.benchserver import rss_kib
 
 BOUNDARY = "----BenchBoundary7MA4YWxkTrZu0gW"
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00\x00\x00\rIHDR"
-
-
-def serve(ready: multiprocessing.synchronize.Event, port_out: multiprocessing.Queue, data_dir: str) -> None:
-    """The server process: the real application plus a discarding route."""
-    from tornado.httpserver import HTTPServer
-    from tornado.netutil import bind_sockets
-    from tornado.web import RequestHandler, stream_request_body
-
-    import settings
-    from embedded_mongo.launcher import ChildStore
-    from server.app import make_app
-
-    @stream_request_body
-    class Discard(RequestHandler):
-        def prepare(self) -> None:
-            self.received = 0
-
-        def data_received(self, chunk: bytes) -> None:
-            self.received += len(chunk)
-
-        def post(self) -> None:
-            self.finish({"received": self.received})
-
-    async def main() -> None:
-        store = ChildStore(os.path.join(data_dir, "db")).start()
-        config = settings.load({"DATA_DIR": data_dir, "MONGO_URI": store.uri})
-        app, services = make_app(config)
-        app.add_handlers(r".*", [(r"/bench/discard", Discard)])
-        await services.start()
-        sockets = bind_sockets(0, "127.0.0.1")
-        HTTPServer(app, max_body_size=64 * 1024 * 1024).add_sockets(sockets)
-        port_out.put(sockets[0].getsockname()[1])
-        ready.set()
-        await asyncio.Event().wait()
-
-    asyncio.run(main())
 
 
 def body_of(size: int) -> tuple[bytes, dict[str, str]]:
@@ -71,24 +35,10 @@ def body_of(size: int) -> tuple[bytes, dict[str, str]]:
     return body, {"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"}
 
 
-def rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
-
-
 async def run(args: argparse.Namespace) -> None:
     from tornado.httpclient import AsyncHTTPClient
 
-    ctx = multiprocessing.get_context("spawn")
-    ready, ports = ctx.Event(), ctx.Queue()
-    data_dir = tempfile.mkdtemp(prefix="uploads-bench-")
-    server = ctx.Process(target=serve, args=(ready, ports, data_dir), daemon=True)
-    server.start()
-    ready.wait(60)
-    base = f"http://127.0.0.1:{ports.get()}"
+    server, base = benchserver.start(discard=True)
     http = AsyncHTTPClient(max_body_size=64 * 1024 * 1024)
     login = await http.fetch(base + "/api/v1/auth/dev", method="POST", body=b'{"name": "bench"}',
                              headers={"Content-Type": "application/json"})

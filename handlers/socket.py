@@ -7,6 +7,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 import ujson
+from tornado.iostream import SSLIOStream
 from tornado.websocket import WebSocketClosedError, WebSocketHandler
 
 from server.auth import Principal
@@ -63,6 +64,30 @@ class SocketHandler(WebSocketHandler):
             self.write_message(frame)  # bytes are sent as they are, in a text frame
         except WebSocketClosedError:
             pass
+
+    def send_frame(self, frame: bytes) -> None:
+        """A pre-built frame straight to the socket when nothing is queued before
+        it (no Future, no task, no buffer copy); through the stream otherwise."""
+        connection = self.ws_connection
+        if connection is None or connection.is_closing():
+            return
+        stream = getattr(connection, "stream", None)
+        if stream is None or stream.closed():
+            return
+        if not isinstance(stream, SSLIOStream) and not self.pending():
+            try:
+                sent = stream.socket.send(frame)
+            except BlockingIOError:
+                sent = 0
+            except OSError:
+                return  # the connection is going; Tornado will see it
+            if sent == len(frame):
+                return
+            frame = frame[sent:]
+        stream.write(frame)
+
+    def get_compression_options(self) -> None:
+        return None  # pre-built frames are uncompressed: never negotiate permessage-deflate
 
     def pending(self) -> int:
         stream = getattr(self.ws_connection, "stream", None)

@@ -17,7 +17,7 @@ from server.broker import Broker
 from server.errors import CloseCode
 from server.logs import fields
 from server.metrics import Metrics
-from server.protocol import encode_presence_push
+from server.protocol import encode_presence_push, text_frame
 
 if TYPE_CHECKING:
     from server.session import Session
@@ -125,10 +125,12 @@ class Hub:
         self.broker.publish(channel, frame, seq)
 
     def deliver(self, channel: str, frame: bytes, seq: int) -> None:
-        """The broker's hand-off: writes the frame to every local subscriber."""
+        """The broker's hand-off: writes the message (its frame's payload) to every
+        local subscriber."""
         subscribers = self.subscribers.get(channel)
         if not subscribers:
             return
+        frame = text_frame(frame)  # the whole WebSocket frame, once for every subscriber
         delivered = 0
         for session in list(subscribers):
             if session.deliver(channel, frame, seq):

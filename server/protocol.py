@@ -11,6 +11,7 @@ push frame once (``encode_message_push``), whoever receives them.
 from __future__ import annotations
 
 import re
+import struct
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -136,6 +137,19 @@ def encode_error(command_id: int | None, code: str, message: str) -> str:
 def encode_message_push(message: dict[str, Any]) -> bytes:
     """The push frame of a message, as UTF-8 bytes: built once per message."""
     return _dumps({"push": "message", "message": message}).encode()
+
+
+def text_frame(payload: bytes) -> bytes:
+    """A whole, unmasked, uncompressed WebSocket text frame (RFC 6455) around
+    ``payload``: built once per message and written as it is to every subscriber."""
+    size = len(payload)
+    if size < 126:
+        header = struct.pack("!BB", 0x81, size)
+    elif size < 65536:
+        header = struct.pack("!BBH", 0x81, 126, size)
+    else:
+        header = struct.pack("!BBQ", 0x81, 127, size)
+    return header + payload
 
 
 def encode_presence_push(kind: str, channel: str, user: str) -> bytes:

@@ -33,6 +33,9 @@ class Transport(Protocol):
     def send(self, frame: bytes | str) -> None:
         """Queues a text frame without waiting for it to be written."""
 
+    def send_frame(self, frame: bytes) -> None:
+        """Writes a whole pre-built WebSocket frame without waiting."""
+
     def pending(self) -> int:
         """Bytes queued and not yet written to the socket."""
 
@@ -88,8 +91,8 @@ class Session:
     # -- delivery -------------------------------------------------------------------------
 
     def deliver(self, channel: str, frame: bytes, seq: int) -> bool:
-        """Writes a frame of ``channel`` unless already delivered (by seq); held
-        while the channel's replay is being read."""
+        """Writes a pre-built frame of ``channel`` unless already delivered (by
+        seq); held while the channel's replay is being read."""
         if self.closed:
             return False
         held = self.buffering.get(channel)
@@ -100,12 +103,16 @@ class Session:
             if seq <= self.channels.get(channel, 0):
                 return False
             self.channels[channel] = seq
-        return self.send(frame)
+        self.transport.send_frame(frame)
+        return self._within_bound()
 
     def send(self, frame: bytes | str) -> bool:
         if self.closed:
             return False
         self.transport.send(frame)
+        return self._within_bound()
+
+    def _within_bound(self) -> bool:
         if self.transport.pending() > SEND_BUFFER_BYTES:
             self.close(CloseCode.TOO_SLOW, "the connection does not read fast enough")
             return False

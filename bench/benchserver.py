@@ -1,0 +1,73 @@
+"""Runs the real server (make_app on the embedded store) in a child process for
+the benchmarks; optional extra routes (a discard-only upload handler)."""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import os
+import tempfile
+from typing import Any
+
+
+def _serve(ready: Any, port_out: Any, data_dir: str, env: dict[str, str], discard: bool) -> None:
+    from tornado.httpserver import HTTPServer
+    from tornado.netutil import bind_sockets
+    from tornado.web import RequestHandler, stream_request_body
+
+    import settings
+    from embedded_mongo.launcher import ChildStore
+    from server.app import make_app
+
+    @stream_request_body
+    class Discard(RequestHandler):
+        def prepare(self) -> None:
+            self.received = 0
+
+        def data_received(self, chunk: bytes) -> None:
+            self.received += len(chunk)
+
+        def post(self) -> None:
+            self.finish({"received": self.received})
+
+    async def main() -> None:
+        store = ChildStore(os.path.join(data_dir, "db")).start()
+        config = settings.load({"DATA_DIR": data_dir, "MONGO_URI": store.uri, **env})
+        app, services = make_app(config)
+        if discard:
+            app.add_handlers(r".*", [(r"/bench/discard", Discard)])
+        await services.start()
+        sockets = bind_sockets(0, "127.0.0.1", backlog=4096)
+        HTTPServer(app, max_body_size=64 * 1024 * 1024).add_sockets(sockets)
+        port_out.put(sockets[0].getsockname()[1])
+        ready.set()
+        await asyncio.Event().wait()
+
+    asyncio.run(main())
+
+
+def start(env: dict[str, str] | None = None, discard: bool = False) -> tuple[multiprocessing.Process, str]:
+    """The server process and its base URL."""
+    ctx = multiprocessing.get_context("spawn")
+    ready, ports = ctx.Event(), ctx.Queue()
+    data_dir = tempfile.mkdtemp(prefix="bench-server-")
+    process = ctx.Process(target=_serve, args=(ready, ports, data_dir, env or {}, discard), daemon=True)
+    process.start()
+    if not ready.wait(120):
+        raise RuntimeError("the bench server did not start")
+    return process, f"http://127.0.0.1:{ports.get()}"
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of a process so far."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
