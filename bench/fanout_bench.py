@@ -38,8 +38,9 @@ def percentile(ordered: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(len(ordered) * fraction))] if ordered else float("nan")
 
 
-async def publish_at(base: str, rate: int, seconds: float) -> int:
-    """Publishes to feed:bench at ``rate`` per second for ``seconds``; returns how many."""
+async def publish_at(base: str, rate: int, seconds: float) -> tuple[int, int]:
+    """Publishes to feed:bench at ``rate`` per second for ``seconds``; returns how
+    many were sent and how many failed (an overloaded server times them out)."""
     from tornado.httpclient import AsyncHTTPClient
 
     http = AsyncHTTPClient(max_clients=64, defaults={"request_timeout": 120, "connect_timeout": 30})
@@ -56,10 +57,15 @@ async def publish_at(base: str, rate: int, seconds: float) -> int:
             sent += 1
         done = {f for f in pending if f.done()}
         pending -= done
+        failed_early = sum(1 for f in done if f.exception() is not None)
+        if failed_early:
+            print(f"  {failed_early} publishes failed", flush=True)
         await asyncio.sleep(min(0.005, 1 / rate))
+    failed = 0
     if pending:
-        await asyncio.gather(*pending)
-    return sent
+        for outcome in await asyncio.gather(*pending, return_exceptions=True):
+            failed += isinstance(outcome, Exception)
+    return sent, failed
 
 
 def main(args: argparse.Namespace) -> None:
@@ -86,7 +92,8 @@ def main(args: argparse.Namespace) -> None:
     cpu_ramp = benchserver.cpu_seconds(pid)
     ramp_start = time.perf_counter()
     workers = [ctx.Process(target=run_worker, args=(url, token, n, ["feed:bench"], total_seconds, commands[i],
-                                                    reports, 1), daemon=True) for i, n in enumerate(per_worker)]
+                                                    reports, args.sample), daemon=True)
+               for i, n in enumerate(per_worker)]
     for worker in workers:
         worker.start()
     opened = failed = 0
@@ -111,7 +118,7 @@ def main(args: argparse.Namespace) -> None:
             reports.get(timeout=60)
         cpu0 = benchserver.cpu_seconds(pid)
         wall0 = time.perf_counter()
-        sent = asyncio.run(publish_at(base, rate, args.seconds))
+        sent, failed_publishes = asyncio.run(publish_at(base, rate, args.seconds))
         time.sleep(1.0)  # let the last deliveries land
         wall = time.perf_counter() - wall0
         cpu = benchserver.cpu_seconds(pid) - cpu0
@@ -130,7 +137,7 @@ def main(args: argparse.Namespace) -> None:
               f"{cpu / max(deliveries, 1) * 1e6:6.2f} us server CPU per delivery, latency p50 "
               f"{percentile(latencies, 0.5) * 1e3:7.1f} ms p99 {percentile(latencies, 0.99) * 1e3:7.1f} ms "
               f"max {(latencies[-1] if latencies else float('nan')) * 1e3:7.1f} ms; "
-              f"{complete}/{len(by_seq)} messages reached every session")
+              f"{complete}/{len(by_seq)} messages reached every session; {failed_publishes} publishes timed out")
     for queue in commands:
         queue.put("stop")
     for worker in workers:
@@ -145,4 +152,5 @@ if __name__ == "__main__":
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--rates", default="10,100,1000")
+    parser.add_argument("--sample", type=int, default=10, help="parse every Nth delivery for its latency")
     main(parser.parse_args())

@@ -177,7 +177,7 @@ def make_app(settings: Settings, mongo_uri: str | None = None, *, storage: Stora
         default_handler_args={"services": services, "route": "unmatched"},
         xheaders=False,
         websocket_ping_interval=settings.ws_ping_interval,
-        websocket_ping_timeout=settings.ws_ping_interval * 2,
+        websocket_ping_timeout=settings.ws_ping_interval,  # Tornado allows no more than the interval
         websocket_max_message_size=settings.ws_max_message_bytes,
     )
     return app, services
