@@ -138,3 +138,14 @@ async def test_database_down(http_client, dead_db_app, base_url: str) -> None:
         assert_envelope(login.code, json.loads(login.body), 503, "unavailable")
     finally:
         server.stop()
+
+
+@pytest.mark.gen_test
+async def test_demo_page_in_development_only(http_client, base_url: str, services) -> None:
+    """GET / serves the demo chat page in development mode and is not_found in production."""
+    page = await http_client.fetch(base_url + "/")
+    assert page.code == 200 and page.headers["Content-Type"].startswith("text/html")
+    assert b"/api/v1/auth/dev" in page.body and b"since: lastSeq" in page.body
+    object.__setattr__(services.settings, "app_env", "production")
+    hidden = await http_client.fetch(base_url + "/", raise_error=False)
+    assert hidden.code == 404
