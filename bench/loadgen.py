@@ -33,22 +33,30 @@ class WorkerResult:
     by_seq: dict[int, int] = field(default_factory=dict)  # seq -> sessions that received it
 
 
+CONNECTING = 64  # handshakes in flight per process: the ramp measures the server, not a queue
+
+
 async def _session(url: str, token: str, channels: list[str], result: WorkerResult, stop: asyncio.Event,
-                   ready: asyncio.Event, sample_every: int) -> None:
+                   ready: asyncio.Event, sample_every: int, gate: asyncio.Semaphore) -> None:
+    async with gate:
+        try:
+            ws = await websockets.connect(url, additional_headers={"Authorization": f"Bearer {token}"},
+                                          ping_interval=None, max_queue=None, open_timeout=60, compression=None)
+        except Exception:
+            result.failed += 1
+            return
+        try:
+            for index, channel in enumerate(channels):
+                await ws.send(json.dumps({"id": index + 1, "op": "subscribe", "channel": channel}))
+            pending = len(channels)
+            while pending:
+                reply = json.loads(await ws.recv())
+                if "id" in reply:
+                    pending -= 1
+        except websockets.ConnectionClosed:
+            result.failed += 1
+            return
     try:
-        ws = await websockets.connect(url, additional_headers={"Authorization": f"Bearer {token}"},
-                                      ping_interval=None, max_queue=None, open_timeout=60, compression=None)
-    except Exception:
-        result.failed += 1
-        return
-    try:
-        for index, channel in enumerate(channels):
-            await ws.send(json.dumps({"id": index + 1, "op": "subscribe", "channel": channel}))
-        pending = len(channels)
-        while pending:
-            reply = json.loads(await ws.recv())
-            if "id" in reply:
-                pending -= 1
         result.opened += 1
         ready.set()
         count = 0
@@ -82,10 +90,11 @@ async def _worker(url: str, token: str, sessions: int, channels: list[str], seco
                   commands: Any, reports: Any, sample_every: int) -> None:
     result = WorkerResult()
     stop, ready = asyncio.Event(), asyncio.Event()
+    gate = asyncio.Semaphore(CONNECTING)
     started = time.perf_counter()
     tasks = []
     for _ in range(sessions):
-        tasks.append(asyncio.create_task(_session(url, token, channels, result, stop, ready, sample_every)))
+        tasks.append(asyncio.create_task(_session(url, token, channels, result, stop, ready, sample_every, gate)))
         await asyncio.sleep(0)  # let connections proceed while more are opened
     while result.opened + result.failed < sessions and time.perf_counter() - started < seconds:
         await asyncio.sleep(0.05)
