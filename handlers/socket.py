@@ -65,26 +65,28 @@ class SocketHandler(WebSocketHandler):
         except WebSocketClosedError:
             pass
 
-    def send_frame(self, frame: bytes) -> None:
+    def send_frame(self, frame: bytes) -> bool:
         """A pre-built frame straight to the socket when nothing is queued before
-        it (no Future, no task, no buffer copy); through the stream otherwise."""
+        it (no Future, no task, no buffer copy); through the stream otherwise.
+        True when it is all on the socket already."""
         connection = self.ws_connection
         if connection is None or connection.is_closing():
-            return
+            return True
         stream = getattr(connection, "stream", None)
         if stream is None or stream.closed():
-            return
+            return True
         if not isinstance(stream, SSLIOStream) and not self.pending():
             try:
                 sent = stream.socket.send(frame)
             except BlockingIOError:
                 sent = 0
             except OSError:
-                return  # the connection is going; Tornado will see it
+                return True  # the connection is going; Tornado will see it
             if sent == len(frame):
-                return
+                return True
             frame = frame[sent:]
         stream.write(frame)
+        return False
 
     def get_compression_options(self) -> None:
         return None  # pre-built frames are uncompressed: never negotiate permessage-deflate

@@ -8,6 +8,7 @@ stolen, and the whole family is revoked. Only a token's SHA-256 is stored.
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import hashlib
 import re
@@ -79,9 +80,11 @@ class Auth:
     async def authenticate(self, token: Any) -> Principal:
         """verify_access, and the user still exists and the session is not revoked."""
         principal = self.verify_access(token)
-        if await self._users.get(ObjectId(principal.user_id)) is None:
+        user, revoked = await asyncio.gather(self._users.get(ObjectId(principal.user_id)),
+                                             self.session_revoked(principal.sid))
+        if user is None:
             raise ApiError("unauthorized", "the user of this token no longer exists")
-        if await self.session_revoked(principal.sid):
+        if revoked:
             raise ApiError("unauthorized", "this session has been signed out")
         return principal
 

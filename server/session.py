@@ -33,8 +33,9 @@ class Transport(Protocol):
     def send(self, frame: bytes | str) -> None:
         """Queues a text frame without waiting for it to be written."""
 
-    def send_frame(self, frame: bytes) -> None:
-        """Writes a whole pre-built WebSocket frame without waiting."""
+    def send_frame(self, frame: bytes) -> bool:
+        """Writes a whole pre-built WebSocket frame without waiting; True when
+        nothing of it is left queued."""
 
     def pending(self) -> int:
         """Bytes queued and not yet written to the socket."""
@@ -103,7 +104,8 @@ class Session:
             if seq <= self.channels.get(channel, 0):
                 return False
             self.channels[channel] = seq
-        self.transport.send_frame(frame)
+        if self.transport.send_frame(frame):
+            return True  # all on the socket: nothing queued to bound
         return self._within_bound()
 
     def send(self, frame: bytes | str) -> bool:
