@@ -69,14 +69,18 @@ class BaseHandler(RequestHandler):
                 return hops[-1]
         return peer
 
-    def json_body(self, validator: Draft202012Validator) -> dict[str, Any]:
-        """The request's JSON object, checked against ``validator``."""
+    def json_payload(self, max_bytes: int = JSON_MAX_BYTES) -> Any:
+        """The request's body as JSON: application/json, at most ``max_bytes``."""
         content_type = self.request.headers.get("Content-Type", "application/json").split(";")[0].strip().lower()
         if content_type not in ("application/json", "text/json", ""):
             raise ApiError("unsupported_media_type", "the request body must be application/json")
-        if len(self.request.body) > JSON_MAX_BYTES:
-            raise ApiError("payload_too_large", f"JSON bodies are limited to {JSON_MAX_BYTES} bytes")
-        body = validate(validator, parse_json(self.request.body))
+        if len(self.request.body) > max_bytes:
+            raise ApiError("payload_too_large", f"JSON bodies are limited to {max_bytes} bytes")
+        return parse_json(self.request.body)
+
+    def json_body(self, validator: Draft202012Validator) -> dict[str, Any]:
+        """The request's JSON object, checked against ``validator``."""
+        body = validate(validator, self.json_payload())
         assert isinstance(body, dict)
         return body
 
