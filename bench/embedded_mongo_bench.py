@@ -27,19 +27,13 @@ from bson import ObjectId
 from motor.motor_asyncio import AsyncIOMotorClient
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from tests.mongo_process import StoreProcess
+from bench.benchserver import cpu_seconds
+from embedded_mongo.launcher import ChildStore
 
 
 def percentiles(samples: list[float]) -> tuple[float, float]:
     ordered = sorted(samples)
     return ordered[len(ordered) // 2], ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
-
-
-def cpu_seconds(pid: int) -> float:
-    """User plus system CPU time of a process so far."""
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _client_process(uri: str, kind: str, count: int, ready: Any, go: Any, out: Any) -> None:
@@ -80,6 +74,7 @@ def processes_rate(uri: str, kind: str, processes: int, count: int) -> float:
 
 
 def memory_kib(pid: int) -> dict[str, int]:
+    """VmRSS and VmHWM of a process, in KiB."""
     found = {}
     with open(f"/proc/{pid}/status") as status:
         for line in status:
@@ -100,7 +95,7 @@ async def timed(op, count: int) -> list[float]:  # type: ignore[no-untyped-def]
 
 async def main(args: argparse.Namespace) -> None:
     workdir = tempfile.mkdtemp(prefix="embedded-mongo-bench-")
-    store = StoreProcess(os.path.join(workdir, "db")).start()
+    store = ChildStore(os.path.join(workdir, "db")).start()
     pid = store.proc.pid  # type: ignore[union-attr]
     print(f"# embedded_mongo bench {time.strftime('%Y-%m-%d %H:%M')} on {platform.node()} "
           f"({os.cpu_count()} cores, Python {platform.python_version()}); store pid {pid}")

@@ -218,10 +218,7 @@ class Commands:
         return {}
 
     def cmd_collMod(self, body: dict[str, Any], request: Request) -> dict[str, Any]:
-        db, name = self._coll(body, request, "collMod")
-        coll = self.store.get(db, name)
-        if coll is None:
-            raise MongoError(26, f"ns does not exist: {db}.{name}")
+        coll = self._existing(body, request, "collMod", "ns does not exist: {ns}")
         reply: dict[str, Any] = {}
         options = {k: v for k, v in body.items() if k in ("validator", "validationLevel", "validationAction")}
         if "index" in body:
@@ -241,6 +238,15 @@ class Commands:
 
     def _coll(self, body: dict[str, Any], request: Request, field: str) -> tuple[str, str]:
         return request.db, _check_name(request.db, body.get(field), field)
+
+    def _existing(self, body: dict[str, Any], request: Request, field: str, missing: str) -> Collection:
+        """The collection a command names; NamespaceNotFound (26) with ``missing``
+        ({ns} filled in) when there is none."""
+        db, name = self._coll(body, request, field)
+        coll = self.store.get(db, name)
+        if coll is None:
+            raise MongoError(26, missing.format(ns=f"{db}.{name}"))
+        return coll
 
     # -- handshake and administration --------------------------------------------
 
@@ -458,10 +464,7 @@ class Commands:
         return {}
 
     def cmd_collStats(self, body: dict[str, Any], request: Request) -> dict[str, Any]:
-        db, name = self._coll(body, request, "collStats")
-        coll = self.store.get(db, name)
-        if coll is None:
-            raise MongoError(26, f"Collection [{db}.{name}] not found.")
+        coll = self._existing(body, request, "collStats", "Collection [{ns}] not found.")
         count = self.store.count(coll)
         size = self.store.data_size(coll)
         return {"ns": coll.namespace, "count": count, "size": size, "avgObjSize": size // count if count else 0,
@@ -520,19 +523,13 @@ class Commands:
         return reply
 
     def cmd_listIndexes(self, body: dict[str, Any], request: Request) -> dict[str, Any]:
-        db, name = self._coll(body, request, "listIndexes")
-        coll = self.store.get(db, name)
-        if coll is None:
-            raise MongoError(26, f"ns does not exist: {db}.{name}")
+        coll = self._existing(body, request, "listIndexes", "ns does not exist: {ns}")
         items = [dict(index.spec) for index in coll.indexes.values()]
-        return {"cursor": self.cursors.first_batch(f"{db}.$cmd.listIndexes", iter(items),
+        return {"cursor": self.cursors.first_batch(f"{coll.db}.$cmd.listIndexes", iter(items),
                                                    _doc(body, "cursor").get("batchSize"))}
 
     def cmd_dropIndexes(self, body: dict[str, Any], request: Request) -> dict[str, Any]:
-        db, name = self._coll(body, request, "dropIndexes")
-        coll = self.store.get(db, name)
-        if coll is None:
-            raise MongoError(26, f"ns not found {db}.{name}")
+        coll = self._existing(body, request, "dropIndexes", "ns not found {ns}")
         wanted = body.get("index")
         count = len(coll.indexes)
         if wanted == "*":

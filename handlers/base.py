@@ -30,6 +30,14 @@ _TORNADO_CODES = {400: "invalid_request", 403: "forbidden", 404: "not_found", 40
                   413: "payload_too_large", 415: "unsupported_media_type", 416: "range_not_satisfiable"}
 
 
+def bearer_token(header: str) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header."""
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
+    return None
+
+
 class BaseHandler(RequestHandler):
     """Every HTTP handler of the server."""
 
@@ -85,11 +93,7 @@ class BaseHandler(RequestHandler):
         return body
 
     def bearer_token(self) -> str | None:
-        header = self.request.headers.get("Authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() == "bearer" and token.strip():
-            return token.strip()
-        return None
+        return bearer_token(self.request.headers.get("Authorization", ""))
 
     async def authenticate(self) -> Principal:
         token = self.bearer_token()

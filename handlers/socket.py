@@ -10,6 +10,7 @@ import ujson
 from tornado.iostream import SSLIOStream
 from tornado.websocket import WebSocketClosedError, WebSocketHandler
 
+from handlers.base import bearer_token
 from server.auth import Principal
 from server.errors import ApiError
 from server.session import Session
@@ -33,9 +34,7 @@ class SocketHandler(WebSocketHandler):
         return True  # tokens, not cookies, authenticate: another origin gains nothing
 
     async def prepare(self) -> None:
-        header = self.request.headers.get("Authorization", "")
-        scheme, _, token = header.partition(" ")
-        token = token.strip() if scheme.lower() == "bearer" else self.get_query_argument("token", "")
+        token = bearer_token(self.request.headers.get("Authorization", "")) or self.get_query_argument("token", "")
         try:
             self.principal = await self.services.auth.authenticate(token or None)
             if not self.services.realtime.accepting:

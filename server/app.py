@@ -100,7 +100,7 @@ class Services:
         """Brings gauges up to date before /metrics renders them."""
         hub = self.realtime.hub
         self.metrics.ws_connections.set(hub.connection_count())
-        self.metrics.ws_subscriptions.set(sum(len(s) for s in hub.subscribers.values()))
+        self.metrics.ws_subscriptions.set(hub.subscription_count())
 
     def log_request(self, handler: RequestHandler) -> None:
         """The access log and the request metrics: one structured line per

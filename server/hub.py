@@ -35,6 +35,7 @@ class Hub:
         self.subscribers: dict[str, dict[Session, None]] = {}  # channel -> its local sessions, in order
         self.by_user: dict[str, list[Session]] = {}  # user id -> their sessions, oldest first
         self.presence: dict[str, dict[str, int]] = {}  # room channel -> user -> subscribed sockets
+        self.connections = 0  # open connections, kept as they come and go
         self.delivered = 0  # frames written to connections
         self.published = 0  # messages published through this process
         broker.bind(self.deliver)
@@ -46,16 +47,20 @@ class Hub:
         return [s for sessions in self.by_user.values() for s in sessions]
 
     def connection_count(self) -> int:
-        return sum(len(s) for s in self.by_user.values())
+        return self.connections
+
+    def subscription_count(self) -> int:
+        return sum(len(s) for s in self.subscribers.values())
 
     def register(self, session: Session) -> None:
         """Adds a connection; a user's sockets beyond the limit close, oldest first (4010)."""
         sessions = self.by_user.setdefault(session.user, [])
         sessions.append(session)
+        self.connections += 1
         while len(sessions) > self.max_per_user:
             oldest = sessions.pop(0)
+            self.connections -= 1
             oldest.close(CloseCode.REPLACED, "replaced by a newer connection")
-        self.metrics.ws_connections.set(self.connection_count())
 
     def unregister(self, session: Session) -> None:
         for channel in list(session.channels):
@@ -63,9 +68,9 @@ class Hub:
         sessions = self.by_user.get(session.user, [])
         if session in sessions:
             sessions.remove(session)
+            self.connections -= 1
         if not sessions:
             self.by_user.pop(session.user, None)
-        self.metrics.ws_connections.set(self.connection_count())
 
     def close_user(self, user: str, code: int, reason: str) -> int:
         sessions = list(self.by_user.get(user, []))
@@ -93,7 +98,6 @@ class Hub:
             if users[session.user] == 1:
                 self.broker.publish(channel, encode_presence_push("join", channel, session.user), 0)
         self.subscribers.setdefault(channel, {})[session] = None
-        self.metrics.ws_subscriptions.inc()
 
     def unsubscribe(self, session: Session, channel: str) -> None:
         subscribers = self.subscribers.get(channel)
@@ -101,7 +105,6 @@ class Hub:
             return
         del subscribers[session]
         session.channels.pop(channel, None)
-        self.metrics.ws_subscriptions.dec()
         if not subscribers:
             del self.subscribers[channel]
         users = self.presence.get(channel)

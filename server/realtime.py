@@ -79,6 +79,6 @@ class Realtime:
     def stats(self, uptime: float) -> dict[str, Any]:
         hub = self.hub
         return {"connections": hub.connection_count(), "users": len(hub.by_user),
-                "subscriptions": sum(len(s) for s in hub.subscribers.values()), "channels": len(hub.subscribers),
+                "subscriptions": hub.subscription_count(), "channels": len(hub.subscribers),
                 "messages_published": hub.published, "messages_delivered": hub.delivered,
                 "uptime": round(uptime, 3)}

@@ -17,6 +17,13 @@ from server.errors import CloseCode
 from tests.ws_client import Client
 
 
+async def _publish(server_api, channel: str, count: int, start: int = 0) -> None:
+    """Publishes {"n": start..start+count-1} to a channel through the server API."""
+    for n in range(start, start + count):
+        status, _ = await server_api("POST", "/api/v1/server/publish", {"channel": channel, "data": {"n": n}})
+        assert status == 200
+
+
 async def _room(api, token: str, name: str = "lobby", public: bool = True) -> str:
     status, room, _ = await api("POST", "/api/v1/rooms", {"name": name, "public": public}, token=token)
     assert status == 201, room
@@ -122,14 +129,13 @@ async def test_resubscribe_with_since_gets_exactly_what_was_missed(api, login, c
         await first.call("publish", channel=channel, data={"n": n})
     seen = [m["seq"] for m in await first.messages(3)]
     first.close()
-    for n in range(3, 8):
-        await server_api("POST", "/api/v1/server/publish", {"channel": channel, "data": {"n": n}})
+    await _publish(server_api, channel, 5, start=3)
     again = await connect(alice["access_token"])
     result = (await again.call("subscribe", channel=channel, since=seen[-1]))["result"]
     assert result["recovered"] is True and result["seq"] == 8
     assert [m["seq"] for m in result["messages"]] == [4, 5, 6, 7, 8]
     assert [m["data"]["n"] for m in result["messages"]] == [3, 4, 5, 6, 7]
-    await server_api("POST", "/api/v1/server/publish", {"channel": channel, "data": {"n": 8}})
+    await _publish(server_api, channel, 1, start=8)
     assert (await again.push())["message"]["seq"] == 9
     last = await connect(alice["access_token"])
     newest = (await last.call("subscribe", channel=channel, last=2))["result"]
@@ -142,8 +148,7 @@ async def test_recovery_beyond_the_limit_says_so(api, login, connect, server_api
     object.__setattr__(services.settings, "recovery_max", 5)
     alice = await login("alice")
     channel = await _room(api, alice["access_token"])
-    for n in range(12):
-        await server_api("POST", "/api/v1/server/publish", {"channel": channel, "data": {"n": n}})
+    await _publish(server_api, channel, 12)
     client = await connect(alice["access_token"])
     result = (await client.call("subscribe", channel=channel, since=2))["result"]
     assert result["recovered"] is False and [m["seq"] for m in result["messages"]] == [8, 9, 10, 11, 12]
@@ -156,8 +161,7 @@ async def test_publish_during_replay_arrives_exactly_once(api, login, connect, s
     """A message published while a resubscribe's replay is being read arrives once: in the replay or as a push."""
     alice = await login("alice")
     channel = await _room(api, alice["access_token"])
-    for n in range(3):
-        await server_api("POST", "/api/v1/server/publish", {"channel": channel, "data": {"n": n}})
+    await _publish(server_api, channel, 3)
     messages = services.realtime.messages
     real_after = messages.after
 
@@ -350,8 +354,7 @@ async def test_history_pages_both_ways(api, login, connect, server_api) -> None:
     """history (WebSocket and HTTP) pages backwards with before and forwards with after, with has_more."""
     alice = await login("alice")
     channel = await _room(api, alice["access_token"])
-    for n in range(25):
-        await server_api("POST", "/api/v1/server/publish", {"channel": channel, "data": {"n": n}})
+    await _publish(server_api, channel, 25)
     client = await connect(alice["access_token"])
     newest = (await client.call("history", channel=channel, limit=10))["result"]
     assert [m["seq"] for m in newest["messages"]] == list(range(16, 26)) and newest["has_more"]
