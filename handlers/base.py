@@ -60,9 +60,13 @@ class BaseHandler(RequestHandler):
     async def prepare(self) -> None:
         self.set_header("X-Request-Id", self.request_id)
         self.services.track_request(+1)
+        self.tracked = True  # counted in flight: on_finish uncounts it
 
     def on_finish(self) -> None:
-        self.services.track_request(-1)
+        # Tornado may finish a request before prepare ran (an unsupported method):
+        # only what was counted is uncounted, or shutdown's drain would stop early.
+        if getattr(self, "tracked", False):
+            self.services.track_request(-1)
 
     # -- requests --------------------------------------------------------------------
 

@@ -78,8 +78,7 @@ class Services:
 
     def track_request(self, delta: int) -> None:
         self.in_flight += delta
-        if self.in_flight <= 0:
-            self.in_flight = 0
+        if self.in_flight == 0:
             self._idle.set()
         else:
             self._idle.clear()

@@ -149,3 +149,14 @@ async def test_demo_page_in_development_only(http_client, base_url: str, service
     object.__setattr__(services.settings, "app_env", "production")
     hidden = await http_client.fetch(base_url + "/", raise_error=False)
     assert hidden.code == 404
+
+
+@pytest.mark.gen_test
+async def test_in_flight_count_survives_requests_finished_before_prepare(api, services) -> None:
+    """Requests Tornado answers before prepare (an unknown method) do not lower the in-flight count."""
+    services.track_request(+1)  # a request still being answered
+    status, _, _ = await api("PROPFIND", "/healthz")
+    assert status == 405
+    assert services.in_flight == 1
+    services.track_request(-1)
+    assert services.in_flight == 0
