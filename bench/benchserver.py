@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import os
+import signal
 import tempfile
 from typing import Any
 
@@ -39,9 +40,13 @@ def _serve(ready: Any, port_out: Any, data_dir: str, env: dict[str, str], discar
         await services.start()
         sockets = bind_sockets(0, "127.0.0.1", backlog=4096)
         HTTPServer(app, max_body_size=64 * 1024 * 1024).add_sockets(sockets)
+        stop = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
         port_out.put(sockets[0].getsockname()[1])
         ready.set()
-        await asyncio.Event().wait()
+        await stop.wait()
+        await services.close()
+        store.stop()  # the store runs in its own session: nothing else would stop it
 
     asyncio.run(main())
 

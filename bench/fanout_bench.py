@@ -72,7 +72,8 @@ def main(args: argparse.Namespace) -> None:
     import urllib.request
 
     rates = [int(r) for r in args.rates.split(",")]
-    total_seconds = 120 + len(rates) * (args.seconds + 30)
+    # Time enough for the ramp at a slow 40 sessions/s, then each rate's run.
+    total_seconds = 120 + args.subscribers / 40 + len(rates) * (args.seconds + 30)
     server, base = benchserver.start({"API_KEYS": API_KEY, "WS_MAX_PER_USER": str(args.subscribers + 10),
                                       "WS_PING_INTERVAL": "25"})
     pid = server.pid or 0
@@ -119,7 +120,7 @@ def main(args: argparse.Namespace) -> None:
         cpu0 = benchserver.cpu_seconds(pid)
         wall0 = time.perf_counter()
         sent, failed_publishes = asyncio.run(publish_at(base, rate, args.seconds))
-        time.sleep(1.0)  # let the last deliveries land
+        time.sleep(1.0 + args.subscribers / 5000)  # let the last deliveries land (~10,000/s here)
         wall = time.perf_counter() - wall0
         cpu = benchserver.cpu_seconds(pid) - cpu0
         for queue in commands:

@@ -8,7 +8,6 @@ stolen, and the whole family is revoked. Only a token's SHA-256 is stored.
 
 from __future__ import annotations
 
-import asyncio
 import datetime
 import hashlib
 import re
@@ -80,11 +79,9 @@ class Auth:
     async def authenticate(self, token: Any) -> Principal:
         """verify_access, and the user still exists and the session is not revoked."""
         principal = self.verify_access(token)
-        user, revoked = await asyncio.gather(self._users.get(ObjectId(principal.user_id)),
-                                             self.session_revoked(principal.sid))
-        if user is None:
+        if await self._users.get(ObjectId(principal.user_id)) is None:
             raise ApiError("unauthorized", "the user of this token no longer exists")
-        if revoked:
+        if await self.session_revoked(principal.sid):
             raise ApiError("unauthorized", "this session has been signed out")
         return principal
 
