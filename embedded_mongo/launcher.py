@@ -3,6 +3,7 @@ ready. Used by ``run.py`` (development mode) and by the tests."""
 
 from __future__ import annotations
 
+import ctypes
 import os
 import re
 import signal
@@ -12,6 +13,16 @@ import time
 from typing import IO
 
 _READY = re.compile(r"ready: .* port=(\d+)")
+_PR_SET_PDEATHSIG = 1
+# Loaded here, in the parent: between fork and exec the child only calls prctl.
+_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGTERM when the parent dies (Linux), so a
+    killed server never leaves its store running and holding the dbpath's lock."""
+    if _LIBC is not None:
+        _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 _PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -36,6 +47,7 @@ class ChildStore:
             [sys.executable, "-m", "embedded_mongo", "--dbpath", self.dbpath, "--port", "0", *self.extra],
             cwd=_PACKAGE_ROOT, stdout=subprocess.PIPE, stderr=self._log, text=True,
             start_new_session=True,  # a Ctrl-C in the terminal reaches the server, which stops the store itself
+            preexec_fn=_die_with_parent,  # only prctl runs between fork and exec
         )
         deadline = time.monotonic() + timeout
         assert self.proc.stdout is not None

@@ -209,3 +209,20 @@ def test_processes_need_redis(tmp_path) -> None:
     assert result.returncode == 2 and "REDIS_URL" in result.stderr
 
 
+
+
+def test_a_killed_server_leaves_no_store_behind(tmp_path) -> None:
+    """kill -9 of run.py stops its embedded store too, so the next start is not refused by the store's lock."""
+    run = RunProcess({"DATA_DIR": str(tmp_path)})
+    _wait_ready(run.wait_serving())
+    store_pid = int((tmp_path / "db" / "mongod.lock").read_text())
+    run.stop(signal.SIGKILL)
+    deadline = time.monotonic() + 15
+    while _pid_alive(store_pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _pid_alive(store_pid)
+    again = RunProcess({"DATA_DIR": str(tmp_path)})
+    try:
+        _wait_ready(again.wait_serving())
+    finally:
+        assert again.stop() == 0
