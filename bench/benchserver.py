@@ -11,7 +11,7 @@ import tempfile
 from typing import Any
 
 
-def _serve(ready: Any, port_out: Any, data_dir: str, env: dict[str, str], discard: bool) -> None:
+def _serve(ready: Any, port_out: Any, data_dir: str, env: dict[str, str], discard: bool, baseline: bool) -> None:
     from tornado.httpserver import HTTPServer
     from tornado.netutil import bind_sockets
     from tornado.web import RequestHandler, stream_request_body
@@ -37,6 +37,11 @@ def _serve(ready: Any, port_out: Any, data_dir: str, env: dict[str, str], discar
         app, services = make_app(config)
         if discard:
             app.add_handlers(r".*", [(r"/bench/discard", Discard)])
+        if baseline:  # as before the reconnect work: every replay from MongoDB, every socket's token looked up
+            from server.recent import Recent
+
+            services.realtime.hub.recent = Recent(0)
+            services.auth.vouch = lambda user_id, sid: None  # type: ignore[method-assign]
         await services.start()
         sockets = bind_sockets(0, "127.0.0.1", backlog=4096)
         HTTPServer(app, max_body_size=64 * 1024 * 1024).add_sockets(sockets)
@@ -51,12 +56,14 @@ def _serve(ready: Any, port_out: Any, data_dir: str, env: dict[str, str], discar
     asyncio.run(main())
 
 
-def start(env: dict[str, str] | None = None, discard: bool = False) -> tuple[multiprocessing.Process, str]:
-    """The server process and its base URL."""
+def start(env: dict[str, str] | None = None, discard: bool = False,
+          baseline: bool = False) -> tuple[multiprocessing.Process, str]:
+    """The server process and its base URL; ``baseline`` turns off the replay
+    cache and the socket's token vouching, for a before/after in one run."""
     ctx = multiprocessing.get_context("spawn")
     ready, ports = ctx.Event(), ctx.Queue()
     data_dir = tempfile.mkdtemp(prefix="bench-server-")
-    process = ctx.Process(target=_serve, args=(ready, ports, data_dir, env or {}, discard), daemon=True)
+    process = ctx.Process(target=_serve, args=(ready, ports, data_dir, env or {}, discard, baseline), daemon=True)
     process.start()
     if not ready.wait(120):
         raise RuntimeError("the bench server did not start")

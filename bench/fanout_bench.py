@@ -1,19 +1,28 @@
-"""Fan-out: one feed with many subscribers, published through the server API at
-rising rates.
+"""Fan-out: one feed with many subscribers, messages published at rising rates;
+this server beside its peers, in the same run.
 
-    python bench/fanout_bench.py [--subscribers 10000] [--workers 4] [--seconds 10] [--rates 10,100,1000]
+    python bench/fanout_bench.py [--subscribers 10000] [--workers 3] [--rates 10,100,1000]
+                                 [--servers ours,tornado,socketio,websockets]
 
-Starts the server (embedded store) in a child process and ``--workers``
-load-generator processes (bench/loadgen.py) that open ``--subscribers``
-authenticated sessions between them, all subscribed to ``feed:bench``. Then, for
-each rate, publishes for ``--seconds`` and prints: deliveries per second
-sustained, the server's CPU microseconds per delivery (from its own CPU time,
-which holds on a noisy machine), publish-to-delivery latency p50/p99/max, and
-whether every session got every message once. Also the ramp (sessions accepted
-per second, token check included) and the server's RSS per session.
+For each server in turn (this one on its embedded store; then a plain Tornado
+``write_message`` loop, python-socketio's ``emit`` to a room, and the
+``websockets`` library's ``broadcast()``, see bench/peers.py), ``--workers``
+load-generator processes (bench/loadgen.py) open ``--subscribers`` sessions on
+the feed. Printed: the ramp (sessions/s; server CPU per accepted session, for
+this server token check and subscribe included), RSS per held session, idle
+CPU; then for each rate: deliveries per second sustained, the server's CPU
+microseconds per delivery (its own CPU time from /proc, which holds on a noisy
+machine), publish-to-delivery latency p50/p99/max, and whether every session got
+every message exactly once. A rate publishes at most ``--budget`` deliveries'
+worth of messages (so a saturated server drains in bounded time); once a server
+cannot keep up with a rate, its higher rates are skipped. The last lines compare
+every peer with this server.
 
-Bounds: loopback only; every process stops by itself after its time; each process
-holds at most 20,000 descriptors here, so sessions are spread over workers.
+Bounds: loopback only; every process stops by itself; each process may hold at
+most 20,000 descriptors here, so sessions are spread over load-generator
+processes, each connecting from its own 127.0.0.N source address. The load
+generators share the machine's 2 cores with the server under test, so
+deliveries/s is bounded by the machine; CPU per delivery is not.
 """
 
 from __future__ import annotations
@@ -26,132 +35,163 @@ import os
 import platform
 import sys
 import time
+import urllib.request
+from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bench import benchserver
-from bench.loadgen import run_worker
+from bench import benchserver, peers
+from bench.harness import API_KEY, Generators, ms, publish_at
+from bench.loadgen import PAD
 
-API_KEY = "bench-api-key"
-
-
-def percentile(ordered: list[float], fraction: float) -> float:
-    return ordered[min(len(ordered) - 1, int(len(ordered) * fraction))] if ordered else float("nan")
+CHANNEL = "feed:bench"
+RSS_LIMIT_KIB = 8 * 1024 * 1024  # a server past this is stopped: these machines have 24 GiB
 
 
-async def publish_at(base: str, rate: int, seconds: float) -> tuple[int, int]:
-    """Publishes to feed:bench at ``rate`` per second for ``seconds``; returns how
-    many were sent and how many failed (an overloaded server times them out)."""
-    from tornado.httpclient import AsyncHTTPClient
+def dev_token(base: str, name: str) -> str:
+    request = urllib.request.Request(base + "/api/v1/auth/dev", data=json.dumps({"name": name}).encode(),
+                                     headers={"Content-Type": "application/json"}, method="POST")
+    return str(json.loads(urllib.request.urlopen(request).read())["access_token"])
 
-    http = AsyncHTTPClient(max_clients=64, defaults={"request_timeout": 120, "connect_timeout": 30})
-    headers = {"X-API-Key": API_KEY, "Content-Type": "application/json"}
-    start = time.perf_counter()
-    sent = 0
-    pending: set[asyncio.Future[object]] = set()
-    while (elapsed := time.perf_counter() - start) < seconds:
-        due = int(elapsed * rate) + 1
-        while sent < due:
-            body = json.dumps({"channel": "feed:bench", "data": {"t": time.time(), "n": sent, "pad": "x" * 100}})
-            pending.add(asyncio.ensure_future(http.fetch(base + "/api/v1/server/publish", method="POST",
-                                                         body=body, headers=headers)))
-            sent += 1
-        done = {f for f in pending if f.done()}
-        pending -= done
-        failed_early = sum(1 for f in done if f.exception() is not None)
-        if failed_early:
-            print(f"  {failed_early} publishes failed", flush=True)
-        await asyncio.sleep(min(0.005, 1 / rate))
-    failed = 0
-    if pending:
-        for outcome in await asyncio.gather(*pending, return_exceptions=True):
-            failed += isinstance(outcome, Exception)
-    return sent, failed
+
+def start(kind: str, subscribers: int) -> tuple[multiprocessing.Process, str, str, str, str]:
+    """A server: its process, publish URL, WebSocket URL, load-generator dialect, token."""
+    if kind == "ours":
+        process, base = benchserver.start({"API_KEYS": API_KEY, "WS_MAX_PER_USER": str(subscribers + 10),
+                                           "WS_PING_INTERVAL": str(peers.PING_SECONDS)})
+        return (process, base + "/api/v1/server/publish", base.replace("http", "ws", 1) + "/ws", "ours",
+                dev_token(base, "bench"))
+    process, base, ws_url, dialect = peers.start(kind)
+    return process, base + "/publish", ws_url, dialect, ""
+
+
+def body_for(kind: str, first: int) -> Any:
+    """The publish body: ours gets channel and data (it numbers and stamps the
+    message); a peer gets the whole message as ours would push it, numbered from
+    ``first`` + 1."""
+    def body(n: int) -> dict[str, Any]:
+        data = {"t": time.time(), "n": n, "pad": PAD}
+        if kind == "ours":
+            return {"channel": CHANNEL, "data": data}
+        return {"channel": CHANNEL, "seq": first + n + 1, "id": "%024x" % (first + n), "from": "server",
+                "data": data, "ts": time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime())}
+    return body
+
+
+def run(kind: str, args: argparse.Namespace) -> dict[str, Any]:
+    rates = [int(r) for r in args.rates.split(",")]
+    process, publish_url, ws_url, dialect, token = start(kind, args.subscribers)
+    pid = process.pid or 0
+    figures: dict[str, Any] = {"server": kind, "rates": {}}
+    rss_before = benchserver.rss_kib(pid)
+    cpu0 = benchserver.cpu_seconds(pid)
+    ramp_start = time.perf_counter()
+    lifetime = 300 + args.subscribers / 20 + len(rates) * (args.drain + 60)
+    generators = Generators(ws_url, [token], dialect, args.subscribers, args.workers, [CHANNEL], lifetime,
+                            args.sample)
+    try:
+        opened, failed = generators.ready()
+        ramp = time.perf_counter() - ramp_start
+        ramp_cpu = benchserver.cpu_seconds(pid) - cpu0
+        time.sleep(2)
+        rss_after = benchserver.rss_kib(pid)
+        idle0 = benchserver.cpu_seconds(pid)
+        time.sleep(5)
+        idle = (benchserver.cpu_seconds(pid) - idle0) / 5
+        figures.update(opened=opened, ramp_rate=opened / ramp, accept_us=ramp_cpu / max(opened, 1) * 1e6,
+                       rss_kib=(rss_after - rss_before) / max(opened, 1), idle=idle)
+        print(f"[{kind}] ramp: {opened} sessions ({failed} failed) in {ramp:.1f} s = {opened / ramp:.0f}/s, "
+              f"server CPU {ramp_cpu / max(opened, 1) * 1e6:.0f} us per accepted session; RSS "
+              f"{rss_before / 1024:.0f} -> {rss_after / 1024:.0f} MiB = {figures['rss_kib']:.1f} KiB per session; "
+              f"idle CPU {idle * 100:.1f}% of a core", flush=True)
+        generators.collect()
+        headers = {"X-API-Key": API_KEY, "Content-Type": "application/json"}
+        numbered = 0  # messages published so far (peers are told each one's seq)
+        for rate in rates:
+            seconds = min(args.seconds, args.budget / (rate * max(opened, 1)))
+            cpu0, wall0 = benchserver.cpu_seconds(pid), time.perf_counter()
+            sent, timed_out = asyncio.run(publish_at(publish_url, rate, seconds, body_for(kind, numbered), headers))
+            numbered += sent
+            published = time.perf_counter() - wall0
+            expected = (sent - timed_out) * opened
+            deliveries, latencies, by_seq, doubled, closed = 0, [], {}, 0, 0  # type: ignore[var-annotated]
+            last_progress, cpu_at_progress = time.perf_counter(), benchserver.cpu_seconds(pid)
+            while True:
+                counts = generators.collect()
+                now = time.perf_counter()
+                if counts.deliveries:
+                    last_progress, cpu_at_progress = now, benchserver.cpu_seconds(pid)
+                deliveries += counts.deliveries
+                latencies += counts.latencies
+                doubled += counts.doubled
+                closed += counts.closed
+                for seq, n in counts.by_seq.items():
+                    by_seq[seq] = by_seq.get(seq, 0) + n
+                if deliveries >= expected or now - last_progress > 3 or now - wall0 > args.drain:
+                    break
+                if benchserver.rss_kib(pid) > RSS_LIMIT_KIB:
+                    print(f"[{kind}] RSS past {RSS_LIMIT_KIB // 1024} MiB: stopped", flush=True)
+                    break
+                time.sleep(0.5)
+            wall = last_progress - wall0
+            cpu = cpu_at_progress - cpu0
+            latencies.sort()
+            complete = sum(1 for n in by_seq.values() if n == opened)
+            sustained = (timed_out == 0 and complete == sent - timed_out and not doubled
+                         and deliveries / max(wall, 1e-9) >= 0.9 * rate * opened)
+            per = cpu / max(deliveries, 1) * 1e6
+            figures["rates"][rate] = {"deliveries_s": deliveries / max(wall, 1e-9), "us": per,
+                                      "p50": ms(latencies, 0.5), "p99": ms(latencies, 0.99),
+                                      "sustained": sustained}
+            print(f"[{kind}] {rate:5d} msg/s asked, {sent} published in {published:.1f} s: "
+                  f"{deliveries / max(wall, 1e-9):8.0f} deliveries/s, {per:6.2f} us server CPU per delivery, "
+                  f"latency p50 {ms(latencies, 0.5)} ms p99 {ms(latencies, 0.99)} ms max "
+                  f"{(latencies[-1] if latencies else float('nan')) * 1e3:.1f} ms; {complete}/{sent} messages to "
+                  f"every session, {doubled} doubled, {closed} sessions closed, {timed_out} publishes failed; "
+                  f"{'sustained' if sustained else 'NOT sustained'}", flush=True)
+            if not sustained:
+                break
+    finally:
+        generators.stop()
+        process.terminate()
+        process.join(15)
+    return figures
 
 
 def main(args: argparse.Namespace) -> None:
-    import urllib.request
-
-    rates = [int(r) for r in args.rates.split(",")]
-    # Time enough for the ramp at a slow 40 sessions/s, then each rate's run.
-    total_seconds = 120 + args.subscribers / 40 + len(rates) * (args.seconds + 30)
-    server, base = benchserver.start({"API_KEYS": API_KEY, "WS_MAX_PER_USER": str(args.subscribers + 10),
-                                      "WS_PING_INTERVAL": "25"})
-    pid = server.pid or 0
-    request = urllib.request.Request(base + "/api/v1/auth/dev", data=b'{"name": "bench"}',
-                                     headers={"Content-Type": "application/json"}, method="POST")
-    token = json.loads(urllib.request.urlopen(request).read())["access_token"]
+    servers = args.servers.split(",")
     print(f"# fan-out bench {time.strftime('%Y-%m-%d %H:%M')} on {platform.node()} ({os.cpu_count()} cores, "
-          f"Python {platform.python_version()}); {args.subscribers} sessions on feed:bench from {args.workers} "
-          f"load-generator processes; server pid {pid}; messages of ~140 bytes")
-    rss_before = benchserver.rss_kib(pid)
-    ctx = multiprocessing.get_context("spawn")
-    reports = ctx.Queue()
-    commands = [ctx.Queue() for _ in range(args.workers)]
-    per_worker = [args.subscribers // args.workers + (1 if i < args.subscribers % args.workers else 0)
-                  for i in range(args.workers)]
-    url = base.replace("http", "ws", 1) + "/ws"
-    cpu_ramp = benchserver.cpu_seconds(pid)
-    ramp_start = time.perf_counter()
-    workers = [ctx.Process(target=run_worker, args=(url, token, n, ["feed:bench"], total_seconds, commands[i],
-                                                    reports, args.sample), daemon=True)
-               for i, n in enumerate(per_worker)]
-    for worker in workers:
-        worker.start()
-    opened = failed = 0
-    for _ in workers:
-        _, ok, bad, _ = reports.get(timeout=total_seconds)
-        opened, failed = opened + ok, failed + bad
-    ramp = time.perf_counter() - ramp_start
-    ramp_cpu = benchserver.cpu_seconds(pid) - cpu_ramp
-    time.sleep(2)
-    rss_after = benchserver.rss_kib(pid)
-    idle_cpu = benchserver.cpu_seconds(pid)
-    time.sleep(5)
-    idle = (benchserver.cpu_seconds(pid) - idle_cpu) / 5
-    print(f"ramp: {opened} sessions subscribed ({failed} failed) in {ramp:.1f} s = {opened / ramp:.0f} sessions/s "
-          f"(server CPU {ramp_cpu / max(opened, 1) * 1e6:.0f} us per session accepted, token check included)")
-    print(f"held: server RSS {rss_before / 1024:.0f} MiB -> {rss_after / 1024:.0f} MiB: "
-          f"{(rss_after - rss_before) / max(opened, 1):.1f} KiB per session; idle CPU {idle * 100:.1f}% of a core")
-    for rate in rates:
-        for queue in commands:
-            queue.put("report")  # reset the counters
-        for _ in workers:
-            reports.get(timeout=60)
-        cpu0 = benchserver.cpu_seconds(pid)
-        wall0 = time.perf_counter()
-        sent, failed_publishes = asyncio.run(publish_at(base, rate, args.seconds))
-        time.sleep(1.0 + args.subscribers / 5000)  # let the last deliveries land (~10,000/s here)
-        wall = time.perf_counter() - wall0
-        cpu = benchserver.cpu_seconds(pid) - cpu0
-        for queue in commands:
-            queue.put("report")
-        deliveries, latencies, by_seq = 0, [], {}  # type: ignore[var-annotated]
-        for _ in workers:
-            _, count, sample, seqs = reports.get(timeout=60)
-            deliveries += count
-            latencies += sample
-            for seq, n in seqs.items():
-                by_seq[seq] = by_seq.get(seq, 0) + n
-        latencies.sort()
-        complete = sum(1 for n in by_seq.values() if n == opened)
-        print(f"{rate:5d} msg/s asked, {sent / args.seconds:7.1f} published: {deliveries / wall:9.0f} deliveries/s, "
-              f"{cpu / max(deliveries, 1) * 1e6:6.2f} us server CPU per delivery, latency p50 "
-              f"{percentile(latencies, 0.5) * 1e3:7.1f} ms p99 {percentile(latencies, 0.99) * 1e3:7.1f} ms "
-              f"max {(latencies[-1] if latencies else float('nan')) * 1e3:7.1f} ms; "
-              f"{complete}/{len(by_seq)} messages reached every session; {failed_publishes} publishes timed out")
-    for queue in commands:
-        queue.put("stop")
-    for worker in workers:
-        worker.join(30)
-    server.terminate()
-    server.join(10)
+          f"Python {platform.python_version()}): {args.subscribers} subscribers of one feed from {args.workers} "
+          f"load-generator processes; messages of ~250 bytes on the wire; servers: {', '.join(servers)}",
+          flush=True)
+    results = [run(kind, args) for kind in servers]
+    ours = next((r for r in results if r["server"] == "ours"), None)
+    if ours is None:
+        return
+    print("# compared with this server (same run, same machine, same subscribers and messages)")
+    for result in results:
+        if result is ours:
+            continue
+        line = [f"{result['server']:>10}: accept {result['accept_us']:.0f} us vs {ours['accept_us']:.0f}, "
+                f"RSS {result['rss_kib']:.1f} KiB/session vs {ours['rss_kib']:.1f}"]
+        for rate, theirs in result["rates"].items():
+            mine = ours["rates"].get(rate)
+            if mine is None:
+                continue
+            speed = mine["deliveries_s"] / max(theirs["deliveries_s"], 1)
+            cheaper = theirs["us"] / max(mine["us"], 1e-9)
+            line.append(f"{rate} msg/s: {theirs['deliveries_s']:.0f} deliveries/s (ours {mine['deliveries_s']:.0f}, "
+                        f"x{speed:.2f}), {theirs['us']:.2f} us/delivery (ours {mine['us']:.2f}, x{cheaper:.2f} less)")
+        print("; ".join(line), flush=True)
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--subscribers", type=int, default=10000)
-    parser.add_argument("--workers", type=int, default=4)
-    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--workers", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=10.0, help="publishing time per rate, at most")
+    parser.add_argument("--budget", type=int, default=2_000_000, help="deliveries' worth of messages per rate, at most")
+    parser.add_argument("--drain", type=float, default=120.0, help="seconds a rate may take to deliver everything")
     parser.add_argument("--rates", default="10,100,1000")
-    parser.add_argument("--sample", type=int, default=10, help="parse every Nth delivery for its latency")
+    parser.add_argument("--servers", default="ours," + ",".join(peers.PEERS))
+    parser.add_argument("--sample", type=int, default=10, help="every Nth delivery's latency is kept")
     main(parser.parse_args())

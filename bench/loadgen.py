@@ -1,126 +1,395 @@
-"""A WebSocket load generator: one process holding many authenticated sessions.
+"""A WebSocket load generator: one process holding many sessions.
 
-Each session subscribes to its channels, answers the server's pings (the
-``websockets`` library does), and records every delivered message's latency from
-the send time the publisher put in it (``data.t``, epoch seconds; all processes
-run on this machine, so clocks agree). Bounded: it stops after ``--seconds`` or
-when told to, and talks only to the loopback address it is given.
+Each session is a plain ``asyncio.Protocol`` speaking RFC 6455 itself (no
+WebSocket library: a library's per-message objects, queues and wake-ups cost more
+CPU than the server under test spends on the delivery, and these processes share
+the machine's two cores with it). It answers pings, and counts every delivered
+message by its ``seq`` with a byte search; the publisher's send time
+(``data.t``, epoch seconds; every process runs on this machine, so clocks agree)
+gives the latency of every ``sample_every``-th delivery.
 
-Run by the benchmarks as ``multiprocessing`` workers (``run_worker``), one per
-process, because one process's descriptors (20,000 here) and one core bound it.
+It speaks three dialects, so that one load generator drives every server the
+benchmarks compare:
+
+- ``ours``: this project's protocol: after the upgrade it sends ``subscribe``
+  (with ``since`` when it reconnects) for each channel and waits for the replies;
+  the replay in a reply counts as delivered.
+- ``plain``: the server subscribes every socket itself (the peers' broadcasts).
+- ``socketio``: Engine.IO 4 over a WebSocket: ``0{...}`` open, ``40`` to join the
+  default namespace, ``2``/``3`` pings; messages are ``42["message",{...}]``.
+
+Bounded: a worker stops after its time limit or when told to, and connects only
+to the loopback address it is given. Several workers (processes) share the load
+because each process holds at most 20,000 descriptors here; each worker connects
+from its own source address (127.0.0.N) so ephemeral ports never run out.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
+import base64
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
-import websockets
+import ujson
+
+CONNECTING = 64  # handshakes in flight per process: the ramp measures the server, not a queue
+SEQ = b'"seq":'
+T = b'"t":'
+PAD = "x" * 100  # a message of about 140 bytes of data, as the fan-out bench sends
 
 
 @dataclass
-class WorkerResult:
-    """What one load-generator process saw."""
+class Counts:
+    """What one load-generator process saw since its last report."""
 
     opened: int = 0  # sessions that subscribed
     failed: int = 0  # sessions that could not connect or subscribe
-    ramp_seconds: float = 0.0  # from the first connect to the last subscribe reply
-    deliveries: int = 0  # messages received, all sessions
+    closed: int = 0  # sessions the server closed
+    deliveries: int = 0  # messages received, all sessions (replays included)
+    doubled: int = 0  # messages a session received twice (by seq)
+    acked: int = 0  # publishes answered with a result
+    refused: int = 0  # publishes answered with an error
+    ack_latencies: list[float] = field(default_factory=list)  # seconds from publish to its reply
     latencies: list[float] = field(default_factory=list)  # seconds, a sample of deliveries
     by_seq: dict[int, int] = field(default_factory=dict)  # seq -> sessions that received it
 
 
-CONNECTING = 64  # handshakes in flight per process: the ramp measures the server, not a queue
+def _frame(opcode: int, payload: bytes) -> bytes:
+    """A client frame, masked as RFC 6455 requires of clients."""
+    mask = os.urandom(4)
+    size = len(payload)
+    if size < 126:
+        header = bytes([0x80 | opcode, 0x80 | size])
+    elif size < 65536:
+        header = bytes([0x80 | opcode, 0x80 | 126]) + size.to_bytes(2, "big")
+    else:
+        header = bytes([0x80 | opcode, 0x80 | 127]) + size.to_bytes(8, "big")
+    key = (mask * (size // 4 + 1))[:size]
+    masked = (int.from_bytes(payload, "big") ^ int.from_bytes(key, "big")).to_bytes(size, "big") if size else b""
+    return header + mask + masked
 
 
-async def _session(url: str, token: str, channels: list[str], result: WorkerResult, stop: asyncio.Event,
-                   ready: asyncio.Event, sample_every: int, gate: asyncio.Semaphore) -> None:
-    async with gate:
-        try:
-            ws = await websockets.connect(url, additional_headers={"Authorization": f"Bearer {token}"},
-                                          ping_interval=None, max_queue=None, open_timeout=60, compression=None)
-        except Exception:
-            result.failed += 1
+class Session(asyncio.Protocol):
+    """One WebSocket connection, subscribed to one channel."""
+
+    def __init__(self, worker: Worker, channel: str, token: str, last: int = 0) -> None:
+        self.worker = worker  # counters and settings shared by this process's sessions
+        self.channel = channel  # subscribed (ours)
+        self.token = token  # its bearer token (ours)
+        self.last = last  # newest seq received: a reconnect asks for what follows it
+        self.transport: asyncio.Transport | None = None
+        self.buffer = b""  # bytes not yet parsed
+        self.upgraded = False  # the 101 arrived
+        self.ready: asyncio.Future[bool] = asyncio.get_running_loop().create_future()  # subscribed (or failed)
+        self.subscribing = False  # the subscribe reply is due
+        self.behind = False  # not yet at the worker's target seq
+        self.next_id = 1  # command ids
+        self.acks: dict[int, float] = {}  # publish command id -> when it was sent
+
+    # -- asyncio.Protocol ---------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        worker = self.worker
+        key = base64.b64encode(os.urandom(16)).decode()
+        headers = [f"GET {worker.path} HTTP/1.1", f"Host: {worker.host}:{worker.port}", "Upgrade: websocket",
+                   "Connection: Upgrade", f"Sec-WebSocket-Key: {key}", "Sec-WebSocket-Version: 13"]
+        if self.token:
+            headers.append(f"Authorization: Bearer {self.token}")
+        transport.write(("\r\n".join(headers) + "\r\n\r\n").encode())
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.ready.done():
+            self.ready.set_result(False)
+        elif not self.worker.dropping:
+            self.worker.counts.closed += 1
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self.buffer + data if self.buffer else data
+        if not self.upgraded:
+            end = buffer.find(b"\r\n\r\n")
+            if end < 0:
+                self.buffer = buffer
+                return
+            if not buffer.startswith(b"HTTP/1.1 101"):
+                self.buffer = b""
+                self._fail()
+                return
+            self.upgraded = True
+            buffer = buffer[end + 4:]
+            self._opened()
+        position, size = 0, len(buffer)
+        while size - position >= 2:
+            length = buffer[position + 1] & 0x7F
+            start = position + 2
+            if length == 126:
+                length = int.from_bytes(buffer[start:start + 2], "big")
+                start += 2
+            elif length == 127:
+                length = int.from_bytes(buffer[start:start + 8], "big")
+                start += 8
+            end = start + length
+            if end > size:
+                break
+            opcode = buffer[position] & 0x0F
+            position = end
+            if opcode == 1:
+                self._text(buffer[start:end])
+            elif opcode == 9:
+                self.send(10, buffer[start:end])
+            elif opcode == 8 and self.transport is not None:
+                self.transport.close()
+        self.buffer = buffer[position:]
+
+    # -- the dialects ----------------------------------------------------------------------
+
+    def _opened(self) -> None:
+        dialect = self.worker.dialect
+        if dialect == "plain":
+            self._subscribed()
+        elif dialect == "ours":
+            self.subscribing = True
+            command: dict[str, Any] = {"id": 0, "op": "subscribe", "channel": self.channel}
+            if self.last:
+                command["since"] = self.last
+            self.send(1, ujson.dumps(command).encode())
+
+    def _subscribed(self) -> None:
+        if not self.ready.done():
+            self.ready.set_result(True)
+
+    def _fail(self) -> None:
+        if not self.ready.done():
+            self.ready.set_result(False)
+        if self.transport is not None:
+            self.transport.close()
+
+    def _text(self, payload: bytes) -> None:
+        if payload.startswith(b'{"id"'):
+            self._reply(payload)
             return
-        try:
-            for index, channel in enumerate(channels):
-                await ws.send(json.dumps({"id": index + 1, "op": "subscribe", "channel": channel}))
-            pending = len(channels)
-            while pending:
-                reply = json.loads(await ws.recv())
-                if "id" in reply:
-                    pending -= 1
-        except websockets.ConnectionClosed:
-            result.failed += 1
+        if self.worker.dialect == "socketio" and payload[:1] in b"0234":
+            if payload == b"2":
+                self.send(1, b"3")
+            elif payload.startswith(b"0{"):
+                self.send(1, b"40")
+            elif payload.startswith(b"40"):
+                self._subscribed()
+            if not payload.startswith(b"42"):
+                return
+        at = payload.find(SEQ, 0, 300)
+        if at < 0:
+            return  # presence and other pushes
+        begin = at + 6
+        while payload[begin] == 32:  # Tornado's JSON puts a space after the colon
+            begin += 1
+        end = begin
+        while 48 <= payload[end] <= 57:
+            end += 1
+        seq = int(payload[begin:end])
+        sent = None
+        if self.worker.counts.deliveries % self.worker.sample_every == 0:
+            at = payload.find(T)
+            if at >= 0:
+                sent = float(payload[at + 4:payload.find(b",", at)].strip())
+        self._message(seq, sent)
+
+    def _reply(self, payload: bytes) -> None:
+        reply = ujson.loads(payload)
+        if reply["id"] == 0 and self.subscribing:  # the subscribe reply, with its replay
+            if "result" not in reply:
+                self._fail()
+                return
+            self.subscribing = False
+            result = reply["result"]
+            for message in result["messages"]:
+                self._message(message["seq"], message["data"].get("t"))
+            self.last = max(self.last, result["seq"])
+            self._subscribed()
+            self._check_target()
             return
-    try:
-        result.opened += 1
-        ready.set()
-        count = 0
-        while not stop.is_set():
-            try:
-                frame = await asyncio.wait_for(ws.recv(), 0.5)
-            except TimeoutError:
-                continue
-            # Most frames are only counted (seq read by a string scan): parsing each
-            # one as JSON would make this process, not the server, the bottleneck.
-            at = frame.find('"seq":', 0, 200) if frame.startswith('{"push":"message"') else -1
-            if at < 0:
-                continue
-            now = time.time()
-            end = frame.find(",", at)
-            seq = int(frame[at + 6:end])
-            result.deliveries += 1
-            count += 1
-            result.by_seq[seq] = result.by_seq.get(seq, 0) + 1
-            if count % sample_every == 0:
-                data = json.loads(frame)["message"]["data"]
-                if "t" in data:
-                    result.latencies.append(now - data["t"])
-    except websockets.ConnectionClosed:
-        pass
-    finally:
-        await ws.close()
+        sent = self.acks.pop(reply["id"], None)
+        if sent is not None:
+            counts = self.worker.counts
+            if "result" in reply:
+                counts.acked += 1
+                counts.ack_latencies.append(time.perf_counter() - sent)
+            else:
+                counts.refused += 1
+
+    def _message(self, seq: int, sent: float | None) -> None:
+        counts = self.worker.counts
+        counts.deliveries += 1
+        counts.by_seq[seq] = counts.by_seq.get(seq, 0) + 1
+        if sent is not None:
+            counts.latencies.append(time.time() - sent)
+        if seq <= self.last:
+            counts.doubled += 1
+        else:
+            self.last = seq
+        self._check_target()
+
+    def _check_target(self) -> None:
+        if self.behind and self.last >= self.worker.target:
+            self.behind = False
+            self.worker.caught_up()
+
+    def publish(self, number: int) -> None:
+        """A publish command (ours) carrying its send time, for the chat bench."""
+        command_id = self.next_id
+        self.next_id += 1
+        self.acks[command_id] = time.perf_counter()
+        command = {"id": command_id, "op": "publish", "channel": self.channel, "cid": f"c{command_id}",
+                   "data": {"t": time.time(), "n": number, "pad": PAD}}
+        self.send(1, ujson.dumps(command).encode())
+
+    def send(self, opcode: int, payload: bytes) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(_frame(opcode, payload))
 
 
-async def _worker(url: str, token: str, sessions: int, channels: list[str], seconds: float,
-                  commands: Any, reports: Any, sample_every: int) -> None:
-    result = WorkerResult()
-    stop, ready = asyncio.Event(), asyncio.Event()
-    gate = asyncio.Semaphore(CONNECTING)
+class Worker:
+    """One load-generator process: its sessions and counters."""
+
+    def __init__(self, url: str, tokens: list[str], dialect: str, channels: list[str], sample_every: int,
+                 source: str) -> None:
+        parts = urlsplit(url)
+        if parts.hostname not in ("127.0.0.1", "localhost"):
+            raise ValueError("the load generator connects to loopback only")
+        self.host, self.port = "127.0.0.1", int(parts.port or 80)
+        self.path = parts.path + (f"?{parts.query}" if parts.query else "")
+        self.tokens = tokens or [""]  # session i sends tokens[i % len(tokens)] as a bearer token
+        self.dialect = dialect  # ours, plain or socketio
+        self.channels = channels  # session i subscribes to channels[i % len(channels)] (ours)
+        self.sample_every = max(1, sample_every)  # every Nth delivery's latency
+        self.source = source  # 127.0.0.N
+        self.counts = Counts()
+        self.sessions: list[Session] = []
+        self.dropping = False  # closing every session on purpose
+        self.target = 0  # the seq every session must reach (reconnect storm)
+        self.behind = 0  # sessions not yet at target
+        self.all_caught_up = 0.0  # when the last one got there (epoch seconds)
+
+    async def open(self, sessions: list[Session]) -> None:
+        """Connects ``sessions``, at most CONNECTING handshakes at a time."""
+        loop = asyncio.get_running_loop()
+        gate = asyncio.Semaphore(CONNECTING)
+
+        async def one(session: Session) -> None:
+            async with gate:
+                try:
+                    await loop.create_connection(lambda: session, self.host, self.port, local_addr=(self.source, 0))
+                    ok = await asyncio.wait_for(session.ready, 120)
+                except (OSError, TimeoutError):
+                    ok = False
+            if ok:
+                self.counts.opened += 1
+                self.sessions.append(session)
+            else:
+                self.counts.failed += 1
+                if session.behind:
+                    session.behind = False
+                    self.caught_up()
+
+        await asyncio.gather(*(one(s) for s in sessions))
+
+    def drop(self) -> None:
+        """Closes every session at once (the client side of a reconnect storm)."""
+        self.dropping = True
+        for session in self.sessions:
+            if session.transport is not None:
+                session.transport.abort()
+
+    async def reconnect(self, target: int) -> None:
+        """Reopens every dropped session with ``since`` its last seq; done when
+        each has every message up to ``target``."""
+        self.target = target
+        self.counts = Counts()
+        self.dropping = False
+        fresh = [Session(self, s.channel, s.token, s.last) for s in self.sessions]
+        self.sessions = []
+        self.behind = len(fresh)
+        for session in fresh:
+            session.behind = True
+        await self.open(fresh)
+
+    def caught_up(self) -> None:
+        self.behind -= 1
+        if self.behind == 0:
+            self.all_caught_up = time.time()
+
+
+async def _worker(url: str, tokens: list[str], dialect: str, sessions: int, channels: list[str], seconds: float,
+                  commands: Any, reports: Any, sample_every: int, source: str) -> None:
+    worker = Worker(url, tokens, dialect, channels, sample_every, source)
     started = time.perf_counter()
-    tasks = []
-    for _ in range(sessions):
-        tasks.append(asyncio.create_task(_session(url, token, channels, result, stop, ready, sample_every, gate)))
-        await asyncio.sleep(0)  # let connections proceed while more are opened
-    while result.opened + result.failed < sessions and time.perf_counter() - started < seconds:
-        await asyncio.sleep(0.05)
-    result.ramp_seconds = time.perf_counter() - started
-    reports.put(("ready", result.opened, result.failed, result.ramp_seconds))
+    await worker.open([Session(worker, channels[i % len(channels)] if channels else "",
+                               worker.tokens[i % len(worker.tokens)]) for i in range(sessions)])
+    reports.put(("ready", worker.counts.opened, worker.counts.failed, time.perf_counter() - started))
     loop = asyncio.get_running_loop()
     deadline = started + seconds
+    publishing: asyncio.Task[None] | None = None
     while time.perf_counter() < deadline:
         command = await loop.run_in_executor(None, _poll, commands)
-        if command == "report":
-            reports.put(("report", result.deliveries, result.latencies, result.by_seq))
-            result.latencies, result.by_seq = [], {}
-        elif command == "stop":
+        if command is None:
+            continue
+        name, argument = command
+        if name == "report":
+            counts = worker.counts
+            reports.put(("report", counts))
+            worker.counts = Counts()
+        elif name == "drop":
+            worker.drop()
+            await asyncio.sleep(0.5)
+            reports.put(("dropped", len(worker.sessions)))
+        elif name == "reconnect":  # argument: the seq every session must reach
+            start = time.time()
+            opening = asyncio.create_task(worker.reconnect(argument))
+            while (not opening.done() or worker.behind > 0) and time.perf_counter() < deadline:
+                await asyncio.sleep(0.02)
+            lost = sum(max(0, argument - s.last) for s in worker.sessions)
+            reports.put(("storm", worker.counts.opened, worker.counts.failed, start,
+                         worker.all_caught_up or time.time(), lost, worker.counts.doubled, worker.counts.deliveries))
+        elif name == "publish":  # argument: (messages per second per session, seconds)
+            publishing = asyncio.create_task(_publish(worker, *argument))
+        elif name == "stop":
             break
-    stop.set()
-    await asyncio.gather(*tasks, return_exceptions=True)
+    if publishing is not None:
+        publishing.cancel()
+    for session in worker.sessions:
+        if session.transport is not None:
+            session.transport.close()
+    await asyncio.sleep(0.2)
 
 
-def _poll(commands: Any) -> str | None:
+async def _publish(worker: Worker, rate: float, seconds: float) -> None:
+    """Every session publishes ``rate`` messages a second, spread evenly."""
+    sessions = list(worker.sessions)
+    total = rate * len(sessions)
+    start = time.perf_counter()
+    sent = 0
+    while (elapsed := time.perf_counter() - start) < seconds:
+        due = int(elapsed * total)
+        while sent < due:
+            sessions[sent % len(sessions)].publish(sent)
+            sent += 1
+        await asyncio.sleep(0.002)
+
+
+def _poll(commands: Any) -> tuple[str, Any] | None:
     try:
-        return str(commands.get(timeout=0.2))
+        command = commands.get(timeout=0.2)
     except Exception:
         return None
+    return (command, None) if isinstance(command, str) else tuple(command)  # type: ignore[return-value]
 
 
-def run_worker(url: str, token: str, sessions: int, channels: list[str], seconds: float, commands: Any,
-               reports: Any, sample_every: int = 1) -> None:
+def run_worker(url: str, tokens: list[str], sessions: int, channels: list[str], seconds: float, commands: Any,
+               reports: Any, sample_every: int = 1, dialect: str = "ours", source: str = "127.0.0.1") -> None:
     """Entry point of one load-generator process."""
-    asyncio.run(_worker(url, token, sessions, channels, seconds, commands, reports, sample_every))
+    asyncio.run(_worker(url, tokens, dialect, sessions, channels, seconds, commands, reports, sample_every, source))

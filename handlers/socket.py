@@ -36,7 +36,7 @@ class SocketHandler(WebSocketHandler):
     async def prepare(self) -> None:
         token = bearer_token(self.request.headers.get("Authorization", "")) or self.get_query_argument("token", "")
         try:
-            self.principal = await self.services.auth.authenticate(token or None)
+            self.principal = await self.services.auth.authenticate(token or None, vouched=True)
             if not self.services.realtime.accepting:
                 raise ApiError("unavailable", "the server is shutting down")
         except ApiError as exc:

@@ -28,6 +28,7 @@ ALGORITHMS = ["HS256"]  # fixed: "none" and every other algorithm are refused
 LEEWAY_SECONDS = 10  # clock skew tolerated on exp and iat
 _REFRESH_TOKEN = re.compile(r"^[A-Za-z0-9_-]{32,128}$")
 _SID = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
+VOUCH_SECONDS = 30.0  # a session checked (or connected) this recently needs no lookup to open a socket
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,9 @@ class Auth:
         self._secret = secret  # HS256 key
         self.access_ttl = access_ttl  # seconds
         self.refresh_ttl = refresh_ttl  # seconds
+        # sid -> (user id, monotonic time until which a socket may open without the two lookups).
+        self._vouched: dict[str, tuple[str, float]] = {}
+        self._revoked: dict[str, float] = {}  # sid -> when this process revoked it (never vouched again)
 
     # -- access tokens ---------------------------------------------------------------
 
@@ -76,14 +80,37 @@ class Auth:
             raise ApiError("unauthorized", "the access token is not valid")
         return Principal(sub, sid, float(claims["exp"]))
 
-    async def authenticate(self, token: Any) -> Principal:
-        """verify_access, and the user still exists and the session is not revoked."""
+    async def authenticate(self, token: Any, vouched: bool = False) -> Principal:
+        """verify_access, and the user still exists and the session is not revoked.
+
+        With ``vouched`` (the WebSocket handshake), a session this process checked
+        or held open within VOUCH_SECONDS skips the two lookups: a reconnect storm
+        then costs a signature check per socket, not two database round trips.
+        Signing out here forgets the session at once; a user deleted or a session
+        revoked directly in the database is refused within VOUCH_SECONDS.
+        """
         principal = self.verify_access(token)
+        if vouched:
+            known = self._vouched.get(principal.sid)
+            if known is not None and known[0] == principal.user_id and known[1] > time.monotonic():
+                return principal
         if await self._users.get(ObjectId(principal.user_id)) is None:
             raise ApiError("unauthorized", "the user of this token no longer exists")
         if await self.session_revoked(principal.sid):
             raise ApiError("unauthorized", "this session has been signed out")
+        self.vouch(principal.user_id, principal.sid)
         return principal
+
+    def vouch(self, user_id: str, sid: str) -> None:
+        """Trusts ``sid`` for VOUCH_SECONDS more (checked now, or its socket just
+        closed), unless this process revoked it."""
+        now = time.monotonic()
+        if sid in self._revoked:
+            return
+        if len(self._vouched) >= 100_000:  # a sweep now and then keeps the map to live sessions
+            self._vouched = {k: v for k, v in self._vouched.items() if v[1] > now}
+            self._revoked = {k: t for k, t in self._revoked.items() if t > now - 2 * VOUCH_SECONDS}
+        self._vouched[sid] = (user_id, now + VOUCH_SECONDS)
 
     async def session_revoked(self, sid: str) -> bool:
         return await self._tokens.find_one({"family": sid, "revoked_at": {"$ne": None}}, {"_id": 1}) is not None
@@ -147,4 +174,9 @@ class Auth:
         return str(found["family"])
 
     async def revoke_family(self, family: str) -> None:
+        self._vouched.pop(family, None)
+        now = time.monotonic()
+        if len(self._revoked) >= 10_000:
+            self._revoked = {k: t for k, t in self._revoked.items() if t > now - 2 * VOUCH_SECONDS}
+        self._revoked[family] = now
         await self._tokens.update_many({"family": family, "revoked_at": None}, {"$set": {"revoked_at": utcnow()}})

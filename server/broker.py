@@ -17,6 +17,11 @@ FrameHandler = Callable[[str, bytes, int], None]  # (channel, frame, seq or 0) -
 class Broker(Protocol):
     """What the hub needs of a broker."""
 
+    # True when every message of every channel reaches this process, subscribed
+    # or not; the hub then keeps a channel's recent messages after its last local
+    # subscriber leaves (a reconnect storm replays them from memory).
+    delivers_all: bool
+
     def bind(self, on_frame: FrameHandler) -> None:
         """Where frames published by any process arrive in this one."""
 
@@ -30,6 +35,8 @@ class Broker(Protocol):
 
 class InProcessBroker:
     """One process: a publish is delivered at once, in the caller's order."""
+
+    delivers_all = True  # the only process: it sees every message
 
     def __init__(self) -> None:
         self._on_frame: FrameHandler | None = None  # the hub's delivery

@@ -18,6 +18,7 @@ from server.errors import CloseCode
 from server.logs import fields
 from server.metrics import Metrics
 from server.protocol import encode_presence_push, text_frame
+from server.recent import Recent
 
 if TYPE_CHECKING:
     from server.session import Session
@@ -28,7 +29,7 @@ log = logging.getLogger("server.hub")
 class Hub:
     """Connections and subscriptions of this process."""
 
-    def __init__(self, broker: Broker, metrics: Metrics, max_per_user: int) -> None:
+    def __init__(self, broker: Broker, metrics: Metrics, max_per_user: int, recovery_max: int = 300) -> None:
         self.broker = broker  # fan-out between processes
         self.metrics = metrics  # connection and delivery figures
         self.max_per_user = max_per_user  # WS_MAX_PER_USER
@@ -38,6 +39,7 @@ class Hub:
         self.connections = 0  # open connections, kept as they come and go
         self.delivered = 0  # frames written to connections
         self.published = 0  # messages published through this process
+        self.recent = Recent(recovery_max)  # each busy channel's newest messages, for replays
         broker.bind(self.deliver)
 
     # -- connections ----------------------------------------------------------------
@@ -107,6 +109,8 @@ class Hub:
         session.channels.pop(channel, None)
         if not subscribers:
             del self.subscribers[channel]
+            if not self.broker.delivers_all:
+                self.recent.forget(channel)  # its messages stop arriving here: the entries would go stale
         users = self.presence.get(channel)
         if users is not None and session.user in users:
             users[session.user] -= 1
@@ -130,6 +134,8 @@ class Hub:
     def deliver(self, channel: str, frame: bytes, seq: int) -> None:
         """The broker's hand-off: writes the message (its frame's payload) to every
         local subscriber."""
+        if seq:
+            self.recent.add(channel, seq, frame)
         subscribers = self.subscribers.get(channel)
         if not subscribers:
             return

@@ -126,8 +126,18 @@ def _dumps(payload: Any) -> str:
     return str(ujson.dumps(payload, ensure_ascii=False, escape_forward_slashes=False))
 
 
-def encode_result(command_id: int, result: dict[str, Any]) -> str:
+def encode_result(command_id: int, result: dict[str, Any] | bytes) -> str | bytes:
+    """A reply; ``result`` may be JSON already (a replay built from stored pushes)."""
+    if isinstance(result, bytes):
+        return b'{"id":%d,"result":%s}' % (command_id, result)
     return _dumps({"id": command_id, "result": result})
+
+
+def encode_subscribe_result(channel: str, seq: int, messages: list[bytes]) -> bytes:
+    """A complete subscribe result whose messages are JSON already: the same
+    object ``subscribe`` returns from MongoDB, without decoding the messages."""
+    return b'{"channel":%s,"seq":%d,"recovered":true,"messages":[%s]}' % (
+        _dumps(channel).encode(), seq, b",".join(messages))
 
 
 def encode_error(command_id: int | None, code: str, message: str) -> str:

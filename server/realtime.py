@@ -28,7 +28,7 @@ class Realtime:
     def __init__(self, settings: Settings, broker: Broker, messages: Messages, rooms: Rooms, auth: Auth,
                  users: Users, content: ContentCheck | None, metrics: Metrics) -> None:
         self.settings = settings  # RECOVERY_MAX, WS_MAX_PER_USER...
-        self.hub = Hub(broker, metrics, settings.ws_max_per_user)  # connections and fan-out
+        self.hub = Hub(broker, metrics, settings.ws_max_per_user, settings.recovery_max)  # connections and fan-out
         self.messages = messages  # stored messages
         self.rooms = rooms  # rooms and permissions
         self.auth = auth  # token checks for refresh

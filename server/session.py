@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from server.errors import ApiError, CloseCode
 from server.logs import fields
-from server.protocol import Command, FrameError, encode_error, encode_result, parse
+from server.protocol import Command, FrameError, encode_error, encode_result, encode_subscribe_result, parse
 
 if TYPE_CHECKING:
     from server.auth import Principal
@@ -88,6 +88,7 @@ class Session:
             self._expiry.cancel()
             self._expiry = None
         self.realtime.hub.unregister(self)
+        self.realtime.auth.vouch(self.user, self.sid)  # its reconnect, seconds from now, needs no lookup
 
     # -- delivery -------------------------------------------------------------------------
 
@@ -172,7 +173,7 @@ class Session:
         if not await self.realtime.rooms.can_read(self.user, channel):
             raise ApiError("forbidden", f"you may not subscribe to {channel}")
 
-    async def op_subscribe(self, command: Command) -> dict[str, Any]:
+    async def op_subscribe(self, command: Command) -> dict[str, Any] | bytes:
         channel = command.args["channel"]
         await self._readable(channel)
         hub = self.realtime.hub
@@ -188,6 +189,11 @@ class Session:
         try:
             recovered = True
             messages: list[dict[str, Any]] = []
+            cached = None if since is None else hub.recent.after(channel, since, self.realtime.settings.recovery_max)
+            if cached is not None:  # the replay from memory, as the JSON it was pushed as
+                current, replay = cached
+                self._subscribed(channel, current)
+                return encode_subscribe_result(channel, current, replay)
             if since is not None:
                 messages, recovered = await self.realtime.messages.after(
                     channel, since, self.realtime.settings.recovery_max)
@@ -200,11 +206,15 @@ class Session:
             if fresh:
                 hub.unsubscribe(self, channel)
             raise
+        self._subscribed(channel, current)
+        return {"channel": channel, "seq": current, "recovered": recovered, "messages": messages}
+
+    def _subscribed(self, channel: str, current: int) -> None:
+        """The replay is read up to ``current``: live frames held meanwhile follow
+        the reply, those the replay holds already dropped by seq."""
         held = self.buffering.pop(channel, [])
         self.channels[channel] = max(self.channels.get(channel, 0), current)
-        # The reply (with the replay) goes first, then what arrived during it.
         self.after_reply = [(channel, seq, frame) for seq, frame in held]
-        return {"channel": channel, "seq": current, "recovered": recovered, "messages": messages}
 
     async def op_unsubscribe(self, command: Command) -> dict[str, Any]:
         self.realtime.hub.unsubscribe(self, command.args["channel"])

@@ -11,6 +11,7 @@ import socket
 
 import pytest
 import websockets
+from bson import ObjectId
 from tornado.httpclient import HTTPClientError
 
 from server.errors import CloseCode
@@ -155,6 +156,45 @@ async def test_recovery_beyond_the_limit_says_so(api, login, connect, server_api
 
 
 @pytest.mark.gen_test
+async def test_replay_from_memory_matches_the_stored_messages(api, login, connect, server_api, services) -> None:
+    """A resubscribe answered from the recent-messages cache is the reply MongoDB would give, byte for byte;
+    one reaching back before what the cache holds is read from MongoDB."""
+    alice = await login("alice")
+    channel = await _room(api, alice["access_token"])
+    await _publish(server_api, channel, 6)
+    messages = services.realtime.messages
+    real_after = messages.after
+    reads: list[int] = []
+
+    async def counted_after(channel_name: str, since: int, limit: int):  # type: ignore[no-untyped-def]
+        reads.append(since)
+        return await real_after(channel_name, since, limit)
+
+    messages.after = counted_after  # type: ignore[method-assign]
+    try:
+        client = await connect(alice["access_token"])
+        client.conn.write_message(json.dumps({"id": 1, "op": "subscribe", "channel": channel, "since": 2}))
+        from_memory = await client.conn.read_message()
+        assert reads == []
+        services.realtime.hub.recent.forget(channel)
+        await client.call("unsubscribe", channel=channel)
+        client.conn.write_message(json.dumps({"id": 1, "op": "subscribe", "channel": channel, "since": 2}))
+        from_store = await client.conn.read_message()
+        assert reads == [2]
+        assert from_memory == from_store
+        result = json.loads(from_memory)["result"]
+        assert [m["seq"] for m in result["messages"]] == [3, 4, 5, 6] and result["seq"] == 6
+        await _publish(server_api, channel, 2, start=6)  # the cache starts again at seq 7: since=2 is not in it
+        again = await connect(alice["access_token"])
+        result = (await again.call("subscribe", channel=channel, since=2))["result"]
+        assert reads == [2, 2] and [m["seq"] for m in result["messages"]] == [3, 4, 5, 6, 7, 8]
+        result = (await client.call("subscribe", channel=channel, since=7))["result"]  # from memory again
+        assert reads == [2, 2] and [m["seq"] for m in result["messages"]] == [8]
+    finally:
+        messages.after = real_after  # type: ignore[method-assign]
+
+
+@pytest.mark.gen_test
 @pytest.mark.parametrize("when", ["before the replay is read", "after the replay is read"])
 async def test_publish_during_replay_arrives_exactly_once(api, login, connect, server_api, services,
                                                           when: str) -> None:
@@ -174,6 +214,7 @@ async def test_publish_during_replay_arrives_exactly_once(api, login, connect, s
         return result
 
     messages.after = racing_after  # type: ignore[method-assign]
+    services.realtime.hub.recent.forget(channel)  # the replay is read from MongoDB, not from memory
     client = await connect(alice["access_token"])
     result = (await client.call("subscribe", channel=channel, since=1))["result"]
     messages.after = real_after  # type: ignore[method-assign]
@@ -483,3 +524,37 @@ async def test_two_servers_on_one_database_keep_seq_gapless(environ, services, c
     cids = [m["cid"] for m in stored if "cid" in m]
     assert sorted(cids) == sorted({f"c{n}" for n in range(0, 60, 3)})  # each cid stored once
     assert len(stored) == 4 * 40 + 20
+
+
+@pytest.mark.gen_test
+async def test_a_signed_out_session_cannot_reopen_a_socket(api, login, connect) -> None:
+    """Sockets skip the token's database lookups for a session seen seconds ago, but signing out ends that at once."""
+    tokens = await login("alice")
+    first = await connect(tokens["access_token"])
+    await first.call("ping")
+    first.close()
+    status, _, _ = await api("POST", "/api/v1/auth/logout", {"refresh_token": tokens["refresh_token"]})
+    assert status == 200
+    with pytest.raises(HTTPClientError) as error:
+        await connect(tokens["access_token"])
+    assert error.value.code == 401
+
+
+@pytest.mark.gen_test
+async def test_a_deleted_user_is_refused_a_socket_once_the_vouch_lapses(api, login, connect, client, environ,
+                                                                        monkeypatch) -> None:
+    """A user deleted directly in MongoDB: HTTP refuses at once; a socket reconnecting within VOUCH_SECONDS is
+    still let in (no lookup), and refused once that time has passed."""
+    import server.auth
+
+    monkeypatch.setattr(server.auth, "VOUCH_SECONDS", 0.5)
+    tokens = await login("ghost")
+    (await connect(tokens["access_token"])).close()
+    client[environ["MONGO_DB"]].users.delete_one({"_id": ObjectId(tokens["user"]["id"])})
+    status, _, _ = await api("GET", "/api/v1/me", token=tokens["access_token"])
+    assert status == 401
+    await (await connect(tokens["access_token"])).call("ping")
+    await asyncio.sleep(0.6)
+    with pytest.raises(HTTPClientError) as error:
+        await connect(tokens["access_token"])
+    assert error.value.code == 401

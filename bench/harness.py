@@ -1,0 +1,106 @@
+"""What the WebSocket benchmarks share: load-generator processes driven through
+queues, their merged counts, the publisher, percentiles."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import multiprocessing
+import time
+from typing import Any
+
+from bench.loadgen import Counts, run_worker
+
+API_KEY = "bench-api-key"  # the bench server's API_KEYS
+
+
+def percentile(ordered: list[float], fraction: float) -> float:
+    return ordered[min(len(ordered) - 1, int(len(ordered) * fraction))] if ordered else float("nan")
+
+
+def ms(ordered: list[float], fraction: float) -> str:
+    return f"{percentile(ordered, fraction) * 1e3:.1f}"
+
+
+class Generators:
+    """``workers`` load-generator processes holding ``sessions`` sessions between
+    them, each process connecting from its own source address (127.0.0.2, .3...)
+    and using its own share of ``tokens`` (so no user has more sockets than the
+    tokens' count allows) and of ``channels``."""
+
+    def __init__(self, url: str, tokens: list[str], dialect: str, sessions: int, workers: int, channels: list[str],
+                 seconds: float, sample_every: int) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self.reports = ctx.Queue()
+        self.commands = [ctx.Queue() for _ in range(workers)]
+        shares = [sessions // workers + (1 if i < sessions % workers else 0) for i in range(workers)]
+        self.processes = [
+            ctx.Process(target=run_worker, args=(url, tokens[i::workers] or tokens, n, channels, seconds,
+                                                 self.commands[i], self.reports,
+                                                 sample_every, dialect, f"127.0.0.{2 + i}"), daemon=True)
+            for i, n in enumerate(shares)]
+        self.timeout = seconds
+        for process in self.processes:
+            process.start()
+
+    def ready(self) -> tuple[int, int]:
+        """Waits until every process has opened its sessions: (opened, failed)."""
+        opened = failed = 0
+        for _ in self.processes:
+            _, ok, bad, _ = self.reports.get(timeout=self.timeout)
+            opened, failed = opened + ok, failed + bad
+        return opened, failed
+
+    def send(self, command: Any) -> None:
+        for queue in self.commands:
+            queue.put(command)
+
+    def gather(self, command: Any, timeout: float) -> list[tuple[Any, ...]]:
+        """Sends ``command`` to every process and returns their answers."""
+        self.send(command)
+        return [self.reports.get(timeout=timeout) for _ in self.processes]
+
+    def collect(self) -> Counts:
+        """Every process's counts since the last collect, merged."""
+        merged = Counts()
+        for _, counts in self.gather("report", 60):
+            merged.deliveries += counts.deliveries
+            merged.doubled += counts.doubled
+            merged.closed += counts.closed
+            merged.acked += counts.acked
+            merged.refused += counts.refused
+            merged.latencies += counts.latencies
+            merged.ack_latencies += counts.ack_latencies
+            for seq, n in counts.by_seq.items():
+                merged.by_seq[seq] = merged.by_seq.get(seq, 0) + n
+        return merged
+
+    def stop(self) -> None:
+        self.send("stop")
+        for process in self.processes:
+            process.join(30)
+            if process.is_alive():
+                process.kill()
+
+
+async def publish_at(url: str, rate: float, seconds: float, body: Any, headers: dict[str, str]) -> tuple[int, int]:
+    """POSTs ``body(n)`` to ``url`` ``rate`` times a second for ``seconds``;
+    returns how many were sent and how many failed (an overloaded server times
+    them out)."""
+    from tornado.httpclient import AsyncHTTPClient
+
+    http = AsyncHTTPClient(max_clients=64, defaults={"request_timeout": 120, "connect_timeout": 30})
+    start = time.perf_counter()
+    sent = 0
+    pending: set[asyncio.Future[Any]] = set()
+    while (elapsed := time.perf_counter() - start) < seconds:
+        due = min(int(elapsed * rate) + 1, int(seconds * rate))
+        while sent < due:
+            pending.add(asyncio.ensure_future(http.fetch(url, method="POST", body=json.dumps(body(sent)),
+                                                         headers=headers)))
+            sent += 1
+        await asyncio.sleep(min(0.005, 1 / rate))
+    failed = 0
+    for outcome in await asyncio.gather(*pending, return_exceptions=True):
+        failed += isinstance(outcome, Exception)
+    return sent, failed
