@@ -28,6 +28,7 @@ ALGORITHMS = ["HS256"]  # fixed: "none" and every other algorithm are refused
 LEEWAY_SECONDS = 10  # clock skew tolerated on exp and iat
 _REFRESH_TOKEN = re.compile(r"^[A-Za-z0-9_-]{32,128}$")
 _SID = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
+VERIFIED_TOKENS = 50_000  # access tokens whose signature check is remembered (a reconnect presents it again)
 VOUCH_SECONDS = 30.0  # a session checked (or connected) this recently needs no lookup to open a socket
 
 
@@ -56,6 +57,7 @@ class Auth:
         # sid -> (user id, monotonic time until which a socket may open without the two lookups).
         self._vouched: dict[str, tuple[str, float]] = {}
         self._revoked: dict[str, float] = {}  # sid -> when this process revoked it (never vouched again)
+        self._verified: dict[str, Principal] = {}  # access token -> its principal: the signature is checked once
 
     # -- access tokens ---------------------------------------------------------------
 
@@ -68,6 +70,11 @@ class Auth:
         """The principal of a well-signed, unexpired access token."""
         if not isinstance(token, str) or not token or len(token) > 4096:
             raise ApiError("unauthorized", "a bearer access token is required")
+        known = self._verified.get(token)
+        if known is not None:  # this very string verified before: only its expiry can have changed
+            if time.time() > known.expires_at + LEEWAY_SECONDS:
+                raise ApiError("token_expired", "the access token has expired; refresh it")
+            return known
         try:
             claims = jwt.decode(token, self._secret, algorithms=ALGORITHMS, leeway=LEEWAY_SECONDS,
                                 options={"require": ["sub", "sid", "iat", "exp"]})
@@ -78,7 +85,11 @@ class Auth:
         sub, sid = claims.get("sub"), claims.get("sid")
         if not isinstance(sub, str) or not ObjectId.is_valid(sub) or not isinstance(sid, str) or not _SID.match(sid):
             raise ApiError("unauthorized", "the access token is not valid")
-        return Principal(sub, sid, float(claims["exp"]))
+        principal = Principal(sub, sid, float(claims["exp"]))
+        if len(self._verified) >= VERIFIED_TOKENS:
+            self._verified.clear()
+        self._verified[token] = principal
+        return principal
 
     async def authenticate(self, token: Any, vouched: bool = False) -> Principal:
         """verify_access, and the user still exists and the session is not revoked.

@@ -16,6 +16,7 @@ from bson import ObjectId
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from server.errors import ApiError
 from tests.conftest import JWT_SECRET
 from tests.fake_wechat import SESSION_KEY
 
@@ -191,3 +192,19 @@ async def test_refresh_tokens_expire_through_a_ttl_index(client, environ, servic
     info = client[environ["MONGO_DB"]].refresh_tokens.index_information()
     assert info["expires_at_1"]["expireAfterSeconds"] == 0
     assert info["token_hash_1"]["unique"] is True
+
+
+@pytest.mark.gen_test
+async def test_a_remembered_token_still_expires(services, login, monkeypatch) -> None:
+    """A token verified once is not re-verified, but it is refused as expired once its exp passes."""
+    import server.auth
+
+    tokens = await login("alice")
+    auth = services.auth
+    principal = auth.verify_access(tokens["access_token"])
+    assert auth.verify_access(tokens["access_token"]) is principal  # remembered, not decoded again
+    later = principal.expires_at + server.auth.LEEWAY_SECONDS + 1
+    monkeypatch.setattr(server.auth.time, "time", lambda: later)
+    with pytest.raises(ApiError) as error:
+        auth.verify_access(tokens["access_token"])
+    assert error.value.code == "token_expired"
