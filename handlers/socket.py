@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import ujson
 from tornado.iostream import SSLIOStream
-from tornado.websocket import WebSocketClosedError, WebSocketHandler
+from tornado.websocket import WebSocketHandler
 
 from handlers.base import bearer_token
 from server.auth import Principal
@@ -57,12 +57,6 @@ class SocketHandler(WebSocketHandler):
             self.session.detach()
 
     # -- Transport -----------------------------------------------------------------
-
-    def send(self, frame: bytes | str) -> None:
-        try:
-            self.write_message(frame)  # bytes are sent as they are, in a text frame
-        except WebSocketClosedError:
-            pass
 
     def send_frame(self, frame: bytes) -> bool:
         """A pre-built frame straight to the socket when nothing is queued before

@@ -1,14 +1,18 @@
 """The hub: this process's connections, their subscriptions, presence, fan-out.
 
 A frame for a channel is handed to the broker once; the broker hands it to the
-hub of every process, which writes the same pre-encoded bytes to each local
-subscriber without awaiting anyone (``Session.deliver``). A connection whose
+hub of every process, which queues the same pre-built WebSocket frame for each
+local subscriber without awaiting anyone (``Session.deliver``). At the end of the
+loop turn each connection's queued frames go out with one write (``flush``): a
+batch of publishes stored together (group commit) costs one system call per
+subscriber, not one per message. A connection whose
 unsent bytes pass ``SEND_BUFFER_BYTES`` is closed with 4009, so a client that
 does not read costs a bounded amount of memory.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
@@ -40,6 +44,7 @@ class Hub:
         self.delivered = 0  # frames written to connections
         self.published = 0  # messages published through this process
         self.recent = Recent(recovery_max)  # each busy channel's newest messages, for replays
+        self._queued: list[Session] = []  # sessions with frames to write at the end of this loop turn
         broker.bind(self.deliver)
 
     # -- connections ----------------------------------------------------------------
@@ -146,6 +151,18 @@ class Hub:
                 delivered += 1
         self.delivered += delivered
         self.metrics.messages_delivered.inc(delivered)
+
+    def queued(self, session: Session) -> None:
+        """``session`` has frames to write: they go out together once the
+        current callbacks are done (``flush``), in the order queued."""
+        if not self._queued:
+            asyncio.get_running_loop().call_soon(self.flush)
+        self._queued.append(session)
+
+    def flush(self) -> None:
+        queued, self._queued = self._queued, []
+        for session in queued:
+            session.flush()
 
     def log_close(self, session: Session, code: int, reason: str) -> None:
         self.metrics.ws_closed.labels(str(code)).inc()

@@ -6,9 +6,10 @@ nothing is consumed, and it tries the next one. A retried publish with the same
 ``cid`` hits the unique ``(channel, from, cid)`` index and gets the first answer.
 (An ``$inc`` counter would burn a seq whenever a duplicate loses that race,
 leaving a gap.) ``channels.seq`` follows with ``$max``, for admins and for a
-fast start. In one process, publishes to one channel take turns (a lock per
-channel), so the insert almost always succeeds first time and messages are
-handed to the broker in seq order.
+fast start. In one process, publishes to one channel take turns, those that
+arrive meanwhile stored together by one ``insert_many`` (group commit), so the
+insert almost always succeeds first time and messages are handed to the broker
+in seq order.
 """
 
 from __future__ import annotations
@@ -19,11 +20,12 @@ from typing import Any
 
 from bson import ObjectId
 from pymongo import DESCENDING
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from server.storage import Storage, iso, utcnow
 
 MAX_ATTEMPTS = 50  # inserts tried against other processes' concurrent publishes
+MAX_BATCH = 500  # publishes stored with one insert_many
 
 
 def public(doc: dict[str, Any]) -> dict[str, Any]:
@@ -33,6 +35,29 @@ def public(doc: dict[str, Any]) -> dict[str, Any]:
     if doc.get("cid") is not None:
         message["cid"] = doc["cid"]
     return message
+
+
+@dataclass
+class _Request:
+    """A publish waiting for its channel's writer."""
+
+    sender: str
+    data: dict[str, Any]
+    cid: str | None
+    deliver: Any  # called with the message once stored, in seq order
+    future: asyncio.Future[Published]
+
+
+def _repeat(request: _Request, batch: list[_Request]) -> bool:
+    """Whether an earlier request of ``batch`` carries the same sender and cid."""
+    if request.cid is None:
+        return False
+    for other in batch:
+        if other is request:
+            return False
+        if other.cid == request.cid and other.sender == request.sender:
+            return True
+    return False
 
 
 @dataclass
@@ -49,7 +74,7 @@ class Messages:
     def __init__(self, storage: Storage) -> None:
         self._messages = storage["messages"]  # {_id, channel, seq, from, data, cid, ts}
         self._channels = storage["channels"]  # {_id: channel, seq, updated_at}
-        self._locks: dict[str, asyncio.Lock] = {}  # per channel, while publishes wait
+        self._waiting: dict[str, list[_Request]] = {}  # channel -> publishes waiting for its writer
         self._last: dict[str, int] = {}  # last seq stored per channel, a hint
 
     async def last_seq(self, channel: str) -> int:
@@ -59,24 +84,115 @@ class Messages:
     async def publish(self, channel: str, sender: str, data: dict[str, Any], cid: str | None,
                       deliver: Any = None) -> Published:
         """Stores a message at the channel's next seq (or finds the first one of a
-        retried cid); ``deliver(message)`` runs while this channel's later
-        publishes wait, so that they are delivered in seq order."""
-        lock = self._locks.get(channel)
-        if lock is None:
-            lock = self._locks[channel] = asyncio.Lock()
+        retried cid); ``deliver(message)`` runs in seq order, before the next
+        messages of the channel are stored.
+
+        Publishes to one channel take turns: the first becomes the channel's
+        writer, and those arriving while it stores wait and are then stored
+        together, with one ``insert_many`` (group commit): under load a channel
+        stores, and its subscribers receive, many messages per round trip."""
+        request = _Request(sender, data, cid, deliver, asyncio.get_running_loop().create_future())
+        waiting = self._waiting.get(channel)
+        if waiting is not None:  # a writer is storing this channel: the next batch is ours
+            waiting.append(request)
+            return await request.future
+        waiting = self._waiting[channel] = [request]
         try:
-            async with lock:
-                published = await self._store(channel, sender, data, cid)
-                if published.new and deliver is not None:
-                    deliver(published.message)
+            while waiting:
+                batch = waiting[:MAX_BATCH]
+                del waiting[:MAX_BATCH]
+                try:
+                    await self._store_batch(channel, batch)
+                except Exception as exc:
+                    for pending in batch:
+                        if not pending.future.done():
+                            pending.future.set_exception(exc)
+                except BaseException:
+                    for pending in batch:
+                        pending.future.cancel()
+                    raise
         finally:
-            if not lock.locked() and not getattr(lock, "_waiters", None):
-                self._locks.pop(channel, None)
-        if published.new:
+            del self._waiting[channel]
+            for pending in waiting:  # only if cancelled mid-batch: nothing more is stored
+                if not pending.future.done():
+                    pending.future.set_exception(RuntimeError("the channel's writer stopped"))
+        return await request.future
+
+    async def _store_batch(self, channel: str, batch: list[_Request]) -> None:
+        """Stores ``batch`` in order; answers each request once the channel's seq
+        is recorded."""
+        answers: list[tuple[_Request, Published]] = []
+        fresh: list[_Request] = []
+        firsts: dict[tuple[str, str], dict[str, Any]] = {}
+        keyed = [r for r in batch if r.cid is not None]
+        if keyed:  # retried cids: one query for the whole batch
+            query = {"channel": channel, "$or": [{"from": r.sender, "cid": r.cid} for r in keyed]}
+            async for doc in self._messages.find(query):
+                firsts[(doc["from"], doc["cid"])] = doc
+        seen: set[tuple[str, str]] = set()
+        for request in batch:
+            key = (request.sender, request.cid) if request.cid is not None else None
+            if key is not None and key in firsts:
+                answers.append((request, Published(public(firsts[key]), False)))
+            elif key is not None and key in seen:  # the same cid twice in one batch: stored once, below
+                fresh.append(request)
+            else:
+                if key is not None:
+                    seen.add(key)
+                fresh.append(request)
+        stored = await self._insert_batch(channel, [r for r in fresh if not _repeat(r, fresh)])
+        for request in fresh:
+            published = stored.get(id(request))
+            if published is None:  # a repeated cid in the batch, or one that lost a race: as one publish
+                published = await self._store(channel, request.sender, request.data, request.cid)
+                stored[id(request)] = published
+                if published.new and request.deliver is not None:
+                    request.deliver(published.message)
+            answers.append((request, published))
+        newest = max((p.message["seq"] for _, p in answers if p.new), default=0)
+        if newest:
             await self._channels.update_one(
-                {"_id": channel}, {"$max": {"seq": published.message["seq"]}, "$set": {"updated_at": utcnow()}},
-                upsert=True)
-        return published
+                {"_id": channel}, {"$max": {"seq": newest}, "$set": {"updated_at": utcnow()}}, upsert=True)
+        for request, published in answers:
+            if not request.future.done():
+                request.future.set_result(published)
+
+    async def _insert_batch(self, channel: str, batch: list[_Request]) -> dict[int, Published]:
+        """Inserts ``batch`` at the next seqs with one ordered insert_many and
+        delivers what was stored, in order; returns the stored ones by request
+        id. Whatever follows a refused insert (a seq another process took, a cid
+        that won a race elsewhere) is left to the one-at-a-time path."""
+        if not batch:
+            return {}
+        seq = self._last.get(channel)
+        if seq is None:
+            seq = await self.last_seq(channel)
+        now = utcnow()
+        docs: list[dict[str, Any]] = []
+        for offset, request in enumerate(batch, 1):
+            doc: dict[str, Any] = {"_id": ObjectId(), "channel": channel, "seq": seq + offset, "from": request.sender,
+                                   "data": request.data, "ts": now}
+            if request.cid is not None:
+                doc["cid"] = request.cid
+            docs.append(doc)
+        try:
+            await self._messages.insert_many(docs, ordered=True)
+            inserted = len(docs)
+        except BulkWriteError as exc:
+            errors = exc.details.get("writeErrors", [])
+            if not errors or any(e.get("code") != 11000 for e in errors):
+                raise
+            inserted = int(errors[0]["index"])
+            self._last.pop(channel, None)  # another process wrote here: read the seq again
+        stored: dict[int, Published] = {}
+        for request, doc in zip(batch[:inserted], docs[:inserted], strict=True):
+            published = Published(public(doc), True)
+            stored[id(request)] = published
+            if request.deliver is not None:
+                request.deliver(published.message)
+        if inserted:
+            self._last[channel] = seq + inserted
+        return stored
 
     async def _store(self, channel: str, sender: str, data: dict[str, Any], cid: str | None) -> Published:
         if cid is not None:

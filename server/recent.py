@@ -59,6 +59,11 @@ class Recent:
             return None
         return last, [message for _, message in islice(entries, since + 1 - first, None)]
 
+    def newest(self, channel: str) -> int | None:
+        """The newest seq this process has seen of ``channel``, if it keeps it."""
+        entries = self._entries.get(channel)
+        return entries[-1][0] if entries else None
+
     def forget(self, channel: str) -> None:
         """The broker stops handing this channel's messages to this process."""
         self._entries.pop(channel, None)

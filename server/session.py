@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from server.errors import ApiError, CloseCode
 from server.logs import fields
-from server.protocol import Command, FrameError, encode_error, encode_result, encode_subscribe_result, parse
+from server.protocol import Command, FrameError, encode_error, encode_result, encode_subscribe_result, parse, text_frame
 
 if TYPE_CHECKING:
     from server.auth import Principal
@@ -29,9 +29,6 @@ RATE_STRIKES = 20  # refused commands before the connection is closed (4008)
 
 class Transport(Protocol):
     """What a session needs of its connection."""
-
-    def send(self, frame: bytes | str) -> None:
-        """Queues a text frame without waiting for it to be written."""
 
     def send_frame(self, frame: bytes) -> bool:
         """Writes a whole pre-built WebSocket frame without waiting; True when
@@ -59,6 +56,7 @@ class Session:
         self.closed = False  # closed by the server or the client
         self._expiry: asyncio.TimerHandle | None = None  # closes with 4001 when the token expires
         self.after_reply: list[tuple[str, int, bytes]] = []  # frames held during a replay, sent after its reply
+        self.outbox: list[bytes] | None = None  # frames queued this loop turn, written together by the hub
         self.expire_at(principal.expires_at)
 
     def __hash__(self) -> int:
@@ -76,6 +74,7 @@ class Session:
     def close(self, code: int, reason: str) -> None:
         if self.closed:
             return
+        self.flush()  # what was queued (an error reply, say) goes before the close frame
         self.closed = True
         self.realtime.hub.log_close(self, code, reason)
         self.transport.close(code, reason)
@@ -93,7 +92,7 @@ class Session:
     # -- delivery -------------------------------------------------------------------------
 
     def deliver(self, channel: str, frame: bytes, seq: int) -> bool:
-        """Writes a pre-built frame of ``channel`` unless already delivered (by
+        """Queues a pre-built frame of ``channel`` unless already delivered (by
         seq); held while the channel's replay is being read."""
         if self.closed:
             return False
@@ -105,15 +104,35 @@ class Session:
             if seq <= self.channels.get(channel, 0):
                 return False
             self.channels[channel] = seq
-        if self.transport.send_frame(frame):
-            return True  # all on the socket: nothing queued to bound
-        return self._within_bound()
+        outbox = self.outbox
+        if outbox is None:
+            self.outbox = [frame]
+            self.realtime.hub.queued(self)
+        else:
+            outbox.append(frame)
+        return True
 
-    def send(self, frame: bytes | str) -> bool:
+    def send(self, payload: bytes | str) -> bool:
+        """Queues a reply, in order with the pushes before it."""
         if self.closed:
             return False
-        self.transport.send(frame)
-        return self._within_bound()
+        frame = text_frame(payload.encode() if isinstance(payload, str) else payload)
+        if self.outbox is None:
+            self.outbox = [frame]
+            self.realtime.hub.queued(self)
+        else:
+            self.outbox.append(frame)
+        return True
+
+    def flush(self) -> None:
+        """Writes what this loop turn queued, as one write: several messages for
+        this connection (a batch of publishes, several channels) cost one system
+        call, not one each."""
+        frames, self.outbox = self.outbox, None
+        if not frames or self.closed:
+            return
+        if not self.transport.send_frame(frames[0] if len(frames) == 1 else b"".join(frames)):
+            self._within_bound()
 
     def _within_bound(self) -> bool:
         if self.transport.pending() > SEND_BUFFER_BYTES:
@@ -194,6 +213,10 @@ class Session:
                 current, replay = cached
                 self._subscribed(channel, current)
                 return encode_subscribe_result(channel, current, replay)
+            known = hub.recent.newest(channel) if since is None and last is None else None
+            if known is not None:  # a live-only subscribe: the newest seq is known without a lookup
+                self._subscribed(channel, known)
+                return {"channel": channel, "seq": known, "recovered": True, "messages": []}
             if since is not None:
                 messages, recovered = await self.realtime.messages.after(
                     channel, since, self.realtime.settings.recovery_max)

@@ -558,3 +558,43 @@ async def test_a_deleted_user_is_refused_a_socket_once_the_vouch_lapses(api, log
     with pytest.raises(HTTPClientError) as error:
         await connect(tokens["access_token"])
     assert error.value.code == 401
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_publishes_waiting_for_a_channel_are_stored_together(services, client, environ) -> None:
+    """Publishes that arrive while a channel is being written are stored by one insert_many (group commit):
+    seq 1..N without a gap, delivered in seq order, a cid repeated inside one batch stored once."""
+    realtime = services.realtime
+    channel = "feed:group"
+    delivered: list[int] = []
+    real_publish = realtime.hub.publish
+    batches: list[int] = []
+    real_insert = realtime.messages._insert_batch
+
+    async def counted_insert(channel_name, batch):  # type: ignore[no-untyped-def]
+        batches.append(len(batch))
+        return await real_insert(channel_name, batch)
+
+    def recording_publish(channel_name: str, frame: bytes, seq: int) -> None:
+        delivered.append(seq)
+        real_publish(channel_name, frame, seq)
+
+    realtime.messages._insert_batch = counted_insert  # type: ignore[method-assign]
+    realtime.hub.publish = recording_publish  # type: ignore[method-assign]
+    try:
+        cids = [f"c{n % 40}" for n in range(60)]  # 20 of them repeat an earlier cid
+        results = await asyncio.gather(*(realtime.publish(channel, "server", {"n": n}, cid)
+                                         for n, cid in enumerate(cids)))
+    finally:
+        realtime.messages._insert_batch = real_insert  # type: ignore[method-assign]
+        realtime.hub.publish = real_publish  # type: ignore[method-assign]
+    assert sum(r.new for r in results) == 40
+    by_cid = {}
+    for result, cid in zip(results, cids, strict=True):
+        by_cid.setdefault(cid, set()).add(result.message["seq"])
+    assert all(len(seqs) == 1 for seqs in by_cid.values())  # a repeated cid got the first answer
+    assert delivered == list(range(1, 41))
+    stored = list(client[environ["MONGO_DB"]].messages.find({"channel": channel}).sort("seq", 1))
+    assert [d["seq"] for d in stored] == list(range(1, 41))
+    assert max(batches) > 1 and len(batches) < 40  # stored in batches, not one at a time
+    assert client[environ["MONGO_DB"]].channels.find_one({"_id": channel})["seq"] == 40
