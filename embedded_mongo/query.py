@@ -191,12 +191,31 @@ def choose(coll: Collection, query: dict[str, Any], sort: SortSpec, hint: Any = 
         return _index_plan(index, preds, sort, exact)[1]
     best: tuple[tuple[int, ...], Plan] | None = None
     for index in coll.indexes.values():
-        if index.sparse or index.partial is not None:
-            continue  # holds only some documents: never a plan of its own
+        if (index.sparse or index.partial is not None) and not _holds_every_match(index, preds):
+            continue  # holds only some documents, maybe not every match
         score, plan = _index_plan(index, preds, sort, exact)
         if (score[1] or score[3]) and (best is None or score > best[0]):
             best = (score, plan)
     return best[1] if best else Plan()
+
+
+def _holds_every_match(index: Index, preds: dict[str, list[tuple[str, Any]]]) -> bool:
+    """Whether a sparse or partial index holds every document the query can
+    match: the query pins (by equality or ``$in``, to values other than null) a
+    field the index requires to exist. Partial filters other than ``$exists:
+    true`` are not reasoned about."""
+    def pinned(name: str) -> bool:
+        return any((op == "$eq" and arg is not None) or (op == "$in" and None not in arg)
+                   for op, arg in preds.get(name, []))
+
+    if index.partial is not None:
+        expression = index.spec.get("partialFilterExpression") or {}
+        if not expression or not all(cond in ({"$exists": True}, {"$exists": 1}) and pinned(name)
+                                     for name, cond in expression.items()):
+            return False
+    if index.sparse:
+        return any(pinned(name) for name in index.spec["key"])
+    return True
 
 
 def find_index(coll: Collection, hint: Any) -> Index | None:

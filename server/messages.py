@@ -125,10 +125,16 @@ class Messages:
         fresh: list[_Request] = []
         firsts: dict[tuple[str, str], dict[str, Any]] = {}
         keyed = [r for r in batch if r.cid is not None]
-        if keyed:  # retried cids: one query for the whole batch
-            query = {"channel": channel, "$or": [{"from": r.sender, "cid": r.cid} for r in keyed]}
-            async for doc in self._messages.find(query):
-                firsts[(doc["from"], doc["cid"])] = doc
+        if keyed:  # retried cids: one query per sender in the batch, each an index lookup on (channel, from, cid)
+            by_sender: dict[str, list[str]] = {}
+            for r in keyed:
+                by_sender.setdefault(r.sender, []).append(r.cid)  # type: ignore[arg-type]
+            found = await asyncio.gather(*(
+                self._messages.find({"channel": channel, "from": sender, "cid": cids[0] if len(cids) == 1
+                                     else {"$in": cids}}).to_list(None) for sender, cids in by_sender.items()))
+            for docs in found:
+                for doc in docs:
+                    firsts[(doc["from"], doc["cid"])] = doc
         seen: set[tuple[str, str]] = set()
         for request in batch:
             key = (request.sender, request.cid) if request.cid is not None else None

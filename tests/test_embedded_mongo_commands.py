@@ -371,6 +371,28 @@ def test_partial_and_sparse_unique_indexes(db) -> None:
         db.s.insert_one({"e": 1})
 
 
+def test_partial_and_sparse_indexes_serve_queries_that_pin_their_fields(db) -> None:
+    """A query pinning a partial index's $exists field (or a sparse index's field) to a value is served by that
+    index; one that could match documents outside it is not, and finds them."""
+    db.m.create_index([("channel", 1), ("seq", 1)], unique=True)
+    db.m.create_index([("channel", 1), ("from", 1), ("cid", 1)], unique=True,
+                      partialFilterExpression={"cid": {"$exists": True}}, name="cid")
+    db.m.insert_many([{"channel": "c", "seq": n, "from": "u", **({"cid": f"k{n}"} if n % 2 else {})}
+                      for n in range(1, 41)])
+    pinned = db.m.find({"channel": "c", "from": "u", "cid": "k7"}).explain()["queryPlanner"]["winningPlan"]
+    assert pinned.get("indexName") == "cid"
+    assert [d["seq"] for d in db.m.find({"channel": "c", "from": "u", "cid": {"$in": ["k7", "k9"]}})] == [7, 9]
+    loose = db.m.find({"channel": "c", "from": "u"}).explain()["queryPlanner"]["winningPlan"]
+    assert loose.get("indexName") != "cid"
+    assert db.m.count_documents({"channel": "c", "from": "u"}) == 40
+    assert db.m.count_documents({"channel": "c", "from": "u", "cid": None}) == 20  # the ones outside the index
+    db.s.create_index("e", sparse=True, name="e")
+    db.s.insert_many([{"n": 1}, {"e": 2}, {"e": None}])
+    assert db.s.find({"e": 2}).explain()["queryPlanner"]["winningPlan"].get("indexName") == "e"
+    assert db.s.find({"e": None}).explain()["queryPlanner"]["winningPlan"].get("indexName") != "e"
+    assert db.s.count_documents({"e": None}) == 2
+
+
 def test_multikey_index_answers_element_queries(db) -> None:
     """An index over an array field finds documents by any element, each once."""
     db.c.create_index("tags")
