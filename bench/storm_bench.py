@@ -69,6 +69,7 @@ def storm(args: argparse.Namespace, baseline: bool) -> dict[str, Any]:
     label = "baseline (no cache, no vouching)" if baseline else "this server"
     process, base = benchserver.start({"API_KEYS": API_KEY}, baseline=baseline)
     pid = process.pid or 0
+    print(f"[{label}] server pid {pid}", flush=True)
     users = (args.sessions + PER_USER - 1) // PER_USER
     tokens = asyncio.run(sign_in(base, users))
     asyncio.run(publish(base, 10))  # the feed has a history before the storm

@@ -48,18 +48,6 @@ class _Request:
     future: asyncio.Future[Published]
 
 
-def _repeat(request: _Request, batch: list[_Request]) -> bool:
-    """Whether an earlier request of ``batch`` carries the same sender and cid."""
-    if request.cid is None:
-        return False
-    for other in batch:
-        if other is request:
-            return False
-        if other.cid == request.cid and other.sender == request.sender:
-            return True
-    return False
-
-
 @dataclass
 class Published:
     """The outcome of a publish: the message, and whether it is new."""
@@ -122,32 +110,18 @@ class Messages:
         """Stores ``batch`` in order; answers each request once the channel's seq
         is recorded."""
         answers: list[tuple[_Request, Published]] = []
-        fresh: list[_Request] = []
-        firsts: dict[tuple[str, str], dict[str, Any]] = {}
-        keyed = [r for r in batch if r.cid is not None]
-        if keyed:  # retried cids: one query per sender in the batch, each an index lookup on (channel, from, cid)
-            by_sender: dict[str, list[str]] = {}
-            for r in keyed:
-                by_sender.setdefault(r.sender, []).append(r.cid)  # type: ignore[arg-type]
-            found = await asyncio.gather(*(
-                self._messages.find({"channel": channel, "from": sender, "cid": cids[0] if len(cids) == 1
-                                     else {"$in": cids}}).to_list(None) for sender, cids in by_sender.items()))
-            for docs in found:
-                for doc in docs:
-                    firsts[(doc["from"], doc["cid"])] = doc
-        seen: set[tuple[str, str]] = set()
+        # No lookup first: a retried cid is refused by the unique (channel, from, cid) index, and that
+        # request, with those after it, takes the one-at-a-time path, which finds the first answer.
+        keys: set[tuple[str, str]] = set()
+        first_of_cid: list[_Request] = []  # a cid twice in one batch: the second is answered below
         for request in batch:
-            key = (request.sender, request.cid) if request.cid is not None else None
-            if key is not None and key in firsts:
-                answers.append((request, Published(public(firsts[key]), False)))
-            elif key is not None and key in seen:  # the same cid twice in one batch: stored once, below
-                fresh.append(request)
-            else:
-                if key is not None:
-                    seen.add(key)
-                fresh.append(request)
-        stored = await self._insert_batch(channel, [r for r in fresh if not _repeat(r, fresh)])
-        for request in fresh:
+            if request.cid is not None:
+                if (request.sender, request.cid) in keys:
+                    continue
+                keys.add((request.sender, request.cid))
+            first_of_cid.append(request)
+        stored = await self._insert_batch(channel, first_of_cid)
+        for request in batch:
             published = stored.get(id(request))
             if published is None:  # a repeated cid in the batch, or one that lost a race: as one publish
                 published = await self._store(channel, request.sender, request.data, request.cid)

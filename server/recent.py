@@ -20,50 +20,70 @@ from itertools import islice
 MESSAGE_PUSH_PREFIX = b'{"push":"message","message":'  # what encode_message_push writes before the message
 
 
+class _Channel:
+    """One channel's newest messages, contiguous by seq, and its newest seq."""
+
+    __slots__ = ("entries", "newest")
+
+    def __init__(self, per_channel: int, newest: int) -> None:
+        self.entries: deque[tuple[int, bytes]] = deque(maxlen=per_channel)  # (seq, message JSON)
+        self.newest = newest  # the newest seq known to exist
+
+
 class Recent:
     """Per channel, up to ``per_channel`` newest messages; at most ``channels``
-    channels, the least recently published forgotten first."""
+    channels, the least recently used forgotten first."""
 
     def __init__(self, per_channel: int, channels: int = 1000) -> None:
         self.per_channel = per_channel  # RECOVERY_MAX: a longer replay is answered from MongoDB anyway
         self.channels = channels  # bound on memory: ~per_channel x message size each
-        self._entries: OrderedDict[str, deque[tuple[int, bytes]]] = OrderedDict()  # channel -> (seq, message JSON)
+        self._channels: OrderedDict[str, _Channel] = OrderedDict()
+
+    def _channel(self, channel: str, newest: int) -> _Channel:
+        kept = self._channels.get(channel)
+        if kept is None:
+            kept = self._channels[channel] = _Channel(self.per_channel, newest)
+            if len(self._channels) > self.channels:
+                self._channels.popitem(last=False)
+        else:
+            self._channels.move_to_end(channel)
+        return kept
 
     def add(self, channel: str, seq: int, payload: bytes) -> None:
         """Keeps a message push frame's payload (``encode_message_push``)."""
         if not payload.startswith(MESSAGE_PUSH_PREFIX):
             return
-        entries = self._entries.get(channel)
-        if entries is None:
-            entries = self._entries[channel] = deque(maxlen=self.per_channel)
-            if len(self._entries) > self.channels:
-                self._entries.popitem(last=False)
-        else:
-            self._entries.move_to_end(channel)
-            last = entries[-1][0] if entries else 0
-            if seq <= last:
-                return  # late or repeated: the entries already hold or passed it
-            if seq != last + 1:
-                entries.clear()  # a gap: what lies between was never seen here
-        entries.append((seq, payload[len(MESSAGE_PUSH_PREFIX):-1]))
+        kept = self._channel(channel, 0)
+        if seq <= kept.newest:
+            return  # late or repeated: already held, or passed
+        if seq != kept.newest + 1:
+            kept.entries.clear()  # a gap: what lies between was never seen here
+        kept.entries.append((seq, payload[len(MESSAGE_PUSH_PREFIX):-1]))
+        kept.newest = seq
+
+    def note(self, channel: str, newest: int) -> None:
+        """MongoDB's newest seq of a channel this process knew nothing of: later
+        live-only subscribes need not ask again."""
+        if channel not in self._channels:
+            self._channel(channel, newest)
 
     def after(self, channel: str, since: int, limit: int) -> tuple[int, list[bytes]] | None:
-        """The newest seq seen and every message after ``since``, as JSON; None
-        when the entries do not reach back to ``since + 1``, do not know the
-        channel, or hold more than ``limit`` after it (MongoDB answers those)."""
-        entries = self._entries.get(channel)
-        if not entries:
+        """The newest seq and every message after ``since``, as JSON; None when
+        the entries do not reach back to ``since + 1``, do not know the channel,
+        or hold more than ``limit`` after it (MongoDB answers those)."""
+        kept = self._channels.get(channel)
+        if kept is None or not kept.entries:
             return None
-        first, last = entries[0][0], entries[-1][0]
+        first, last = kept.entries[0][0], kept.newest
         if since + 1 < first or since > last or last - since > limit:
             return None
-        return last, [message for _, message in islice(entries, since + 1 - first, None)]
+        return last, [message for _, message in islice(kept.entries, since + 1 - first, None)]
 
     def newest(self, channel: str) -> int | None:
-        """The newest seq this process has seen of ``channel``, if it keeps it."""
-        entries = self._entries.get(channel)
-        return entries[-1][0] if entries else None
+        """The newest seq of ``channel`` (0: none yet), if this process knows it."""
+        kept = self._channels.get(channel)
+        return None if kept is None else kept.newest
 
     def forget(self, channel: str) -> None:
         """The broker stops handing this channel's messages to this process."""
-        self._entries.pop(channel, None)
+        self._channels.pop(channel, None)

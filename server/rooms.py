@@ -3,11 +3,16 @@
 ``room:<id>``: public rooms are open to anyone signed in, private ones to their
 members. ``feed:<name>``: anyone reads, only the server API publishes.
 ``user:<id>``: only that user reads, only the server API publishes.
+
+Permission checks remember a room's readers for ACCESS_SECONDS: a member added
+or removed through this process counts at once; a change made by another
+process or directly in MongoDB counts within ACCESS_SECONDS.
 """
 
 from __future__ import annotations
 
 import secrets
+import time
 from typing import Any
 
 from pymongo.errors import DuplicateKeyError
@@ -16,6 +21,8 @@ from server.errors import ApiError
 from server.storage import Storage, iso, utcnow
 
 MAX_ROOM_MEMBERS = 10_000
+ACCESS_SECONDS = 5.0  # how long a room's readers are remembered for permission checks
+ACCESS_ROOMS = 10_000  # rooms remembered at most
 
 
 def public(room: dict[str, Any]) -> dict[str, Any]:
@@ -28,6 +35,9 @@ class Rooms:
 
     def __init__(self, storage: Storage) -> None:
         self._rooms = storage["rooms"]  # {_id: string, name, owner, public, members, created_at}
+        # room id -> (monotonic expiry, public, members): the permission checks of every publish and subscribe
+        # read this instead of MongoDB; member changes made here forget the room at once.
+        self._access: dict[str, tuple[float, bool, frozenset[str]]] = {}
 
     async def create(self, owner: str, name: str, is_public: bool) -> dict[str, Any]:
         room = {"_id": secrets.token_hex(8), "name": name, "owner": owner, "public": is_public,
@@ -77,6 +87,7 @@ class Rooms:
         if len(room.get("members", [])) >= MAX_ROOM_MEMBERS:
             raise ApiError("conflict", f"a room holds at most {MAX_ROOM_MEMBERS} members")
         await self._rooms.update_one({"_id": room_id}, {"$addToSet": {"members": member}})
+        self._access.pop(room_id, None)
         return await self.get(room_id) or room
 
     async def remove_member(self, room_id: str, user: str, member: str) -> dict[str, Any]:
@@ -89,6 +100,7 @@ class Rooms:
         elif room.get("owner") == user:
             raise ApiError("invalid_request", "the owner cannot leave their room")
         await self._rooms.update_one({"_id": room_id}, {"$pull": {"members": member}})
+        self._access.pop(room_id, None)
         return await self.get(room_id) or room
 
     # -- permissions --------------------------------------------------------------
@@ -99,8 +111,19 @@ class Rooms:
             return True
         if kind == "user":
             return name == user
-        room = await self.get(name)
-        return room is not None and (room["public"] or user in room.get("members", []))
+        now = time.monotonic()
+        known = self._access.get(name)
+        if known is None or known[0] < now:
+            room = await self.get(name)
+            if room is None:
+                return False
+            if len(self._access) >= ACCESS_ROOMS:
+                self._access = {k: v for k, v in self._access.items() if v[0] >= now}
+                if len(self._access) >= ACCESS_ROOMS:
+                    self._access.clear()
+            known = self._access[name] = (now + ACCESS_SECONDS, bool(room["public"]),
+                                          frozenset(room.get("members", [])))
+        return known[1] or user in known[2]
 
     async def can_publish(self, user: str, channel: str) -> bool:
         """What a client may publish to (the server API publishes anywhere)."""

@@ -222,8 +222,12 @@ class Session:
                     channel, since, self.realtime.settings.recovery_max)
             elif last is not None:
                 messages = await self.realtime.messages.newest(channel, last)
-            current = messages[-1]["seq"] if messages else max(
-                await self.realtime.messages.last_seq(channel), since or 0)
+            if messages:
+                current = messages[-1]["seq"]
+            else:
+                stored = await self.realtime.messages.last_seq(channel)
+                hub.recent.note(channel, stored)
+                current = max(stored, since or 0)
         except BaseException:
             self.buffering.pop(channel, None)
             if fresh:

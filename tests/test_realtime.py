@@ -236,8 +236,12 @@ async def test_concurrent_publishers_get_seq_without_gaps(api, login, connect, c
     clients = [await connect(u["access_token"]) for u in users]
 
     async def write(c: Client, index: int) -> list[int]:
-        return [(await c.call("publish", channel=channel, data={"w": index, "n": n}, timeout=30))["result"]["seq"]
-                for n in range(50)]
+        seqs = []
+        for n in range(50):
+            reply = await c.call("publish", channel=channel, data={"w": index, "n": n}, timeout=30)
+            seqs.append(reply["result"]["seq"])
+            await asyncio.sleep(0.03)  # within the rate limit (20/s, bursts of 40), however fast the server
+        return seqs
 
     seqs = await asyncio.gather(*(write(c, i) for i, c in enumerate(clients)))
     assert sorted(s for per in seqs for s in per) == list(range(1, 1001))
@@ -598,3 +602,24 @@ async def test_publishes_waiting_for_a_channel_are_stored_together(services, cli
     assert [d["seq"] for d in stored] == list(range(1, 41))
     assert max(batches) > 1 and len(batches) < 40  # stored in batches, not one at a time
     assert client[environ["MONGO_DB"]].channels.find_one({"_id": channel})["seq"] == 40
+
+
+@pytest.mark.gen_test
+async def test_a_member_removed_in_mongodb_loses_access_within_the_access_window(api, login, connect, client,
+                                                                                 environ, monkeypatch) -> None:
+    """Permission checks remember a room's readers briefly: a member removed directly in MongoDB (by an admin,
+    or another process) may publish until ACCESS_SECONDS pass, and not after."""
+    import server.rooms
+
+    monkeypatch.setattr(server.rooms, "ACCESS_SECONDS", 0.5)
+    alice, bob = await login("alice"), await login("bob")
+    channel = await _room(api, alice["access_token"], "secret", public=False)
+    room_id = channel.split(":")[1]
+    status, _, _ = await api("POST", f"/api/v1/rooms/{room_id}/members", {"user_id": bob["user"]["id"]},
+                             token=alice["access_token"])
+    assert status == 200
+    b = await connect(bob["access_token"])
+    assert "result" in await b.call("publish", channel=channel, data={"t": 1})
+    client[environ["MONGO_DB"]].rooms.update_one({"_id": room_id}, {"$pull": {"members": bob["user"]["id"]}})
+    await asyncio.sleep(0.6)
+    assert (await b.call("publish", channel=channel, data={"t": 2}))["error"]["code"] == "forbidden"
