@@ -22,7 +22,7 @@ from tornado.netutil import bind_sockets
 
 import settings as settings_module
 from embedded_mongo.launcher import ChildStore
-from server.app import make_app
+from server.app import make_app, tune_gc
 from server.logs import configure, fields
 from server.records import SchemaFileError
 
@@ -48,6 +48,7 @@ async def serve(config: settings_module.Settings) -> int:
     app, services = make_app(config, mongo_uri)
     try:
         await services.start()
+        tune_gc()
         context = tls_context(config.tls_cert, config.tls_key) if config.tls_cert and config.tls_key else None
         server = HTTPServer(app, ssl_options=context,
                             max_body_size=config.file_max_bytes + 1024 * 1024, idle_connection_timeout=75)

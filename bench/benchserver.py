@@ -18,7 +18,7 @@ def _serve(ready: Any, port_out: Any, data_dir: str, env: dict[str, str], discar
 
     import settings
     from embedded_mongo.launcher import ChildStore
-    from server.app import make_app
+    from server.app import make_app, tune_gc
 
     @stream_request_body
     class Discard(RequestHandler):
@@ -37,12 +37,14 @@ def _serve(ready: Any, port_out: Any, data_dir: str, env: dict[str, str], discar
         app, services = make_app(config)
         if discard:
             app.add_handlers(r".*", [(r"/bench/discard", Discard)])
-        if baseline:  # as before the reconnect work: every replay from MongoDB, every socket's token looked up
+        if baseline:  # as before the reconnect work: every replay from MongoDB, every token looked up, CPython's GC
             from server.recent import Recent
 
             services.realtime.hub.recent = Recent(0)
             services.auth.vouch = lambda user_id, sid: None  # type: ignore[method-assign]
         await services.start()
+        if not baseline:
+            tune_gc()  # as run.py does
         sockets = bind_sockets(0, "127.0.0.1", backlog=4096)
         HTTPServer(app, max_body_size=64 * 1024 * 1024).add_sockets(sockets)
         stop = asyncio.Event()
