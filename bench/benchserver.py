@@ -8,10 +8,12 @@ import multiprocessing
 import os
 import signal
 import tempfile
+import tracemalloc
 from typing import Any
 
 
-def _serve(ready: Any, port_out: Any, data_dir: str, env: dict[str, str], discard: bool, baseline: bool) -> None:
+def _serve(ready: Any, port_out: Any, data_dir: str, env: dict[str, str], discard: bool, baseline: bool,
+           profile_memory: bool) -> None:
     from tornado.httpserver import HTTPServer
     from tornado.netutil import bind_sockets
     from tornado.web import RequestHandler, stream_request_body
@@ -45,6 +47,8 @@ def _serve(ready: Any, port_out: Any, data_dir: str, env: dict[str, str], discar
         await services.start()
         if not baseline:
             tune_gc()  # as run.py does
+        if profile_memory:
+            tracemalloc.start()
         sockets = bind_sockets(0, "127.0.0.1", backlog=4096)
         HTTPServer(app, max_body_size=64 * 1024 * 1024).add_sockets(sockets)
         stop = asyncio.Event()
@@ -52,20 +56,30 @@ def _serve(ready: Any, port_out: Any, data_dir: str, env: dict[str, str], discar
         port_out.put(sockets[0].getsockname()[1])
         ready.set()
         await stop.wait()
+        if profile_memory:
+            snapshot = tracemalloc.take_snapshot()
+            total = sum(stat.size for stat in snapshot.statistics("filename"))
+            print(f"memory profile (tracemalloc, allocated since start-up and still live): {total / 1024 / 1024:.1f} "
+                  "MiB; top sites:", flush=True)
+            for stat in snapshot.statistics("lineno")[:15]:
+                frame = stat.traceback[0]
+                print(f"  {stat.size / 1024 / 1024:7.2f} MiB {stat.count:8d} blocks  {frame.filename}:{frame.lineno}",
+                      flush=True)
         await services.close()
         store.stop()  # the store runs in its own session: nothing else would stop it
 
     asyncio.run(main())
 
 
-def start(env: dict[str, str] | None = None, discard: bool = False,
-          baseline: bool = False) -> tuple[multiprocessing.Process, str]:
+def start(env: dict[str, str] | None = None, discard: bool = False, baseline: bool = False,
+          profile_memory: bool = False) -> tuple[multiprocessing.Process, str]:
     """The server process and its base URL; ``baseline`` turns off the replay
     cache and the socket's token vouching, for a before/after in one run."""
     ctx = multiprocessing.get_context("spawn")
     ready, ports = ctx.Event(), ctx.Queue()
     data_dir = tempfile.mkdtemp(prefix="bench-server-")
-    process = ctx.Process(target=_serve, args=(ready, ports, data_dir, env or {}, discard, baseline), daemon=True)
+    process = ctx.Process(target=_serve, args=(ready, ports, data_dir, env or {}, discard, baseline, profile_memory),
+                          daemon=True)
     process.start()
     if not ready.wait(120):
         raise RuntimeError("the bench server did not start")

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import platform
 import sys
@@ -25,24 +24,13 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench import benchserver
-from bench.harness import Generators, ms
+from bench.harness import Generators, ms, public_rooms, sign_in
 
 
 async def setup(base: str, users: int, rooms: int) -> tuple[list[str], list[str]]:
     """Tokens of ``users`` users and the channels of ``rooms`` public rooms."""
-    from tornado.httpclient import AsyncHTTPClient
-
-    http = AsyncHTTPClient(max_clients=16)
-    headers = {"Content-Type": "application/json"}
-    replies = await asyncio.gather(*(http.fetch(base + "/api/v1/auth/dev", method="POST", headers=headers,
-                                                body=json.dumps({"name": f"chat{n}"})) for n in range(users)))
-    tokens = [json.loads(r.body)["access_token"] for r in replies]
-    channels = []
-    for n in range(rooms):
-        reply = await http.fetch(base + "/api/v1/rooms", method="POST", body=json.dumps({"name": f"room {n}",
-                                 "public": True}), headers={**headers, "Authorization": f"Bearer {tokens[n]}"})
-        channels.append("room:" + json.loads(reply.body)["id"])
-    return tokens, channels
+    tokens = await sign_in(base, users, "chat")
+    return tokens, await public_rooms(base, tokens, rooms)
 
 
 def main(args: argparse.Namespace) -> None:

@@ -29,7 +29,7 @@ class Generators:
     tokens' count allows) and of ``channels``."""
 
     def __init__(self, url: str, tokens: list[str], dialect: str, sessions: int, workers: int, channels: list[str],
-                 seconds: float, sample_every: int) -> None:
+                 seconds: float, sample_every: int, shared: list[str] | None = None) -> None:
         ctx = multiprocessing.get_context("spawn")
         self.reports = ctx.Queue()
         self.commands = [ctx.Queue() for _ in range(workers)]
@@ -37,7 +37,7 @@ class Generators:
         self.processes = [
             ctx.Process(target=run_worker, args=(url, tokens[i::workers] or tokens, n, channels, seconds,
                                                  self.commands[i], self.reports,
-                                                 sample_every, dialect, f"127.0.0.{2 + i}"), daemon=True)
+                                                 sample_every, dialect, f"127.0.0.{2 + i}", shared), daemon=True)
             for i, n in enumerate(shares)]
         self.timeout = seconds
         for process in self.processes:
@@ -104,3 +104,29 @@ async def publish_at(url: str, rate: float, seconds: float, body: Any, headers: 
     for outcome in await asyncio.gather(*pending, return_exceptions=True):
         failed += isinstance(outcome, Exception)
     return sent, failed
+
+
+async def sign_in(base: str, count: int, prefix: str) -> list[str]:
+    """Access tokens of ``count`` development users (``prefix`` 0, 1, 2...)."""
+    from tornado.httpclient import AsyncHTTPClient
+
+    http = AsyncHTTPClient(max_clients=16)
+    headers = {"Content-Type": "application/json"}
+    replies = await asyncio.gather(*(http.fetch(base + "/api/v1/auth/dev", method="POST", headers=headers,
+                                                body=json.dumps({"name": f"{prefix}{n}"})) for n in range(count)))
+    return [json.loads(r.body)["access_token"] for r in replies]
+
+
+async def public_rooms(base: str, tokens: list[str], count: int) -> list[str]:
+    """The channels of ``count`` public rooms, created by the first users."""
+    from tornado.httpclient import AsyncHTTPClient
+
+    http = AsyncHTTPClient(max_clients=16)
+    channels = []
+    for n in range(count):
+        reply = await http.fetch(base + "/api/v1/rooms", method="POST",
+                                 body=json.dumps({"name": f"room {n}", "public": True}),
+                                 headers={"Content-Type": "application/json",
+                                          "Authorization": f"Bearer {tokens[n % len(tokens)]}"})
+        channels.append("room:" + json.loads(reply.body)["id"])
+    return channels

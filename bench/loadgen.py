@@ -86,6 +86,7 @@ class Session(asyncio.Protocol):
         self.upgraded = False  # the 101 arrived
         self.ready: asyncio.Future[bool] = asyncio.get_running_loop().create_future()  # subscribed (or failed)
         self.subscribing = False  # the subscribe reply is due
+        self.shared_due = 0  # subscribe replies of the worker's shared channels still due
         self.behind = False  # not yet at the worker's target seq
         self.next_id = 1  # command ids
         self.acks: dict[int, float] = {}  # publish command id -> when it was sent
@@ -158,8 +159,13 @@ class Session(asyncio.Protocol):
             if self.last:
                 command["since"] = self.last
             self.send(1, ujson.dumps(command).encode())
+            self.shared_due = len(self.worker.shared)
+            for index, channel in enumerate(self.worker.shared, 1):  # held only: their pushes are not tracked
+                self.send(1, ujson.dumps({"id": -index, "op": "subscribe", "channel": channel}).encode())
 
     def _subscribed(self) -> None:
+        if self.subscribing or self.shared_due:
+            return
         if not self.ready.done():
             self.ready.set_result(True)
 
@@ -201,6 +207,13 @@ class Session(asyncio.Protocol):
 
     def _reply(self, payload: bytes) -> None:
         reply = ujson.loads(payload)
+        if reply["id"] < 0 and self.shared_due:  # a shared channel's subscribe reply
+            if "result" not in reply:
+                self._fail()
+                return
+            self.shared_due -= 1
+            self._subscribed()
+            return
         if reply["id"] == 0 and self.subscribing:  # the subscribe reply, with its replay
             if "result" not in reply:
                 self._fail()
@@ -257,7 +270,7 @@ class Worker:
     """One load-generator process: its sessions and counters."""
 
     def __init__(self, url: str, tokens: list[str], dialect: str, channels: list[str], sample_every: int,
-                 source: str) -> None:
+                 source: str, shared: list[str] | None = None) -> None:
         parts = urlsplit(url)
         if parts.hostname not in ("127.0.0.1", "localhost"):
             raise ValueError("the load generator connects to loopback only")
@@ -266,6 +279,7 @@ class Worker:
         self.tokens = tokens or [""]  # session i sends tokens[i % len(tokens)] as a bearer token
         self.dialect = dialect  # ours, plain or socketio
         self.channels = channels  # session i subscribes to channels[i % len(channels)] (ours)
+        self.shared = shared or []  # and every session to each of these (ours)
         self.sample_every = max(1, sample_every)  # every Nth delivery's latency
         self.source = source  # 127.0.0.N
         self.counts = Counts()
@@ -325,8 +339,8 @@ class Worker:
 
 
 async def _worker(url: str, tokens: list[str], dialect: str, sessions: int, channels: list[str], seconds: float,
-                  commands: Any, reports: Any, sample_every: int, source: str) -> None:
-    worker = Worker(url, tokens, dialect, channels, sample_every, source)
+                  commands: Any, reports: Any, sample_every: int, source: str, shared: list[str]) -> None:
+    worker = Worker(url, tokens, dialect, channels, sample_every, source, shared)
     started = time.perf_counter()
     await worker.open([Session(worker, channels[i % len(channels)] if channels else "",
                                worker.tokens[i % len(worker.tokens)]) for i in range(sessions)])
@@ -390,6 +404,8 @@ def _poll(commands: Any) -> tuple[str, Any] | None:
 
 
 def run_worker(url: str, tokens: list[str], sessions: int, channels: list[str], seconds: float, commands: Any,
-               reports: Any, sample_every: int = 1, dialect: str = "ours", source: str = "127.0.0.1") -> None:
+               reports: Any, sample_every: int = 1, dialect: str = "ours", source: str = "127.0.0.1",
+               shared: list[str] | None = None) -> None:
     """Entry point of one load-generator process."""
-    asyncio.run(_worker(url, tokens, dialect, sessions, channels, seconds, commands, reports, sample_every, source))
+    asyncio.run(_worker(url, tokens, dialect, sessions, channels, seconds, commands, reports, sample_every, source,
+                        shared or []))

@@ -33,22 +33,11 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench import benchserver
-from bench.harness import API_KEY, Generators
+from bench.harness import API_KEY, Generators, sign_in
 from bench.loadgen import PAD
 
 CHANNEL = "feed:storm"
 PER_USER = 5  # the contract's WS_MAX_PER_USER
-
-
-async def sign_in(base: str, count: int) -> list[str]:
-    """``count`` development users' access tokens."""
-    from tornado.httpclient import AsyncHTTPClient
-
-    http = AsyncHTTPClient(max_clients=16)
-    headers = {"Content-Type": "application/json"}
-    replies = await asyncio.gather(*(http.fetch(base + "/api/v1/auth/dev", method="POST", headers=headers,
-                                                body=json.dumps({"name": f"storm{n}"})) for n in range(count)))
-    return [json.loads(r.body)["access_token"] for r in replies]
 
 
 async def publish(base: str, count: int) -> int:
@@ -71,7 +60,7 @@ def storm(args: argparse.Namespace, baseline: bool) -> dict[str, Any]:
     pid = process.pid or 0
     print(f"[{label}] server pid {pid}", flush=True)
     users = (args.sessions + PER_USER - 1) // PER_USER
-    tokens = asyncio.run(sign_in(base, users))
+    tokens = asyncio.run(sign_in(base, users, "storm"))
     asyncio.run(publish(base, 10))  # the feed has a history before the storm
     url = base.replace("http", "ws", 1) + "/ws"
     generators = Generators(url, tokens, "ours", args.sessions, args.workers, [CHANNEL], 600, 1)
