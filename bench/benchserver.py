@@ -86,11 +86,17 @@ def start(env: dict[str, str] | None = None, discard: bool = False, baseline: bo
     return process, f"http://127.0.0.1:{ports.get()}"
 
 
-def cpu_seconds(pid: int) -> float:
-    """User plus system CPU time of a process so far."""
+def cpu_times(pid: int) -> tuple[float, float]:
+    """User and system (kernel) CPU time of a process so far."""
     with open(f"/proc/{pid}/stat") as stat:
         fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of a process so far."""
+    return sum(cpu_times(pid))
 
 
 def rss_kib(pid: int) -> int:

@@ -56,7 +56,7 @@ def main(args: argparse.Namespace) -> None:
             latencies: list[float] = []
             last_progress, cpu_at = wall0, cpu0
             while True:
-                time.sleep(1.0)
+                time.sleep(0.25)
                 counts = generators.collect()
                 now = time.perf_counter()
                 if counts.acked or counts.deliveries:

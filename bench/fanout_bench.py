@@ -111,20 +111,23 @@ def run(kind: str, args: argparse.Namespace) -> dict[str, Any]:
         for rate in rates:
             seconds = min(args.seconds, args.budget / (rate * max(opened, 1)))
             cpu0, wall0 = benchserver.cpu_seconds(pid), time.perf_counter()
+            system0 = benchserver.cpu_times(pid)[1]
             sent, timed_out = asyncio.run(publish_at(publish_url, rate, seconds, body_for(kind, numbered), headers))
             numbered += sent
             published = time.perf_counter() - wall0
             expected = (sent - timed_out) * opened
-            deliveries, latencies, by_seq, doubled, closed = 0, [], {}, 0, 0  # type: ignore[var-annotated]
+            deliveries, latencies, by_seq, reordered, closed = 0, [], {}, 0, 0  # type: ignore[var-annotated]
             last_progress, cpu_at_progress = time.perf_counter(), benchserver.cpu_seconds(pid)
+            system_at_progress = benchserver.cpu_times(pid)[1]
             while True:
                 counts = generators.collect()
                 now = time.perf_counter()
                 if counts.deliveries:
                     last_progress, cpu_at_progress = now, benchserver.cpu_seconds(pid)
+                    system_at_progress = benchserver.cpu_times(pid)[1]
                 deliveries += counts.deliveries
                 latencies += counts.latencies
-                doubled += counts.doubled
+                reordered += counts.doubled  # a seq at or below the last one the session saw
                 closed += counts.closed
                 for seq, n in counts.by_seq.items():
                     by_seq[seq] = by_seq.get(seq, 0) + n
@@ -138,17 +141,21 @@ def run(kind: str, args: argparse.Namespace) -> dict[str, Any]:
             cpu = cpu_at_progress - cpu0
             latencies.sort()
             complete = sum(1 for n in by_seq.values() if n == opened)
+            doubled = sum(max(0, n - opened) for n in by_seq.values())
             sustained = (timed_out == 0 and complete == sent - timed_out and not doubled
                          and deliveries / max(wall, 1e-9) >= 0.9 * rate * opened)
             per = cpu / max(deliveries, 1) * 1e6
+            kernel = (system_at_progress - system0) / max(deliveries, 1) * 1e6
             figures["rates"][rate] = {"deliveries_s": deliveries / max(wall, 1e-9), "us": per,
                                       "p50": ms(latencies, 0.5), "p99": ms(latencies, 0.99),
                                       "sustained": sustained}
             print(f"[{kind}] {rate:5d} msg/s asked, {sent} published in {published:.1f} s: "
-                  f"{deliveries / max(wall, 1e-9):8.0f} deliveries/s, {per:6.2f} us server CPU per delivery, "
+                  f"{deliveries / max(wall, 1e-9):8.0f} deliveries/s, {per:6.2f} us server CPU per delivery "
+                  f"({kernel:.2f} in the kernel), "
                   f"latency p50 {ms(latencies, 0.5)} ms p99 {ms(latencies, 0.99)} ms max "
                   f"{(latencies[-1] if latencies else float('nan')) * 1e3:.1f} ms; {complete}/{sent} messages to "
-                  f"every session, {doubled} doubled, {closed} sessions closed, {timed_out} publishes failed; "
+                  f"every session, {doubled} received twice, {reordered} after a later one, {closed} sessions closed, "
+                  f"{timed_out} publishes failed; "
                   f"{'sustained' if sustained else 'NOT sustained'}", flush=True)
             if complete < sent - timed_out:
                 break  # not even delivered within --drain: a higher rate would only queue more

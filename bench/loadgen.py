@@ -39,6 +39,7 @@ import ujson
 CONNECTING = 64  # handshakes in flight per process: the ramp measures the server, not a queue
 SEQ = b'"seq":'
 T = b'"t":'
+SHARED_IDS = 2**40  # command ids above this subscribe the shared channels
 PAD = "x" * 100  # a message of about 140 bytes of data, as the fan-out bench sends
 
 
@@ -161,7 +162,7 @@ class Session(asyncio.Protocol):
             self.send(1, ujson.dumps(command).encode())
             self.shared_due = len(self.worker.shared)
             for index, channel in enumerate(self.worker.shared, 1):  # held only: their pushes are not tracked
-                self.send(1, ujson.dumps({"id": -index, "op": "subscribe", "channel": channel}).encode())
+                self.send(1, ujson.dumps({"id": SHARED_IDS + index, "op": "subscribe", "channel": channel}).encode())
 
     def _subscribed(self) -> None:
         if self.subscribing or self.shared_due:
@@ -207,7 +208,10 @@ class Session(asyncio.Protocol):
 
     def _reply(self, payload: bytes) -> None:
         reply = ujson.loads(payload)
-        if reply["id"] < 0 and self.shared_due:  # a shared channel's subscribe reply
+        if reply["id"] is None:  # the server could not read a command
+            self._fail()
+            return
+        if reply["id"] > SHARED_IDS and self.shared_due:  # a shared channel's subscribe reply
             if "result" not in reply:
                 self._fail()
                 return

@@ -104,25 +104,22 @@ class Session:
             if seq <= self.channels.get(channel, 0):
                 return False
             self.channels[channel] = seq
-        outbox = self.outbox
-        if outbox is None:
-            self.outbox = [frame]
-            self.realtime.hub.queued(self)
-        else:
-            outbox.append(frame)
+        self._queue(frame)
         return True
 
     def send(self, payload: bytes | str) -> bool:
         """Queues a reply, in order with the pushes before it."""
         if self.closed:
             return False
-        frame = text_frame(payload.encode() if isinstance(payload, str) else payload)
+        self._queue(text_frame(payload.encode() if isinstance(payload, str) else payload))
+        return True
+
+    def _queue(self, frame: bytes) -> None:
         if self.outbox is None:
             self.outbox = [frame]
-            self.realtime.hub.queued(self)
+            self.realtime.hub.queued(self)  # the hub flushes every queued session at the end of the loop turn
         else:
             self.outbox.append(frame)
-        return True
 
     def flush(self) -> None:
         """Writes what this loop turn queued, as one write: several messages for
