@@ -83,6 +83,7 @@ def run(kind: str, args: argparse.Namespace) -> dict[str, Any]:
     rates = [int(r) for r in args.rates.split(",")]
     process, publish_url, ws_url, dialect, token = start(kind, args.subscribers)
     pid = process.pid or 0
+    print(f"[{kind}] server pid {pid}", flush=True)
     figures: dict[str, Any] = {"server": kind, "rates": {}}
     rss_before = benchserver.rss_kib(pid)
     cpu0 = benchserver.cpu_seconds(pid)

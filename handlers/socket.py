@@ -4,6 +4,7 @@ moves frames between the socket and its ``server.session.Session``."""
 from __future__ import annotations
 
 import logging
+import socket
 from typing import TYPE_CHECKING, Any
 
 import ujson
@@ -29,6 +30,8 @@ class SocketHandler(WebSocketHandler):
         self.route = route  # for logs and metrics
         self.principal: Principal | None = None  # who connected
         self.session: Session | None = None  # the protocol state, once open
+        self._stream: Any = None  # the connection's IOStream, once open
+        self._socket: socket.socket | None = None  # its socket when plain TCP: frames are written to it directly
 
     def check_origin(self, origin: str) -> bool:
         return True  # tokens, not cookies, authenticate: another origin gains nothing
@@ -46,6 +49,9 @@ class SocketHandler(WebSocketHandler):
 
     def open(self, *args: Any, **kwargs: Any) -> None:
         assert self.principal is not None
+        stream = getattr(self.ws_connection, "stream", None)
+        self._stream = stream  # the connection's IOStream, for send_frame and pending
+        self._socket = None if stream is None or isinstance(stream, SSLIOStream) else stream.socket  # plain TCP
         self.session = self.services.realtime.open(self.principal, self)
 
     async def on_message(self, message: str | bytes) -> None:
@@ -60,17 +66,15 @@ class SocketHandler(WebSocketHandler):
 
     def send_frame(self, frame: bytes) -> bool:
         """A pre-built frame straight to the socket when nothing is queued before
-        it (no Future, no task, no buffer copy); through the stream otherwise.
-        True when it is all on the socket already."""
+        it (no Future, no task, no buffer copy); through the stream otherwise
+        (and always under TLS). True when it is all on the socket already."""
         connection = self.ws_connection
-        if connection is None or connection.is_closing():
+        if connection is None or connection.is_closing():  # is_closing covers a closed stream
             return True
-        stream = getattr(connection, "stream", None)
-        if stream is None or stream.closed():
-            return True
-        if not isinstance(stream, SSLIOStream) and not self.pending():
+        stream = self._stream
+        if self._socket is not None and stream._total_write_index == stream._total_write_done_index:
             try:
-                sent = stream.socket.send(frame)
+                sent = self._socket.send(frame)
             except BlockingIOError:
                 sent = 0
             except OSError:
@@ -85,7 +89,7 @@ class SocketHandler(WebSocketHandler):
         return None  # pre-built frames are uncompressed: never negotiate permessage-deflate
 
     def pending(self) -> int:
-        stream = getattr(self.ws_connection, "stream", None)
+        stream = self._stream
         if stream is None:
             return 0
         return int(stream._total_write_index - stream._total_write_done_index)

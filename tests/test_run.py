@@ -19,6 +19,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from websockets.sync.client import connect
 
 from tests.mongo_process import ROOT
 from tests.test_settings import PRODUCTION
@@ -63,10 +64,12 @@ class RunProcess:
 
 
 def _fetch(url: str, body: dict | None = None, token: str | None = None,
-           context: ssl.SSLContext | None = None) -> tuple[int, dict]:
+           context: ssl.SSLContext | None = None, api_key: str | None = None) -> tuple[int, dict]:
     headers = {"Content-Type": "application/json"}
     if token:
         headers["Authorization"] = f"Bearer {token}"
+    if api_key:
+        headers["X-API-Key"] = api_key
     request = urllib.request.Request(url, data=json.dumps(body).encode() if body is not None else None,
                                      headers=headers, method="POST" if body is not None else "GET")
     try:
@@ -170,16 +173,27 @@ def test_tls_context_refuses_below_tls_1_2(tmp_path) -> None:
 
 @pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1_1 is deprecated")
 def test_tls_serves_https_with_tls_1_2_or_newer(tmp_path, store) -> None:
-    """With TLS_CERT and TLS_KEY, run.py serves HTTPS; a client held to TLS 1.1 cannot connect."""
+    """With TLS_CERT and TLS_KEY, run.py serves HTTPS and WSS; a client held to TLS 1.1 cannot connect."""
     cert, key = _self_signed(tmp_path)
     run = RunProcess({"DATA_DIR": str(tmp_path), "MONGO_URI": store.uri, "MONGO_DB": "run_tls",
-                      "TLS_CERT": cert, "TLS_KEY": key})
+                      "TLS_CERT": cert, "TLS_KEY": key, "API_KEYS": "tls-key"})
     try:
         url = run.wait_serving()
         assert url.startswith("https://")
         context = ssl.create_default_context(cafile=cert)
         _wait_ready(url, context)
         assert _fetch(url + "/healthz", context=context)[0] == 200
+        # wss://: replies and pushes go through the TLS stream (pre-built frames included)
+        status, tokens = _fetch(url + "/api/v1/auth/dev", {"name": "tls"}, context=context)
+        assert status == 200
+        with connect(url.replace("https", "wss", 1) + "/ws", ssl=context,
+                     additional_headers={"Authorization": f"Bearer {tokens['access_token']}"}) as socket:
+            socket.send(json.dumps({"id": 1, "op": "subscribe", "channel": "feed:tls"}))
+            assert json.loads(socket.recv(10))["result"]["seq"] == 0
+            assert _fetch(url + "/api/v1/server/publish", {"channel": "feed:tls", "data": {"n": 1}},
+                          context=context, api_key="tls-key")[0] == 200
+            push = json.loads(socket.recv(10))
+            assert push["push"] == "message" and push["message"]["data"] == {"n": 1}
         old = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         old.load_verify_locations(cert)
         old.minimum_version = ssl.TLSVersion.MINIMUM_SUPPORTED
