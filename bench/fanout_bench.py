@@ -42,7 +42,7 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench import benchserver, peers
-from bench.harness import API_KEY, Generators, ms, publish_at
+from bench.harness import API_KEY, Generators, ms, publish_at, ramp
 from bench.loadgen import PAD
 
 CHANNEL = "feed:bench"
@@ -92,17 +92,13 @@ def run(kind: str, args: argparse.Namespace) -> dict[str, Any]:
     generators = Generators(ws_url, [token], dialect, args.subscribers, args.workers, [CHANNEL], lifetime,
                             args.sample)
     try:
-        opened, failed = generators.ready()
-        ramp = time.perf_counter() - ramp_start
-        ramp_cpu = benchserver.cpu_seconds(pid) - cpu0
-        time.sleep(2)
-        rss_after = benchserver.rss_kib(pid)
-        idle0 = benchserver.cpu_seconds(pid)
-        time.sleep(5)
-        idle = (benchserver.cpu_seconds(pid) - idle0) / 5
-        figures.update(opened=opened, ramp_rate=opened / ramp, accept_us=ramp_cpu / max(opened, 1) * 1e6,
+        held = ramp(generators, pid, cpu0, ramp_start, 5)
+        opened, failed, rss_after, idle = held.opened, held.failed, held.rss_after, held.idle
+        ramp_seconds, ramp_cpu = held.seconds, held.cpu
+        figures.update(opened=opened, ramp_rate=opened / ramp_seconds, accept_us=ramp_cpu / max(opened, 1) * 1e6,
                        rss_kib=(rss_after - rss_before) / max(opened, 1), idle=idle)
-        print(f"[{kind}] ramp: {opened} sessions ({failed} failed) in {ramp:.1f} s = {opened / ramp:.0f}/s, "
+        print(f"[{kind}] ramp: {opened} sessions ({failed} failed) in {ramp_seconds:.1f} s = "
+              f"{opened / ramp_seconds:.0f}/s, "
               f"server CPU {ramp_cpu / max(opened, 1) * 1e6:.0f} us per accepted session; RSS "
               f"{rss_before / 1024:.0f} -> {rss_after / 1024:.0f} MiB = {figures['rss_kib']:.1f} KiB per session; "
               f"idle CPU {idle * 100:.1f}% of a core", flush=True)

@@ -7,8 +7,10 @@ import asyncio
 import json
 import multiprocessing
 import time
+from dataclasses import dataclass
 from typing import Any
 
+from bench import benchserver
 from bench.loadgen import Counts, run_worker
 
 API_KEY = "bench-api-key"  # the bench server's API_KEYS
@@ -130,3 +132,27 @@ async def public_rooms(base: str, tokens: list[str], count: int) -> list[str]:
                                           "Authorization": f"Bearer {tokens[n % len(tokens)]}"})
         channels.append("room:" + json.loads(reply.body)["id"])
     return channels
+
+
+@dataclass
+class Ramp:
+    """What opening the sessions cost the server, and what holding them costs."""
+
+    opened: int  # sessions subscribed
+    failed: int  # sessions that could not connect or subscribe
+    seconds: float  # from the first connect to the last subscribe reply
+    cpu: float  # server CPU seconds over the ramp
+    rss_after: int  # server RSS (KiB) once they are all held
+    idle: float  # server CPU share of one core while they sit idle
+
+
+def ramp(generators: Generators, pid: int, cpu0: float, started: float, idle_seconds: float) -> Ramp:
+    """Waits for the sessions, lets the server settle, then watches it idle."""
+    opened, failed = generators.ready()
+    seconds = time.perf_counter() - started
+    cpu = benchserver.cpu_seconds(pid) - cpu0
+    time.sleep(2)
+    rss_after = benchserver.rss_kib(pid)
+    idle0 = benchserver.cpu_seconds(pid)
+    time.sleep(idle_seconds)
+    return Ramp(opened, failed, seconds, cpu, rss_after, (benchserver.cpu_seconds(pid) - idle0) / idle_seconds)

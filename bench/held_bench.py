@@ -31,7 +31,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench import benchserver
-from bench.harness import Generators, public_rooms, sign_in
+from bench.harness import Generators, public_rooms, ramp, sign_in
 
 PER_USER = 5  # the contract's WS_MAX_PER_USER
 
@@ -51,17 +51,12 @@ def main(args: argparse.Namespace) -> None:
     generators = Generators(base.replace("http", "ws", 1) + "/ws", tokens, "ours", args.sessions, args.workers,
                             rooms, 300 + args.sessions / 50 + args.idle, 1, shared=["feed:all"])
     try:
-        opened, failed = generators.ready()
-        ramp = time.perf_counter() - started
-        ramp_cpu = benchserver.cpu_seconds(pid) - cpu0
-        time.sleep(3)
-        rss_after = benchserver.rss_kib(pid)
-        idle0 = benchserver.cpu_seconds(pid)
-        time.sleep(args.idle)
-        idle = (benchserver.cpu_seconds(pid) - idle0) / args.idle
+        held = ramp(generators, pid, cpu0, started, args.idle)
+        opened, failed, rss_after, idle = held.opened, held.failed, held.rss_after, held.idle
         closed = generators.collect().closed
-        print(f"ramp: {opened} sessions of {users} users ({failed} failed) in {ramp:.1f} s = {opened / ramp:.0f} "
-              f"sessions/s; server CPU {ramp_cpu / max(opened, 1) * 1e6:.0f} us per accepted session (handshake, "
+        print(f"ramp: {opened} sessions of {users} users ({failed} failed) in {held.seconds:.1f} s = "
+              f"{opened / held.seconds:.0f} sessions/s; server CPU {held.cpu / max(opened, 1) * 1e6:.0f} us per "
+              f"accepted session (handshake, "
               f"token check, two subscribes)", flush=True)
         print(f"held: server RSS {rss_before / 1024:.0f} MiB -> {rss_after / 1024:.0f} MiB = "
               f"{(rss_after - rss_before) / max(opened, 1):.1f} KiB per session; idle CPU {idle * 100:.1f}% of a core "
