@@ -162,7 +162,12 @@ class Hub:
     def flush(self) -> None:
         queued, self._queued = self._queued, []
         for session in queued:
-            session.flush()
+            try:
+                session.flush()
+            except Exception:  # one broken connection must not stall the others' writes
+                log.exception("write failed", extra=fields(user=session.user))
+                session.outbox = None
+                session.close(CloseCode.INTERNAL, "the server could not write to this connection")
 
     def log_close(self, session: Session, code: int, reason: str) -> None:
         self.metrics.ws_closed.labels(str(code)).inc()

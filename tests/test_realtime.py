@@ -623,3 +623,25 @@ async def test_a_member_removed_in_mongodb_loses_access_within_the_access_window
     client[environ["MONGO_DB"]].rooms.update_one({"_id": room_id}, {"$pull": {"members": bob["user"]["id"]}})
     await asyncio.sleep(0.6)
     assert (await b.call("publish", channel=channel, data={"t": 2}))["error"]["code"] == "forbidden"
+
+
+@pytest.mark.gen_test
+async def test_a_connection_whose_write_fails_is_closed_and_the_others_still_receive(login, connect, server_api,
+                                                                                     services) -> None:
+    """A write that raises (a broken transport) closes that connection with 1011; the same fan-out still
+    reaches every other subscriber, and later messages too."""
+    alice, bob = await login("alice"), await login("bob")
+    a, b = await connect(alice["access_token"]), await connect(bob["access_token"])
+    for client in (a, b):
+        await client.call("subscribe", channel="feed:writes")
+    broken = next(s for s in services.realtime.hub.subscribers["feed:writes"] if s.user == alice["user"]["id"])
+
+    def fail(frame: bytes) -> bool:
+        raise RuntimeError("a broken transport")
+
+    broken.transport.send_frame = fail  # type: ignore[method-assign]
+    await _publish(server_api, "feed:writes", 2)
+    assert [m["seq"] for m in await b.messages(2)] == [1, 2]
+    assert broken.closed
+    await _publish(server_api, "feed:writes", 1, start=2)
+    assert (await b.push())["message"]["seq"] == 3
