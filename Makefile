@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test store lint bench clean
+.PHONY: run test store lint bench bench-realtime clean
 
 $(STAMP): requirements.txt requirements-test.txt
 	@$(PYTHON) -c 'import sys; sys.exit("Python 3.11 or newer is needed") if sys.version_info < (3, 11) else None'
@@ -29,6 +29,15 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/embedded_mongo_bench.py
+
+# The real-time benchmarks (about 15 minutes on 2 cores): bench/README.md.
+bench-realtime: $(STAMP)
+	$(BIN)/python -m pip install --quiet -r requirements-bench.txt
+	$(BIN)/python bench/fanout_bench.py
+	$(BIN)/python bench/held_bench.py
+	$(BIN)/python bench/storm_bench.py --baseline
+	$(BIN)/python bench/chat_bench.py
+	$(BIN)/python bench/storage_bench.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
