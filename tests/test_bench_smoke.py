@@ -1,0 +1,33 @@
+"""The benchmarks' own machinery, run small: the load generator must count what the servers deliver (nothing
+lost, nothing twice) or its figures mean nothing. No timing is asserted: figures come from bench/ runs."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+from tests.mongo_process import ROOT
+
+
+def _bench(*args: str) -> str:
+    done = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+def test_fanout_bench_counts_every_delivery_for_ours_and_a_peer() -> None:
+    out = _bench("bench/fanout_bench.py", "--subscribers", "60", "--workers", "2", "--rates", "20",
+                 "--seconds", "1", "--drain", "20", "--servers", "ours,websockets")
+    lines = [line for line in out.splitlines() if "msg/s asked" in line]
+    assert len(lines) == 2, out
+    for line in lines:
+        sent = int(re.search(r"(\d+) published", line).group(1))
+        assert sent > 0 and f"{sent}/{sent} messages to every session, 0 received twice, 0 after a later one" in line
+    assert "60 sessions (0 failed)" in out and "websockets:" in out
+
+
+def test_storm_bench_recovers_every_missed_message_once() -> None:
+    out = _bench("bench/storm_bench.py", "--sessions", "40", "--missed", "15", "--workers", "2")
+    assert "40 of 40 sessions back (0 failed)" in out
+    assert "600 messages delivered (expected 600), 0 lost, 0 received twice" in out, out
