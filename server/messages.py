@@ -121,10 +121,15 @@ class Messages:
                 keys.add((request.sender, request.cid))
             first_of_cid.append(request)
         stored = await self._insert_batch(channel, first_of_cid)
+        failed: list[tuple[_Request, Exception]] = []
         for request in batch:
             published = stored.get(id(request))
-            if published is None:  # a repeated cid in the batch, or one that lost a race: as one publish
-                published = await self._store(channel, request.sender, request.data, request.cid)
+            if published is None:  # a repeated cid in the batch, or one the batch insert refused: as one publish
+                try:
+                    published = await self._store(channel, request.sender, request.data, request.cid)
+                except Exception as error:  # this publish alone fails; the others stand
+                    failed.append((request, error))
+                    continue
                 stored[id(request)] = published
                 if published.new and request.deliver is not None:
                     request.deliver(published.message)
@@ -136,6 +141,9 @@ class Messages:
         for request, published in answers:
             if not request.future.done():
                 request.future.set_result(published)
+        for request, refusal in failed:
+            if not request.future.done():
+                request.future.set_exception(refusal)
 
     async def _insert_batch(self, channel: str, batch: list[_Request]) -> dict[int, Published]:
         """Inserts ``batch`` at the next seqs with one ordered insert_many and
@@ -158,20 +166,19 @@ class Messages:
         try:
             await self._messages.insert_many(docs, ordered=True)
             inserted = len(docs)
-        except BulkWriteError as exc:
+            self._last[channel] = seq + inserted
+        except BulkWriteError as exc:  # ordered: everything before the first refused document is stored
             errors = exc.details.get("writeErrors", [])
-            if not errors or any(e.get("code") != 11000 for e in errors):
+            if not errors:
                 raise
             inserted = int(errors[0]["index"])
-            self._last.pop(channel, None)  # another process wrote here: read the seq again
+            self._last.pop(channel, None)  # maybe another process wrote here: read the seq again
         stored: dict[int, Published] = {}
         for request, doc in zip(batch[:inserted], docs[:inserted], strict=True):
             published = Published(public(doc), True)
             stored[id(request)] = published
             if request.deliver is not None:
                 request.deliver(published.message)
-        if inserted:
-            self._last[channel] = seq + inserted
         return stored
 
     async def _store(self, channel: str, sender: str, data: dict[str, Any], cid: str | None) -> Published:

@@ -645,3 +645,33 @@ async def test_a_connection_whose_write_fails_is_closed_and_the_others_still_rec
     assert broken.closed
     await _publish(server_api, "feed:writes", 1, start=2)
     assert (await b.push())["message"]["seq"] == 3
+
+
+@pytest.mark.gen_test
+async def test_a_publish_failing_inside_a_batch_fails_alone(services) -> None:
+    """A publish of a group-committed batch that fails on its own path gets its error; the rest of the batch
+    is stored, answered and delivered with seq unbroken."""
+    messages = services.realtime.messages
+    real_store = messages._store
+
+    async def failing_store(channel, sender, data, cid):  # type: ignore[no-untyped-def]
+        if data.get("fail"):
+            raise RuntimeError("this one fails")
+        return await real_store(channel, sender, data, cid)
+
+    messages._store = failing_store  # type: ignore[method-assign]
+    delivered: list[int] = []
+
+    def deliver(message: dict) -> None:
+        delivered.append(message["seq"])
+
+    try:
+        outcomes = await asyncio.gather(*(
+            messages.publish("feed:isolated", "server", data, cid, deliver)
+            for data, cid in (({"n": 0}, "a"), ({"n": 1}, "b"), ({"n": 2, "fail": True}, "b"), ({"n": 3}, "c"))),
+            return_exceptions=True)
+    finally:
+        messages._store = real_store  # type: ignore[method-assign]
+    assert isinstance(outcomes[2], RuntimeError)
+    assert [o.message["seq"] for o in outcomes if not isinstance(o, BaseException)] == [1, 2, 3]
+    assert delivered == [1, 2, 3]
