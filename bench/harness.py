@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bench import benchserver
-from bench.loadgen import Counts, run_worker
+from bench.loadgen import MAX_SESSIONS, Counts, run_worker
 
 API_KEY = "bench-api-key"  # the bench server's API_KEYS
 
@@ -36,6 +36,9 @@ class Generators:
         self.reports = ctx.Queue()
         self.commands = [ctx.Queue() for _ in range(workers)]
         shares = [sessions // workers + (1 if i < sessions % workers else 0) for i in range(workers)]
+        if max(shares) > MAX_SESSIONS:
+            needed = -(-sessions // MAX_SESSIONS)
+            raise ValueError(f"{sessions} sessions need at least {needed} load-generator processes")
         self.processes = [
             ctx.Process(target=run_worker, args=(url, tokens[i::workers] or tokens, n, channels, seconds,
                                                  self.commands[i], self.reports,

@@ -37,6 +37,7 @@ from urllib.parse import urlsplit
 import ujson
 
 CONNECTING = 64  # handshakes in flight per process: the ramp measures the server, not a queue
+MAX_SESSIONS = 19_000  # per process: each holds at most 20,000 descriptors here
 SEQ = b'"seq":'
 T = b'"t":'
 SHARED_IDS = 2**40  # command ids above this subscribe the shared channels
@@ -344,6 +345,8 @@ class Worker:
 
 async def _worker(url: str, tokens: list[str], dialect: str, sessions: int, channels: list[str], seconds: float,
                   commands: Any, reports: Any, sample_every: int, source: str, shared: list[str]) -> None:
+    if sessions > MAX_SESSIONS:
+        raise ValueError(f"at most {MAX_SESSIONS} sessions per load-generator process: use more processes")
     worker = Worker(url, tokens, dialect, channels, sample_every, source, shared)
     started = time.perf_counter()
     await worker.open([Session(worker, channels[i % len(channels)] if channels else "",
