@@ -23,7 +23,8 @@ def test_fanout_bench_counts_every_delivery_for_ours_and_a_peer() -> None:
     assert len(lines) == 2, out
     for line in lines:
         sent = int(re.search(r"(\d+) published", line).group(1))
-        assert sent > 0 and f"{sent}/{sent} messages to every session, 0 received twice, 0 after a later one" in line
+        assert sent > 0 and f"{sent}/{sent} messages to every session, 0 received twice" in line
+    assert "0 after a later one" in lines[0]  # ours keeps seq order; a peer may reorder concurrent publishes
     assert "60 sessions (0 failed)" in out and "websockets:" in out
 
 
