@@ -27,12 +27,6 @@ from bench import benchserver
 from bench.harness import Generators, ms, public_rooms, sign_in
 
 
-async def setup(base: str, users: int, rooms: int) -> tuple[list[str], list[str]]:
-    """Tokens of ``users`` users and the channels of ``rooms`` public rooms."""
-    tokens = await sign_in(base, users, "chat")
-    return tokens, await public_rooms(base, tokens, rooms)
-
-
 def main(args: argparse.Namespace) -> None:
     users = args.rooms * args.per_room
     print(f"# chat bench {time.strftime('%Y-%m-%d %H:%M')} on {platform.node()} ({os.cpu_count()} cores, Python "
@@ -40,7 +34,8 @@ def main(args: argparse.Namespace) -> None:
           f"socket; embedded store; {args.workers} load-generator processes", flush=True)
     process, base = benchserver.start({})
     pid = process.pid or 0
-    tokens, channels = asyncio.run(setup(base, users, args.rooms))
+    tokens = asyncio.run(sign_in(base, users, "chat"))
+    channels = asyncio.run(public_rooms(base, tokens, args.rooms))
     rates = [float(r) for r in args.rates.split(",")]
     generators = Generators(base.replace("http", "ws", 1) + "/ws", tokens, "ours", users, args.workers, channels,
                             120 + len(rates) * (args.seconds + 40), 1)

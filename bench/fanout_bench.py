@@ -31,28 +31,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import multiprocessing
 import os
 import platform
 import sys
 import time
-import urllib.request
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench import benchserver, peers
-from bench.harness import API_KEY, Generators, ms, publish_at, ramp
+from bench.harness import API_KEY, Generators, ms, publish_at, ramp, sign_in
 from bench.loadgen import PAD
 
 CHANNEL = "feed:bench"
 RSS_LIMIT_KIB = 8 * 1024 * 1024  # a server past this is stopped: these machines have 24 GiB
-
-
-def dev_token(base: str, name: str) -> str:
-    request = urllib.request.Request(base + "/api/v1/auth/dev", data=json.dumps({"name": name}).encode(),
-                                     headers={"Content-Type": "application/json"}, method="POST")
-    return str(json.loads(urllib.request.urlopen(request).read())["access_token"])
 
 
 def start(kind: str, subscribers: int) -> tuple[multiprocessing.Process, str, str, str, str]:
@@ -61,7 +53,7 @@ def start(kind: str, subscribers: int) -> tuple[multiprocessing.Process, str, st
         process, base = benchserver.start({"API_KEYS": API_KEY, "WS_MAX_PER_USER": str(subscribers + 10),
                                            "WS_PING_INTERVAL": str(peers.PING_SECONDS)})
         return (process, base + "/api/v1/server/publish", base.replace("http", "ws", 1) + "/ws", "ours",
-                dev_token(base, "bench"))
+                asyncio.run(sign_in(base, 1, "bench"))[0])
     process, base, ws_url, dialect = peers.start(kind)
     return process, base + "/publish", ws_url, dialect, ""
 

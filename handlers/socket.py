@@ -71,8 +71,7 @@ class SocketHandler(WebSocketHandler):
         connection = self.ws_connection
         if connection is None or connection.is_closing():  # is_closing covers a closed stream
             return True
-        stream = self._stream
-        if self._socket is not None and stream._total_write_index == stream._total_write_done_index:
+        if self._socket is not None and not self.pending():
             try:
                 sent = self._socket.send(frame)
             except BlockingIOError:
@@ -82,7 +81,7 @@ class SocketHandler(WebSocketHandler):
             if sent == len(frame):
                 return True
             frame = frame[sent:]
-        stream.write(frame)
+        self._stream.write(frame)
         return False
 
     def get_compression_options(self) -> None:

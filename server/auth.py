@@ -120,8 +120,12 @@ class Auth:
             return
         if len(self._vouched) >= 100_000:  # a sweep now and then keeps the map to live sessions
             self._vouched = {k: v for k, v in self._vouched.items() if v[1] > now}
-            self._revoked = {k: t for k, t in self._revoked.items() if t > now - 2 * VOUCH_SECONDS}
+            self._forget_old_revocations(now)
         self._vouched[sid] = (user_id, now + VOUCH_SECONDS)
+
+    def _forget_old_revocations(self, now: float) -> None:
+        """Revocations older than any vouch that could still be alive are not needed."""
+        self._revoked = {k: t for k, t in self._revoked.items() if t > now - 2 * VOUCH_SECONDS}
 
     async def session_revoked(self, sid: str) -> bool:
         return await self._tokens.find_one({"family": sid, "revoked_at": {"$ne": None}}, {"_id": 1}) is not None
@@ -188,6 +192,6 @@ class Auth:
         self._vouched.pop(family, None)
         now = time.monotonic()
         if len(self._revoked) >= 10_000:
-            self._revoked = {k: t for k, t in self._revoked.items() if t > now - 2 * VOUCH_SECONDS}
+            self._forget_old_revocations(now)
         self._revoked[family] = now
         await self._tokens.update_many({"family": family, "revoked_at": None}, {"$set": {"revoked_at": utcnow()}})

@@ -15,6 +15,7 @@ in seq order.
 from __future__ import annotations
 
 import asyncio
+import datetime
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +36,15 @@ def public(doc: dict[str, Any]) -> dict[str, Any]:
     if doc.get("cid") is not None:
         message["cid"] = doc["cid"]
     return message
+
+
+def _document(channel: str, seq: int, sender: str, data: dict[str, Any], cid: str | None,
+              ts: datetime.datetime) -> dict[str, Any]:
+    """A message as stored (``cid`` only when given: the cid index is partial on it)."""
+    doc: dict[str, Any] = {"_id": ObjectId(), "channel": channel, "seq": seq, "from": sender, "data": data, "ts": ts}
+    if cid is not None:
+        doc["cid"] = cid
+    return doc
 
 
 @dataclass
@@ -130,7 +140,6 @@ class Messages:
                 except Exception as error:  # this publish alone fails; the others stand
                     failed.append((request, error))
                     continue
-                stored[id(request)] = published
                 if published.new and request.deliver is not None:
                     request.deliver(published.message)
             answers.append((request, published))
@@ -152,17 +161,9 @@ class Messages:
         that won a race elsewhere) is left to the one-at-a-time path."""
         if not batch:
             return {}
-        seq = self._last.get(channel)
-        if seq is None:
-            seq = await self.last_seq(channel)
+        seq = await self._last_stored(channel)
         now = utcnow()
-        docs: list[dict[str, Any]] = []
-        for offset, request in enumerate(batch, 1):
-            doc: dict[str, Any] = {"_id": ObjectId(), "channel": channel, "seq": seq + offset, "from": request.sender,
-                                   "data": request.data, "ts": now}
-            if request.cid is not None:
-                doc["cid"] = request.cid
-            docs.append(doc)
+        docs = [_document(channel, seq + offset, r.sender, r.data, r.cid, now) for offset, r in enumerate(batch, 1)]
         try:
             await self._messages.insert_many(docs, ordered=True)
             inserted = len(docs)
@@ -182,24 +183,17 @@ class Messages:
         return stored
 
     async def _store(self, channel: str, sender: str, data: dict[str, Any], cid: str | None) -> Published:
-        if cid is not None:
-            first = await self._messages.find_one({"channel": channel, "from": sender, "cid": cid})
-            if first is not None:
-                return Published(public(first), False)
-        seq = self._last.get(channel)
-        if seq is None:
-            seq = await self.last_seq(channel)
+        if cid is not None and (first := await self._first(channel, sender, cid)) is not None:
+            return Published(public(first), False)
+        seq = await self._last_stored(channel)
         for _ in range(MAX_ATTEMPTS):
-            doc: dict[str, Any] = {"_id": ObjectId(), "channel": channel, "seq": seq + 1, "from": sender,
-                                   "data": data, "ts": utcnow()}
-            if cid is not None:
-                doc["cid"] = cid
+            doc = _document(channel, seq + 1, sender, data, cid, utcnow())
             try:
                 await self._messages.insert_one(doc)
             except DuplicateKeyError as exc:
                 pattern = (exc.details or {}).get("keyPattern", {})
                 if "cid" in pattern:  # the same cid won a race from another process
-                    first = await self._messages.find_one({"channel": channel, "from": sender, "cid": cid})
+                    first = await self._first(channel, sender, cid)
                     if first is not None:
                         return Published(public(first), False)
                 seq = await self.last_seq(channel)  # another process took this seq
@@ -207,6 +201,16 @@ class Messages:
             self._last[channel] = seq + 1
             return Published(public(doc), True)
         raise RuntimeError(f"could not find a free seq in {channel} after {MAX_ATTEMPTS} attempts")
+
+    async def _last_stored(self, channel: str) -> int:
+        """The channel's last seq: this process's hint, else MongoDB's."""
+        seq = self._last.get(channel)
+        return await self.last_seq(channel) if seq is None else seq
+
+    async def _first(self, channel: str, sender: str, cid: str | None) -> dict[str, Any] | None:
+        """The stored message of a sender's cid, if any."""
+        found: dict[str, Any] | None = await self._messages.find_one({"channel": channel, "from": sender, "cid": cid})
+        return found
 
     async def after(self, channel: str, since: int, limit: int) -> tuple[list[dict[str, Any]], bool]:
         """Messages after ``since``: all of them if at most ``limit``, else the

@@ -205,40 +205,37 @@ class Session:
         try:
             recovered = True
             messages: list[dict[str, Any]] = []
-            cached = None if since is None else hub.recent.after(channel, since, self.realtime.settings.recovery_max)
-            if cached is not None:  # the replay from memory, as the JSON it was pushed as
-                current, replay = cached
-                self._subscribed(channel, current)
-                return encode_subscribe_result(channel, current, replay)
-            known = hub.recent.newest(channel) if since is None and last is None else None
-            if known is not None:  # a live-only subscribe: the newest seq is known without a lookup
-                self._subscribed(channel, known)
-                return {"channel": channel, "seq": known, "recovered": True, "messages": []}
-            if since is not None:
-                messages, recovered = await self.realtime.messages.after(
-                    channel, since, self.realtime.settings.recovery_max)
-            elif last is not None:
-                messages = await self.realtime.messages.newest(channel, last)
-            if messages:
-                current = messages[-1]["seq"]
+            replay = None if since is None else hub.recent.after(channel, since, self.realtime.settings.recovery_max)
+            if replay is not None:  # from memory, as the JSON it was pushed as
+                current = replay[0]
             else:
-                stored = await self.realtime.messages.last_seq(channel)
-                hub.recent.note(channel, stored)
-                current = max(stored, since or 0)
+                if since is not None:
+                    messages, recovered = await self.realtime.messages.after(
+                        channel, since, self.realtime.settings.recovery_max)
+                elif last is not None:
+                    messages = await self.realtime.messages.newest(channel, last)
+                current = messages[-1]["seq"] if messages else max(await self._newest_seq(channel), since or 0)
         except BaseException:
             self.buffering.pop(channel, None)
             if fresh:
                 hub.unsubscribe(self, channel)
             raise
-        self._subscribed(channel, current)
-        return {"channel": channel, "seq": current, "recovered": recovered, "messages": messages}
-
-    def _subscribed(self, channel: str, current: int) -> None:
-        """The replay is read up to ``current``: live frames held meanwhile follow
-        the reply, those the replay holds already dropped by seq."""
         held = self.buffering.pop(channel, [])
         self.channels[channel] = max(self.channels.get(channel, 0), current)
+        # The reply (with the replay) goes first, then what arrived during it.
         self.after_reply = [(channel, seq, frame) for seq, frame in held]
+        if replay is not None:
+            return encode_subscribe_result(channel, current, replay[1])
+        return {"channel": channel, "seq": current, "recovered": recovered, "messages": messages}
+
+    async def _newest_seq(self, channel: str) -> int:
+        """The channel's newest seq: kept in memory once known, else read from MongoDB."""
+        recent = self.realtime.hub.recent
+        newest = recent.newest(channel)
+        if newest is None:
+            newest = await self.realtime.messages.last_seq(channel)
+            recent.note(channel, newest)
+        return newest
 
     async def op_unsubscribe(self, command: Command) -> dict[str, Any]:
         self.realtime.hub.unsubscribe(self, command.args["channel"])
