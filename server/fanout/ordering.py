@@ -103,6 +103,7 @@ class Orderer:
         self._timers: dict[str, asyncio.TimerHandle] = {}  # channel -> its pending gap fill
         self._filling: dict[str, asyncio.Task[None]] = {}  # channel -> its running read
         self.fills = 0  # messages delivered from MongoDB rather than from the broker (a metric)
+        self.held = 0  # messages that arrived ahead of a missing one (a metric)
 
     def serve(self, channel: str, last: int | None) -> None:
         if channel in self.channels and self.channels[channel] is not None:
@@ -140,6 +141,8 @@ class Orderer:
             assert order is not None
         for released_seq, released in order.offer(seq, payload):
             self.deliver(channel, released_seq, released)
+        if seq in order.ahead:
+            self.held += 1
         if order.gap and channel not in self._timers and channel not in self._filling:
             self._timers[channel] = asyncio.get_running_loop().call_later(self.wait, self._fill, channel)
 

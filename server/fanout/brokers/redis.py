@@ -129,7 +129,7 @@ class _Shard:
                                       retry=Retry(NoBackoff(), 0), health_check_interval=0)
         await asyncio.wait_for(self._client.ping(), timeout)
         pubsub = self._client.pubsub()
-        await asyncio.wait_for(pubsub.connect(), timeout)
+        await asyncio.wait_for(pubsub.connect(), timeout)  # type: ignore[no-untyped-call]
         self._pubsub = pubsub  # from here a subscribe() goes to Redis itself
         topics = sorted(self.topics)
         waiting = [self._expect(t) for t in topics]
