@@ -178,7 +178,7 @@ def storm(label: str, server: Server, args: argparse.Namespace) -> None:
     url = server.base.replace("http", "ws", 1) + "/ws"
     generators = Generators(url, tokens, "ours", args.storm, args.storm_workers, [CHANNEL], 600, 1)
     try:
-        opened, failed = generators.ready()
+        opened, _ = generators.ready()
         generators.gather("drop", 60)
         time.sleep(2)
         last = asyncio.run(publish(server.base, args.missed))
@@ -215,10 +215,10 @@ def main(args: argparse.Namespace) -> None:
             one, two = results["1 process"], results["2 processes + Redis"]
             for rate in one:
                 if rate in two:
-                    print(f"# {rate} msg/s: two processes deliver x{two[rate]['deliveries_s'] / one[rate]['deliveries_s']:.2f} "
-                          f"one's deliveries/s; server CPU per delivery {one[rate]['us']:.2f} -> {two[rate]['us']:.2f} us "
-                          f"({two[rate]['us'] - one[rate]['us']:+.2f}); Redis {two[rate]['redis_us']:.0f} us per publish",
-                          flush=True)
+                    a, b = one[rate], two[rate]
+                    print(f"# {rate} msg/s: two processes deliver x{b['deliveries_s'] / a['deliveries_s']:.2f} one's "
+                          f"deliveries/s; server CPU per delivery {a['us']:.2f} -> {b['us']:.2f} us "
+                          f"({b['us'] - a['us']:+.2f}); Redis {b['redis_us']:.0f} us per publish", flush=True)
         if "storm" in parts:
             server = Server(store.uri, redis.url, 2, 5)
             try:
