@@ -164,3 +164,31 @@ def test_control_messages_reach_every_other_node_and_ask_gathers_their_answers(
     told, answers, ids = asyncio.run(scenario())
     assert told == ["1:zero", "2:zero"]
     assert answers == [(ids[1], {"n": 1}), (ids[2], {"n": 2})]
+
+
+def test_any_control_message_bytes_are_refused_quietly() -> None:
+    """A control message that is not a known op (any bytes) is logged and ignored, never raises."""
+    from hypothesis import given
+    from hypothesis import strategies as st
+
+    from server.fanout.brokers.memory import MemoryBroker
+    from server.fanout.presence import MemoryPresence
+
+    async def fetch(channel: str, after: int, limit: int) -> list[tuple[int, bytes]]:
+        return []
+
+    async def last(channel: str) -> int:
+        return 0
+
+    @given(data=st.one_of(st.binary(max_size=40), st.sampled_from([b"[1]", b"1", b'{"op":1}', b'{"op":"nope"}',
+                                                                   b'{"op":"answer"}'])))
+    def check(data: bytes) -> None:
+        async def scenario() -> None:
+            broker = MemoryBroker()
+            node = Node(broker, MemoryPresence(broker.node), fetch, last)
+            node.on_control(data)
+            await asyncio.sleep(0)
+
+        asyncio.run(scenario())
+
+    check()

@@ -130,3 +130,15 @@ def test_jump_hash_moves_a_key_only_to_a_new_bucket(key: int, buckets: int) -> N
     """Adding a Redis server moves a channel only onto the new one, never between old ones."""
     before, after = jump_hash(key, buckets), jump_hash(key, buckets + 1)
     assert 0 <= before < buckets and after in (before, buckets)
+
+
+@given(data=st.binary(max_size=64))
+def test_any_bytes_on_a_topic_are_ignored_or_handed_over_never_raise(data: bytes) -> None:
+    """Whatever arrives on a topic (another program's publish, say): no exception, and a seq only if it parses."""
+    broker = RedisBroker(["redis://127.0.0.1:1/0"])
+    events = Events()
+    broker.events = events
+    broker.arrived("mp:c:room:x", data)
+    broker.arrived("mp:control", data)
+    for channel, seq, _ in events.messages:
+        assert channel == "room:x" and isinstance(seq, int)
