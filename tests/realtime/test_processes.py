@@ -112,7 +112,7 @@ def test_three_processes_publishing_into_one_channel_one_delayed_deliver_1_to_n_
             users = [await _signed_in(s.url, f"u{i}") for i, s in enumerate(servers)]
             subscribers = [await Client.connect(s.url, u["access_token"]) for s, u in zip(servers, users, strict=True)]
             publishers = [await Client.connect(s.url, u["access_token"]) for s, u in zip(servers, users, strict=True)]
-            status, room = await _call(servers[0].url, "POST", "/api/v1/rooms", {"name": "r", "public": True},
+            _, room = await _call(servers[0].url, "POST", "/api/v1/rooms", {"name": "r", "public": True},
                                        token=users[0]["access_token"])
             channel = f"room:{room['id']}"
             for subscriber in subscribers:
@@ -259,7 +259,7 @@ def test_presence_is_the_union_over_processes_and_a_dead_process_leaves_it(
     try:
         async def scenario() -> list[Any]:
             alice, bob = await _signed_in(a.url, "alice"), await _signed_in(b.url, "bob")
-            status, room = await _call(a.url, "POST", "/api/v1/rooms", {"name": "r", "public": True},
+            _, room = await _call(a.url, "POST", "/api/v1/rooms", {"name": "r", "public": True},
                                        token=alice["access_token"])
             channel = f"room:{room['id']}"
             alice_a = await Client.connect(a.url, alice["access_token"])
@@ -281,7 +281,7 @@ def test_presence_is_the_union_over_processes_and_a_dead_process_leaves_it(
             deadline = time.monotonic() + 10
             after = still
             while time.monotonic() < deadline:
-                status, body = await _call(a.url, "GET", f"/api/v1/server/presence?channel={channel}", api_key=True)
+                _, body = await _call(a.url, "GET", f"/api/v1/server/presence?channel={channel}", api_key=True)
                 after = body["users"]
                 if after == [alice["user"]["id"]]:
                     break
@@ -326,7 +326,7 @@ def test_a_killed_worker_is_restarted_and_its_clients_resume_with_since(store: S
                             api_key=True)
             for client in clients:
                 assert await _seqs(client, 3) == [1, 2, 3]
-            status, stats = await _call(server.url, "GET", "/api/v1/server/stats", api_key=True)
+            _, stats = await _call(server.url, "GET", "/api/v1/server/stats", api_key=True)
             victim = next(p["pid"] for p in stats["processes"] if p["connections"])  # a worker holding clients
             os.kill(victim, signal.SIGKILL)
             await asyncio.sleep(0.5)
