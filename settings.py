@@ -57,6 +57,8 @@ class Settings:
     ws_max_message_bytes: int = 64 * 1024  # largest WebSocket frame accepted
     ws_max_per_user: int = 5  # sockets one user may hold
     recovery_max: int = 300  # messages a subscribe with `since` replays at most
+    max_connections: int | None = None  # open descriptors that may hold connections; None: from the limit
+    listen_backlog: int = 4096  # connections the kernel queues before accept (capped by net.core.somaxconn)
     extra: dict[str, Any] = field(default_factory=dict, compare=False)  # overrides from the command line
 
     @property
@@ -100,6 +102,13 @@ def _positive_int(raw: str) -> int:
 def _positive_float(raw: str) -> float:
     value = float(raw)
     if not value > 0:
+        raise ValueError(raw)
+    return value
+
+
+def _backlog(raw: str) -> int:
+    value = int(raw)
+    if not 1 <= value <= 65535:
         raise ValueError(raw)
     return value
 
@@ -192,6 +201,8 @@ def load(env: Mapping[str, str], **overrides: Any) -> Settings:
                                       "a positive number of bytes"),
         "ws_max_per_user": _cast(env, "WS_MAX_PER_USER", 5, _positive_int, "a positive whole number"),
         "recovery_max": _cast(env, "RECOVERY_MAX", 300, _positive_int, "a positive whole number"),
+        "max_connections": _cast(env, "MAX_CONNECTIONS", None, _positive_int, "a positive whole number"),
+        "listen_backlog": _cast(env, "LISTEN_BACKLOG", 4096, _backlog, "a whole number from 1 to 65535"),
     }
     values.update({k: v for k, v in overrides.items() if v is not None})
     if (values["tls_cert"] is None) != (values["tls_key"] is None):
