@@ -4,14 +4,23 @@ listen backlog comes from LISTEN_BACKLOG."""
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import json
 import os
 import resource
+import shutil
 import socket
+import struct
 import subprocess
+import sys
 import time
+from typing import Any
 
+import pytest
+
+from server.listener import Acceptor, Ceilings, listening_sockets
+from tests.mongo_process import ROOT
 from tests.test_run import RunProcess
 
 LIMIT = 256  # the server's RLIMIT_NOFILE, soft and hard
@@ -31,9 +40,16 @@ def _cpu_seconds(pid: int) -> float:
 
 
 def listen_backlog(port: int) -> int:
-    """The backlog of the socket listening on ``port``: Send-Q of a listening socket in ``ss -ltn``."""
+    """The backlog of another process's socket listening on ``port``: Send-Q of ``ss -ltn``."""
+    if shutil.which("ss") is None:
+        pytest.skip("ss (iproute2) is not installed")
     out = subprocess.run(["ss", "-Hltn", f"sport = :{port}"], capture_output=True, text=True, check=True).stdout
     return int(out.split()[2])
+
+
+def own_backlog(sock: socket.socket) -> int:
+    """The backlog of a listening socket of this process: tcpi_sacked of TCP_INFO (Linux)."""
+    return int(struct.unpack_from("I", sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104), 28)[0])
 
 
 def somaxconn() -> int:
@@ -81,12 +97,12 @@ def test_a_connection_flood_neither_spins_nor_floods_the_log_and_healthz_answers
     on a kept-alive and on a fresh connection, the excess gets 503 unavailable, and the log holds no EMFILE flood."""
     log_path = tmp_path / "server.log"
     with open(log_path, "w") as log:
-        run = RunProcess({"DATA_DIR": str(tmp_path), "MONGO_URI": store.uri, "MONGO_DB": "descriptors"},
-                         log=log, preexec_fn=_low_descriptor_limit)
+        run = RunProcess({"DATA_DIR": str(tmp_path), "MONGO_URI": store.uri, "MONGO_DB": "descriptors",
+                          "LISTEN_BACKLOG": "2000"}, log=log, preexec_fn=_low_descriptor_limit)
         flood: list[socket.socket] = []
         try:
             port = run.wait_serving() and run.port
-            assert listen_backlog(port) == min(4096, somaxconn())  # the default sized for storms
+            assert listen_backlog(port) == min(2000, somaxconn())  # Tornado's default was 128
             kept = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
             assert _request(port, "/healthz", kept)[0] == 200
             flood = _flood(port)
@@ -116,3 +132,88 @@ def test_a_connection_flood_neither_spins_nor_floods_the_log_and_healthz_answers
     print(f"log: {len(text.splitlines())} lines, {len(text)} bytes, {emfile} naming EMFILE")
     assert emfile <= 20
     assert len(text.splitlines()) < 500
+
+
+def test_listening_sockets_take_the_backlog_given() -> None:
+    """listening_sockets listens with the backlog asked for (the kernel caps it at somaxconn), 4096 by default
+    in the settings, where Tornado's own default is 128."""
+    import settings
+
+    for backlog in (settings.Settings().listen_backlog, 1000, 16):
+        sockets = listening_sockets("127.0.0.1", 0, backlog)
+        try:
+            assert own_backlog(sockets[0]) == min(backlog, somaxconn())
+        finally:
+            for sock in sockets:
+                sock.close()
+
+
+class _CountingAcceptor(Acceptor):
+    wakeups = 0  # times the loop found the socket readable
+
+    def _ready(self, fd: Any, events: int) -> None:
+        self.wakeups += 1
+        super()._ready(fd, events)
+
+
+def test_the_acceptor_pauses_on_emfile_and_resumes() -> None:
+    """With no descriptor left, accept is retried after growing pauses (a handful of tries a second, not a
+    busy loop); once descriptors are free again every waiting connection is accepted."""
+    accepted: list[socket.socket] = []
+
+    async def scenario() -> _CountingAcceptor:
+        listener = listening_sockets("127.0.0.1", 0, 128)[0]
+        acceptor = _CountingAcceptor(listener, lambda connection, address: accepted.append(connection))
+        clients = [socket.create_connection(listener.getsockname()) for _ in range(10)]
+        probe = os.open("/dev/null", os.O_RDONLY)  # the lowest free descriptor: none at or above it may open
+        os.close(probe)
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (probe, hard))
+        try:
+            await asyncio.sleep(1.0)
+        finally:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        stuck = (acceptor.wakeups, acceptor.pauses, len(accepted))
+        for _ in range(100):
+            if len(accepted) == len(clients):
+                break
+            await asyncio.sleep(0.05)
+        acceptor.close()
+        for sock in [listener, *clients, *accepted]:
+            sock.close()
+        assert stuck[2] == 0 and 3 <= stuck[1] <= 12 and stuck[0] <= stuck[1] + 2, stuck
+        return acceptor
+
+    acceptor = asyncio.run(scenario())
+    assert len(accepted) == 10 and acceptor.pause == 0.0
+
+
+@pytest.mark.parametrize("limit, setting, ceiling, overflow", [
+    (256, None, 192, 224), (1024, None, 922, 973), (20000, None, 18976, 19232), (65536, None, 64512, 64768),
+    (20000, 5000, 5000, 5256), (256, 192, 192, 224),
+])
+def test_the_connection_ceiling_leaves_a_reserve(limit: int, setting: int | None, ceiling: int,
+                                                  overflow: int) -> None:
+    """By default a tenth of the descriptors (64 to 1,024) stay in reserve above MAX_CONNECTIONS; part of the
+    reserve answers refused connections."""
+    plan = Ceilings.plan(limit, setting)
+    assert (plan.max_connections, plan.overflow) == (ceiling, overflow)
+    with pytest.raises(ValueError):
+        Ceilings.plan(limit, limit - 63)
+
+
+def test_start_up_raises_the_soft_descriptor_limit() -> None:
+    """raise_descriptor_limit lifts a soft limit of 256 to the hard one (1024)."""
+    code = "from server.listener import raise_descriptor_limit; print(raise_descriptor_limit())"
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=30,
+                            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (256, 1024)))
+    assert result.stdout.strip() == "(256, 1024, 1024)", result.stderr
+
+
+def test_a_max_connections_the_limit_cannot_hold_stops_start_up(tmp_path) -> None:
+    """MAX_CONNECTIONS above the descriptor limit minus the reserve exits 2 with one line naming it."""
+    result = subprocess.run([sys.executable, "run.py", "--port", "0"], cwd=ROOT, capture_output=True, text=True,
+                            env={"PATH": os.environ.get("PATH", ""), "DATA_DIR": str(tmp_path),
+                                 "MAX_CONNECTIONS": "250"}, timeout=60, preexec_fn=_low_descriptor_limit)
+    assert result.returncode == 2
+    assert "MAX_CONNECTIONS=250" in result.stderr and "256" in result.stderr

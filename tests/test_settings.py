@@ -18,6 +18,7 @@ def test_development_needs_nothing_and_keeps_its_secret(tmp_path) -> None:
     assert (first.host, first.port, first.mongo_db) == ("127.0.0.1", 8888, "miniprogram")
     assert (first.access_token_ttl, first.refresh_token_ttl, first.recovery_max) == (7200, 2592000, 300)
     assert first.file_max_bytes == 10 * 1024 * 1024 and first.ws_max_message_bytes == 65536
+    assert first.max_connections is None and first.listen_backlog == 4096
     assert len(first.jwt_secret) >= 32
     assert stat.S_IMODE(os.stat(tmp_path / "jwt_secret").st_mode) == 0o600
     assert settings.load({"DATA_DIR": str(tmp_path)}).jwt_secret == first.jwt_secret
@@ -29,6 +30,8 @@ def test_development_needs_nothing_and_keeps_its_secret(tmp_path) -> None:
     ("BEHIND_PROXY", "perhaps"), ("FILE_MAX_BYTES", "10MB"), ("FILE_TYPES", "jpeg,exe"),
     ("WS_PING_INTERVAL", "0"), ("WS_MAX_PER_USER", "many"), ("RECOVERY_MAX", "1.5"),
     ("WECHAT_API_BASE", "ftp://x"), ("JWT_SECRET", "short"), ("TLS_CERT", "/nonexistent/cert.pem"),
+    ("MAX_CONNECTIONS", "0"), ("MAX_CONNECTIONS", "lots"), ("LISTEN_BACKLOG", "0"), ("LISTEN_BACKLOG", "70000"),
+    ("LISTEN_BACKLOG", "1e3"),
 ])
 def test_bad_values_name_the_variable(tmp_path, name: str, value: str) -> None:
     """Each malformed value stops loading with one line that names the variable."""
@@ -39,6 +42,12 @@ def test_bad_values_name_the_variable(tmp_path, name: str, value: str) -> None:
         settings.load(env)
     message = str(error.value)
     assert name in message and "\n" not in message
+
+
+def test_descriptor_and_backlog_settings_are_read(tmp_path) -> None:
+    """MAX_CONNECTIONS and LISTEN_BACKLOG are read as whole numbers."""
+    config = settings.load({"DATA_DIR": str(tmp_path), "MAX_CONNECTIONS": "5000", "LISTEN_BACKLOG": " 1024 "})
+    assert (config.max_connections, config.listen_backlog) == (5000, 1024)
 
 
 PRODUCTION = {
