@@ -11,6 +11,7 @@ import os
 import resource
 import shutil
 import socket
+import ssl
 import struct
 import subprocess
 import sys
@@ -217,3 +218,65 @@ def test_a_max_connections_the_limit_cannot_hold_stops_start_up(tmp_path) -> Non
                                  "MAX_CONNECTIONS": "250"}, timeout=60, preexec_fn=_low_descriptor_limit)
     assert result.returncode == 2
     assert "MAX_CONNECTIONS=250" in result.stderr and "256" in result.stderr
+
+
+def _raw_exchange(port: int, request: bytes, context: ssl.SSLContext | None = None) -> bytes:
+    """Everything a fresh connection receives for ``request`` until the server closes it."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+        sock = context.wrap_socket(raw, server_hostname="127.0.0.1") if context else raw
+        sock.sendall(request)
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+        return received
+
+
+@pytest.mark.parametrize("tls", [False, True])
+def test_past_the_ceiling_healthz_answers_and_the_rest_gets_503(tmp_path, tls: bool) -> None:
+    """Over HTTP and HTTPS, a refused connection gets 200 for GET/HEAD /healthz and the contract's 503 unavailable
+    for anything else (a POST with a body, a WebSocket upgrade), with Connection: close; the application never
+    sees it."""
+    from tornado.httpserver import HTTPServer
+    from tornado.web import Application, RequestHandler
+
+    from server.listener import Gate
+    from tests.test_run import _self_signed
+
+    seen: list[str] = []
+
+    class Everything(RequestHandler):
+        def get(self) -> None:
+            seen.append(self.request.path)
+
+    context = client = None
+    if tls:
+        cert, key = _self_signed(tmp_path)
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(cert, key)
+        client = ssl.create_default_context(cafile=cert)
+
+    async def scenario() -> list[bytes]:
+        server = HTTPServer(Application([(r".*", Everything)]), ssl_options=context)
+        sockets = listening_sockets("127.0.0.1", 0, 128)
+        Gate(server, Ceilings(limit=1 << 20, max_connections=3, overflow=1 << 20), context).listen(sockets)
+        port = sockets[0].getsockname()[1]
+        requests = [b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n", b"HEAD /healthz?x=1 HTTP/1.1\r\nHost: x\r\n\r\n",
+                    b"POST /api/v1/server/publish HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello",
+                    b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"]
+        loop = asyncio.get_running_loop()
+        try:
+            return [await loop.run_in_executor(None, _raw_exchange, port, r, client) for r in requests]
+        finally:
+            server.stop()
+
+    healthz, head, post, upgrade = asyncio.run(scenario())
+    assert seen == []
+    for answer in (healthz, head, post, upgrade):
+        assert b"\r\nConnection: close\r\n" in answer
+    assert healthz.startswith(b"HTTP/1.1 200 ") and healthz.endswith(b'{"status":"ok"}')
+    assert head.startswith(b"HTTP/1.1 200 ") and head.endswith(b"\r\n\r\n")
+    for refused in (post, upgrade):
+        assert refused.startswith(b"HTTP/1.1 503 ")
+        body = json.loads(refused.split(b"\r\n\r\n", 1)[1])
+        assert body == {"error": {"code": "unavailable", "message": body["error"]["message"], "details": []}}

@@ -89,7 +89,8 @@ def test_production_refuses_each_unsafe_setting(change: dict, named: str) -> Non
 NUMERIC: dict[str, tuple[type, float, float]] = {
     "PORT": (int, 0, 65535), "ACCESS_TOKEN_TTL": (int, 1, 365 * 86400), "REFRESH_TOKEN_TTL": (int, 1, 3650 * 86400),
     "FILE_MAX_BYTES": (int, 1, 1 << 30), "WS_PING_INTERVAL": (float, 0.1, 3600),
-    "WS_MAX_MESSAGE_BYTES": (int, 1, 16 << 20), "WS_MAX_PER_USER": (int, 1, 1_000_000), "RECOVERY_MAX": (int, 1, 10_000),
+    "WS_MAX_MESSAGE_BYTES": (int, 1, 16 << 20), "WS_MAX_PER_USER": (int, 1, 1_000_000),
+    "RECOVERY_MAX": (int, 1, 10_000),
     "MAX_CONNECTIONS": (int, 1, 1 << 30), "LISTEN_BACKLOG": (int, 1, 65535),
 }
 _NUMBERS = st.one_of(st.text(), st.integers().map(str), st.floats().map(repr), st.decimals().map(str),
