@@ -1,8 +1,9 @@
 """Starts the server: ``python run.py [--host H] [--port P]``.
 
-Loads the settings, starts the embedded store as a child process when no
+Loads the settings, raises the descriptor limit and sets the connection ceiling
+(server/listener.py), starts the embedded store as a child process when no
 MONGO_URI is set, builds the application, listens (HTTPS/WSS with TLS_CERT and
-TLS_KEY), and on SIGTERM or SIGINT stops accepting, lets in-flight requests
+TLS_KEY; LISTEN_BACKLOG), and on SIGTERM or SIGINT stops accepting, lets in-flight requests
 finish (bounded), closes the database client, stops the child store and exits 0.
 If the child store dies, the server says so and exits 3.
 """
@@ -128,34 +129,38 @@ async def serve(config: settings_module.Settings, ceilings: Ceilings) -> int:
             log.info("embedded store stopped", extra=fields(exit_code=code))
 
 
-def main(argv: list[str] | None = None) -> int:
+def arguments() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Serve the real-time server.")
     parser.add_argument("--host", help="address to listen on (HOST, default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port to listen on (PORT, default 8888; 0 picks a free one)")
     parser.add_argument("--processes", type=int, default=1, help="worker processes sharing the port")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def fail(message: str, code: int) -> int:
+    """Says why the server does not start, on one line of stderr; returns the exit code."""
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = arguments().parse_args(argv)
     limit = configure()
     try:
         config = settings_module.load(os.environ, host=args.host, port=args.port)
         ceilings = plan_descriptors(config)
     except settings_module.SettingsError as exc:
-        print(f"error: {exc}", file=sys.stderr, flush=True)
-        return 2
+        return fail(str(exc), 2)
     if args.processes != 1:
         if not config.redis_url:
-            print("error: --processes needs REDIS_URL: processes share fan-out through Redis", file=sys.stderr)
-        else:
-            print("error: --processes needs the Redis broker, which this version does not have yet",
-                  file=sys.stderr)
-        return 2
+            return fail("--processes needs REDIS_URL: processes share fan-out through Redis", 2)
+        return fail("--processes needs the Redis broker, which this version does not have yet", 2)
     try:
         return asyncio.run(serve(config, ceilings))
     except SchemaFileError as exc:
-        print(f"error: SCHEMAS_DIR: {exc}", file=sys.stderr, flush=True)
-        return 2
+        return fail(f"SCHEMAS_DIR: {exc}", 2)
     except RuntimeError as exc:
-        print(f"error: {exc}", file=sys.stderr, flush=True)
-        return 1
+        return fail(str(exc), 1)
     finally:
         limit.flush(math.inf)  # say what the rate limit held back
 
