@@ -51,16 +51,17 @@ _EXHAUSTED = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 
 
 def raise_descriptor_limit() -> tuple[int, int, int]:
-    """Lifts the soft RLIMIT_NOFILE to the hard one; (soft before, soft now, hard)."""
-    before, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = hard if hard != resource.RLIM_INFINITY else _nr_open()
-    if before == resource.RLIM_INFINITY or before >= target:
+    """Lifts the soft RLIMIT_NOFILE to the hard one; (soft before, soft now, hard),
+    where "unlimited" reads as the kernel's ceiling, fs.nr_open."""
+    soft, hard_as_set = resource.getrlimit(resource.RLIMIT_NOFILE)
+    before, hard = (_nr_open() if value == resource.RLIM_INFINITY else value for value in (soft, hard_as_set))
+    if before >= hard:
         return before, before, hard
     try:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard_as_set))
     except (ValueError, OSError):
         return before, before, hard
-    return before, target, hard
+    return before, hard, hard
 
 
 def _nr_open() -> int:
