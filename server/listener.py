@@ -172,7 +172,10 @@ class Gate:
 
     def listen(self, sockets: list[socket.socket]) -> None:
         """``server.add_sockets(sockets)``, with ``Acceptor`` in place of Tornado's
-        accept loop (``server.stop()`` still stops and closes them)."""
+        accept loop (``server.stop()`` still stops and closes them). It fills in
+        what TCPServer.add_sockets does (``_sockets``, ``_handlers``), and connections
+        go on through TCPServer's ``_handle_connection`` (TLS wrapping, the stream):
+        Tornado 6's private parts, exercised by tests/test_descriptors.py."""
         for sock in sockets:
             acceptor = Acceptor(sock, self)
             self.acceptors.append(acceptor)
