@@ -22,7 +22,8 @@ from tornado.netutil import bind_sockets
 
 import settings as settings_module
 from embedded_mongo.launcher import ChildStore
-from server.app import make_app, tune_gc
+from handlers.app import make_app
+from server.app import tune_gc
 from server.logs import configure, fields
 from server.records import SchemaFileError
 

@@ -11,7 +11,7 @@ import pymongo
 import pytest
 
 import settings
-from server.app import make_app
+from handlers.app import make_app
 from server.wechat import WeChatClient
 from tests.fake_wechat import FakeWeChat
 from tests.mongo_process import StoreProcess

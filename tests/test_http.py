@@ -11,7 +11,7 @@ import pytest
 from tornado.httpclient import AsyncHTTPClient
 
 import settings
-from server.app import make_app
+from handlers.app import make_app
 from server.storage import Storage
 
 ENDPOINTS = ["/api/v1/auth/wechat", "/api/v1/auth/dev", "/api/v1/auth/refresh", "/api/v1/auth/logout"]
