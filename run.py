@@ -22,7 +22,7 @@ from tornado.netutil import bind_sockets
 
 import settings as settings_module
 from embedded_mongo.launcher import ChildStore
-from handlers.app import make_app
+from handlers.app import make_app, max_body_size
 from server.app import tune_gc
 from server.logs import configure, fields
 from server.records import SchemaFileError
@@ -52,7 +52,7 @@ async def serve(config: settings_module.Settings) -> int:
         tune_gc()
         context = tls_context(config.tls_cert, config.tls_key) if config.tls_cert and config.tls_key else None
         server = HTTPServer(app, ssl_options=context,
-                            max_body_size=config.file_max_bytes + 1024 * 1024, idle_connection_timeout=75)
+                            max_body_size=max_body_size(config), idle_connection_timeout=75)
         sockets = bind_sockets(config.port, config.host)
         server.add_sockets(sockets)
         port = sockets[0].getsockname()[1]
