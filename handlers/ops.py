@@ -31,9 +31,13 @@ class HealthHandler(BaseHandler):
 
 
 class ReadyHandler(BaseHandler):
-    """GET /readyz: 200 only while the database answers."""
+    """GET /readyz: 200 while this process takes work: not shutting down, and a
+    ping sent through the request path's own connection pool came back within
+    2 s (docs/api.md says what that does and does not show)."""
 
     async def get(self) -> None:
+        if self.services.stopping:
+            raise ApiError("unavailable", "the server is shutting down")
         if not await self.services.storage.ping():
             raise ApiError("unavailable", "the database is not answering")
         self.write_json({"status": "ready"})

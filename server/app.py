@@ -40,6 +40,7 @@ class Services:
         self.metrics = Metrics()  # this app's Prometheus registry
         self.started_at = time.time()  # for uptime
         self.in_flight = 0  # HTTP requests being answered
+        self.stopping = False  # set once shutdown began: /readyz answers 503 from then on
         self._idle = asyncio.Event()  # set while no request is in flight
         self._idle.set()
         self.on_session_end: list[Callable[[str], Awaitable[None]]] = []  # called with a sid on logout
@@ -81,6 +82,7 @@ class Services:
 
     async def shutdown(self) -> None:
         """Runs the shutdown hooks (the real-time hub closes its sockets here)."""
+        self.stopping = True
         for hook in self.on_shutdown:
             await hook()
 

@@ -104,6 +104,15 @@ async def test_health_ready_and_metrics(api, http_client, base_url: str, login) 
     assert "ws_connections 0.0" in text
 
 
+@pytest.mark.gen_test
+async def test_not_ready_once_shutting_down(api, services) -> None:
+    """Once shutdown began (SIGTERM), /readyz is 503 unavailable while open connections drain; /healthz stays 200."""
+    await services.shutdown()
+    status, body, _ = await api("GET", "/readyz")
+    assert_envelope(status, body, 503, "unavailable")
+    assert (await api("GET", "/healthz"))[0] == 200
+
+
 def _dead_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
