@@ -8,8 +8,8 @@ user's first (last) socket *anywhere*, so ``join``/``leave`` are pushed once.
 answers which sockets, anywhere, must close (the oldest, 4010).
 
 ``MemoryPresence`` serves one process. ``RedisPresence`` keeps per-process
-entries in Redis, tied to a per-process key that a heartbeat renews every
-``HEARTBEAT_SECONDS`` and that expires ``PRESENCE_TTL`` seconds after the
+entries in Redis, tied to a per-process key that a heartbeat renews every third
+of ``PRESENCE_TTL`` and that expires ``PRESENCE_TTL`` seconds after the
 process stops renewing it: a dead process's entries stop counting within
 ``PRESENCE_TTL`` (they are pruned as they are met).
 """

@@ -2,7 +2,7 @@
 
 Keys (a channel's on its shard, a user's on theirs, as the broker spreads them):
 ``mp:node:<node>`` exists while the process is alive (renewed every
-HEARTBEAT_SECONDS, expires after PRESENCE_TTL); ``mp:p:<channel>`` is the set of
+a third of the TTL, expires after PRESENCE_TTL); ``mp:p:<channel>`` is the set of
 users present; ``mp:pu:<channel>:<user>`` the set of processes holding that
 user there; ``mp:u:<user>`` the user's sockets, ``<node>/<conn>`` scored by when
 they opened. Each step is one Lua script, so two processes adding the same user
@@ -31,8 +31,8 @@ from server.logs import fields
 
 log = logging.getLogger("server.presence")
 
-HEARTBEAT_SECONDS = 3.0  # how often a process renews its key
-PRESENCE_TTL = 10  # seconds after its last heartbeat that a process's entries stop counting
+PRESENCE_TTL = 10  # seconds after its last heartbeat that a process's entries stop counting (PRESENCE_TTL)
+HEARTBEAT_SECONDS: float | None = None  # how often a process renews its key; None: a third of the TTL
 NODE = PREFIX + "node:"
 
 _ADD = """
@@ -95,9 +95,10 @@ return out
 class RedisPresence:
     """Presence over every process, in Redis; this process's part also kept locally."""
 
-    def __init__(self, urls: list[str], node: str, timeout: float = 2.0) -> None:
+    def __init__(self, urls: list[str], node: str, timeout: float = 2.0, ttl: int | None = None) -> None:
         self.node = node  # this process's id (the broker's)
         self.timeout = timeout  # seconds any Redis call may take
+        self.ttl = ttl or PRESENCE_TTL  # seconds this process's entries outlive its last heartbeat
         self.clients = [Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout,
                                        retry=Retry(NoBackoff(), 0)) for url in urls]  # one per shard
         self.local = MemoryPresence(node)  # this process's entries: re-written after a Redis restart, and the
@@ -139,7 +140,7 @@ class RedisPresence:
 
     async def _beating(self) -> None:
         while True:
-            await asyncio.sleep(HEARTBEAT_SECONDS)
+            await asyncio.sleep(HEARTBEAT_SECONDS or self.ttl / 3)
             await self._beat()
 
     async def _beat(self) -> None:
@@ -147,7 +148,7 @@ class RedisPresence:
         restarted empty), writes this process's entries again."""
         for client in self.clients:
             try:
-                existed = await asyncio.wait_for(client.set(NODE + self.node, 1, ex=PRESENCE_TTL, get=True),
+                existed = await asyncio.wait_for(client.set(NODE + self.node, 1, ex=self.ttl, get=True),
                                                  self.timeout)
             except (RedisError, OSError, TimeoutError) as exc:
                 if self.reachable:

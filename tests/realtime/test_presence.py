@@ -36,13 +36,10 @@ def test_join_and_leave_are_once_per_user_over_processes(redis: RedisProcess) ->
     assert asyncio.run(scenario()) == [True, False, True, ["u1", "u2"], False, ["u1", "u2"], True, ["u2"]]
 
 
-def test_a_dead_process_entries_stop_counting_within_the_ttl(redis: RedisProcess,
-                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_dead_process_entries_stop_counting_within_the_ttl(redis: RedisProcess) -> None:
     """A process that stops heartbeating (killed) vanishes from presence and socket counts after PRESENCE_TTL."""
-    monkeypatch.setattr(presence_redis, "PRESENCE_TTL", 1)
-
     async def scenario() -> tuple[list[str], list[str], bool, list[tuple[str, str]]]:
-        dead, alive = RedisPresence([redis.url], "dead"), RedisPresence([redis.url], "alive")
+        dead, alive = RedisPresence([redis.url], "dead", ttl=1), RedisPresence([redis.url], "alive", ttl=1)
         await dead.start()
         await alive.start()
         await dead.add("room:a", "ghost")
@@ -90,12 +87,14 @@ def test_presence_is_written_again_after_redis_restarts_empty(redis: RedisProces
         redis.kill()
         during = await one.users("room:a")  # this process's own answer meanwhile
         redis.start()
+        probe = RedisPresence([redis.url], "probe")
         for _ in range(100):
             await asyncio.sleep(0.05)
-            if one.reachable and await RedisPresence([redis.url], "probe").users("room:a"):
+            if one.reachable and await probe.users("room:a"):
                 break
-        after = await RedisPresence([redis.url], "probe").users("room:a")
+        after = await probe.users("room:a")
         await one.close()
+        await probe.close()
         return during, after
 
     assert asyncio.run(scenario()) == (["u1"], ["u1"])

@@ -23,10 +23,10 @@ def make_broker(redis_url: str | None, timeout: float = 2.0, publish_delay: floa
     return RedisBroker(urls, timeout, publish_delay)
 
 
-def make_presence(redis_url: str | None, node: str, timeout: float = 2.0) -> Presence:
+def make_presence(redis_url: str | None, node: str, timeout: float = 2.0, ttl: int = 10) -> Presence:
     urls = redis_urls(redis_url)
     if not urls:
         return MemoryPresence(node)
     from server.fanout.presence_redis import RedisPresence
 
-    return RedisPresence(urls, node, timeout)
+    return RedisPresence(urls, node, timeout, ttl)
