@@ -33,7 +33,7 @@ LINGER_SECONDS = 10.0  # for at most this long
 LINGER_IDLE_SECONDS = 2.0  # or until the client sends nothing for this long
 _READ_CHUNK = 64 * 1024
 REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{8,64}")  # an X-Request-Id the server echoes (else it makes one)
-_DIGITS = re.compile(r"[0-9]{1,18}")
+_DIGITS = re.compile(r"[0-9]+")
 _SYNTHETIC = "GET / HTTP/1.1"  # stands for a request Tornado could not parse, which Edge refuses
 _REFUSING: set[asyncio.Task[None]] = set()  # graceful closes under way, kept until done
 
@@ -104,7 +104,7 @@ class Edge(httputil.HTTPMessageDelegate):
     """Wraps one request's delegate: refuses in the envelope what Tornado would
     refuse bare, and bodies over the route's limit; passes the rest through."""
 
-    def __init__(self, inner: httputil.HTTPMessageDelegate, connection: httputil.HTTPConnection,
+    def __init__(self, inner: httputil.HTTPMessageDelegate, connection: HTTP1Connection,
                  body_limit: Callable[[str], tuple[int, bool]],
                  on_refused: Callable[[str, str, ApiError], None]) -> None:
         self.inner = inner  # the application's delegate (routing, then the handler)
@@ -119,8 +119,7 @@ class Edge(httputil.HTTPMessageDelegate):
         self.received = 0  # body bytes read so far
         self.refused = False  # answered by the edge: the rest of the body is dropped
         self.answer_finished = False  # the edge's answer is finished on Tornado's connection
-        if isinstance(connection, HTTP1Connection):
-            self._watch_head(connection)
+        self._watch_head(connection)
 
     def _watch_head(self, connection: HTTP1Connection) -> None:
         """Tornado writes a bare 400 for a head it cannot parse, before any delegate
@@ -154,10 +153,9 @@ class Edge(httputil.HTTPMessageDelegate):
             if length is not None and length > self.limit:
                 raise ApiError("payload_too_large", f"this endpoint takes bodies of at most {self.limit} bytes")
             self.count_body = chunked and not handler_streams
-            if isinstance(self.connection, HTTP1Connection):
-                # Tornado's own check would answer a bare 400: the edge counts instead,
-                # and lets a chunked body run past the limit only to drop the rest.
-                self.connection.set_max_body_size(self.limit + LINGER_BYTES if chunked else self.limit)
+            # Tornado's own check would answer a bare 400: the edge counts instead,
+            # and lets a chunked body run past the limit only to drop the rest.
+            self.connection.set_max_body_size(self.limit + LINGER_BYTES if chunked else self.limit)
             return self.inner.headers_received(start_line, headers)
         except ApiError as error:
             self._refuse_now(headers, error)
@@ -170,8 +168,6 @@ class Edge(httputil.HTTPMessageDelegate):
         the answer written, and the connection closed gracefully."""
         self.refused = True
         self.on_refused(self.start_line.method, self.start_line.path, error)
-        if not isinstance(self.connection, HTTP1Connection):
-            return
         stream = self.connection.detach()
         expected = None if self.malformed else _length_or_none(headers)
         if headers.get("Expect", "").lower() == "100-continue":

@@ -77,6 +77,12 @@ def test_chunked_body_over_the_limit(live_server) -> None:
     assert_envelope(answer, 413, "payload_too_large")
 
 
+def test_a_content_length_of_twenty_digits_is_too_large(live_server) -> None:
+    """A Content-Length beyond any integer type is 413 (a number, just too large), not a parse failure."""
+    answer = exchange(live_server.port, post_head("/api/v1/auth/dev", length=10**20))
+    assert_envelope(answer, 413, "payload_too_large")
+
+
 def test_expect_continue_over_the_limit_gets_no_go_ahead(live_server) -> None:
     """With Expect: 100-continue, a body over the limit is refused (413) before any of it is sent."""
     answer = exchange(live_server.port, post_head("/api/v1/auth/dev", "Expect: 100-continue\r\n", length=5 * MIB))
