@@ -5,12 +5,18 @@ and the client reads the answer instead of a reset."""
 from __future__ import annotations
 
 import json
+import re
 import socket
 import string
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from tornado.http1connection import is_transfer_encoding_chunked, parse_int
+from tornado.httputil import HTTPHeaders, HTTPInputError
+
+from handlers.edge import content_length, is_chunked
+from server.errors import ApiError
 
 MIB = 1024 * 1024
 
@@ -141,3 +147,43 @@ def test_any_header_gets_an_http_answer_in_the_envelope(live_server, name: str, 
     if status >= 400:
         assert_envelope((status, headers, body), status, body["error"]["code"])
     assert status < 500
+
+
+def tornado_framing(headers: HTTPHeaders) -> tuple[int | None, bool]:
+    """What Tornado's HTTP/1 reader makes of the framing headers (raises HTTPInputError when it refuses)."""
+    length = None
+    if "Content-Length" in headers:
+        pieces = re.split(r",[ \t]*", headers["Content-Length"])
+        if any(p != pieces[0] for p in pieces):
+            raise HTTPInputError("unequal Content-Lengths")
+        try:
+            length = parse_int(pieces[0])
+        except ValueError:
+            raise HTTPInputError("not an integer") from None
+    return length, is_transfer_encoding_chunked(headers)
+
+
+FRAMING_VALUE = st.one_of(st.integers(0, 10**20).map(str), st.text("0123456789abcdef ,-+\t", max_size=12),
+                          st.sampled_from(["chunked", "Chunked", "gzip", "chunked, chunked", "identity"]))
+
+
+@settings(max_examples=400, deadline=None, derandomize=True)
+@given(lengths=st.lists(FRAMING_VALUE, max_size=3), encodings=st.lists(FRAMING_VALUE, max_size=2))
+def test_the_edge_reads_framing_headers_as_tornado_does(lengths: list[str], encodings: list[str]) -> None:
+    """For any Content-Length and Transfer-Encoding headers, the edge accepts exactly what Tornado's reader
+    accepts, with the same length; what either refuses is invalid_request, never another exception."""
+    headers = HTTPHeaders()
+    for value in lengths:
+        headers.add("Content-Length", value.strip(" \t"))
+    for value in encodings:
+        headers.add("Transfer-Encoding", value.strip(" \t"))
+    try:
+        expected: tuple[int | None, bool] | None = tornado_framing(headers)
+    except HTTPInputError:
+        expected = None
+    try:
+        got: tuple[int | None, bool] | None = (content_length(headers), is_chunked(headers))
+    except ApiError as error:
+        assert error.code == "invalid_request"
+        got = None
+    assert got == expected
