@@ -127,3 +127,13 @@ def test_schemathesis(case: Any, live_server, credentials: dict[str, str]) -> No
     case.call_and_validate(base_url=live_server.url, headers=headers, timeout=10,
                            checks=[not_a_server_error, status_code_conformance, content_type_conformance,
                                    response_schema_conformance, error_in_the_envelope])
+
+
+def test_the_error_table_of_api_md_is_server_errors() -> None:
+    """docs/api.md's error table lists exactly the codes of server/errors.py, each with its status."""
+    from server.errors import STATUS
+
+    with open(os.path.join(os.path.dirname(OPENAPI), "api.md"), encoding="utf-8") as source:
+        rows = re.findall(r"^\| `([a-z_]+)` \| (\d{3}) \|", source.read(), re.M)
+    assert {code: int(status) for code, status in rows} == STATUS
+    assert len(rows) == len(STATUS)
