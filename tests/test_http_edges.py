@@ -133,7 +133,7 @@ def test_malformed_requests_get_the_envelope(live_server, name: str) -> None:
 HEADER_TEXT = st.text(st.characters(codec="latin-1"), max_size=40)
 
 
-@settings(max_examples=60, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@settings(max_examples=60, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck))
 @given(name=st.text(string.ascii_letters + string.digits + "-_ :\t\x00\x7f", min_size=1, max_size=20),
        value=HEADER_TEXT, method=st.sampled_from(["GET", "POST", "PUT", "DELETE", "FOO"]),
        path=st.sampled_from(["/healthz", "/api/v1/me", "/api/v1/nothing", "/api/v1/auth/dev"]))
@@ -167,7 +167,7 @@ FRAMING_VALUE = st.one_of(st.integers(0, 10**20).map(str), st.text("0123456789ab
                           st.sampled_from(["chunked", "Chunked", "gzip", "chunked, chunked", "identity"]))
 
 
-@settings(max_examples=400, deadline=None, derandomize=True)
+@settings(max_examples=400, deadline=None, derandomize=True, database=None)
 @given(lengths=st.lists(FRAMING_VALUE, max_size=3), encodings=st.lists(FRAMING_VALUE, max_size=2))
 def test_the_edge_reads_framing_headers_as_tornado_does(lengths: list[str], encodings: list[str]) -> None:
     """For any Content-Length and Transfer-Encoding headers, the edge accepts exactly what Tornado's reader
