@@ -130,6 +130,12 @@ def test_malformed_requests_get_the_envelope(live_server, name: str) -> None:
     assert_envelope(exchange(live_server.port, MALFORMED[name]), 400, "invalid_request")
 
 
+@pytest.mark.parametrize("framing", [b"zz\r\n{}\r\n0\r\n\r\n", b"2\r\n{}XX0\r\n\r\n", b"2\r\n{}\r\n0\r\nX\r\n"])
+def test_a_broken_chunked_body_is_answered_in_the_envelope(live_server, framing: bytes) -> None:
+    """A chunk size that is not hexadecimal, or a chunk not ended by CRLF: 400 invalid_request, not a bare 400."""
+    assert_envelope(exchange(live_server.port, post_head("/api/v1/auth/dev") + framing), 400, "invalid_request")
+
+
 HEADER_TEXT = st.text(st.characters(codec="latin-1"), max_size=40)
 
 
