@@ -193,3 +193,13 @@ def test_the_edge_reads_framing_headers_as_tornado_does(lengths: list[str], enco
         assert error.code == "invalid_request"
         got = None
     assert got == expected
+
+
+@settings(max_examples=80, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck))
+@given(lines=st.lists(st.binary(max_size=40).map(lambda b: b.replace(b"\n", b"")), min_size=1, max_size=4))
+def test_any_request_head_is_answered_in_the_envelope(live_server, lines: list[bytes]) -> None:
+    """Any bytes as a request head get an answer: a success, or an error in the envelope (never Tornado's bare 400)."""
+    status, headers, body = exchange(live_server.port, b"\r\n".join(lines) + b"\r\n\r\n")
+    if status >= 400:
+        assert_envelope((status, headers, body), status, body["error"]["code"])
+    assert status < 500
