@@ -75,7 +75,7 @@ class PresenceHandler(ServerApiHandler):
     """GET /api/v1/server/presence?channel= -> {users, count}."""
 
     async def get(self) -> None:
-        channel = Channel.parse(self.get_query_argument("channel", ""))
+        channel = Channel.parse(self.get_query_argument("channel", "", strip=False))
         hub = self.services.realtime.hub
         if channel.kind == "room":
             users = hub.present(channel)
