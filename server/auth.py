@@ -88,7 +88,7 @@ class Auth:
         except jwt.PyJWTError:
             raise ApiError("unauthorized", "the access token is not valid") from None
         sub, sid = claims.get("sub"), claims.get("sid")
-        if not isinstance(sub, str) or not ObjectId.is_valid(sub) or not isinstance(sid, str) or not _SID.fullmatch(sid):
+        if not (isinstance(sub, str) and ObjectId.is_valid(sub) and isinstance(sid, str) and _SID.fullmatch(sid)):
             raise ApiError("unauthorized", "the access token is not valid")
         principal = Principal(sub, sid, float(claims["exp"]))
         if len(self._verified) >= VERIFIED_TOKENS:
