@@ -3,16 +3,16 @@ request ids, and every error body shaped in ``write_error``."""
 
 from __future__ import annotations
 
+import functools
 import logging
-import re
 import time
-import uuid
 from typing import TYPE_CHECKING, Any
 
 import ujson
 from jsonschema import Draft202012Validator
 from tornado.web import HTTPError, RequestHandler
 
+from handlers.edge import request_id
 from server.auth import Principal
 from server.errors import ApiError
 from server.logs import fields
@@ -26,7 +26,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("server.http")
 
 JSON_MAX_BYTES = 1024 * 1024  # the largest JSON body accepted
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
 _TORNADO_CODES = {400: "invalid_request", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
                   413: "payload_too_large", 415: "unsupported_media_type", 416: "range_not_satisfiable"}
 
@@ -51,10 +50,14 @@ class BaseHandler(RequestHandler):
         self.route = route
         self.principal = None
         self.started = time.perf_counter()  # for the latency metric
-        incoming = self.request.headers.get("X-Request-Id", "")
-        self.request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex  # echoed and logged
+
+    @functools.cached_property
+    def request_id(self) -> str:
+        """The X-Request-Id echoed and logged: the client's when well formed, else a new one."""
+        return request_id(self.request.headers)
 
     def set_default_headers(self) -> None:
+        self.set_header("X-Request-Id", self.request_id)  # here, as an error clears the headers
         self.set_header("Content-Type", "application/json; charset=UTF-8")
         self.set_header("Cache-Control", "no-store")
 
@@ -124,6 +127,7 @@ class BaseHandler(RequestHandler):
         exc_info = kwargs.get("exc_info")
         error = self._api_error(exc_info[1] if exc_info else None, status_code)
         self.set_header("Content-Type", "application/json; charset=UTF-8")
+        self.set_header("X-Request-Id", self.request_id)
         for name, value in error.headers.items():
             self.set_header(name, value)
         self.finish(ujson.dumps(error.body(), ensure_ascii=False, escape_forward_slashes=False))
