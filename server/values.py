@@ -9,15 +9,17 @@ serve back as JSON that ``JSON.parse`` reads.
   (what the escape ``"\\ud800"`` decodes to) has none.
 - keys: no NUL (BSON keys are C strings) and no leading ``$`` (MongoDB's
   operators; such a key is refused as ``invalid_request``, an attempt to
-  smuggle a query operator, never a value).
+  smuggle a query operator, never a value, and the path names the object
+  holding it).
 - nesting: at most ``MAX_DEPTH`` (32) levels of objects and arrays, the data
   (or the record) itself counted as level 1. ujson alone stops at 1,024, deeper
   than BSON encoders and MongoDB (100) go.
 
 ``check`` applies them once, as JSON is parsed (``protocol.parse``,
 ``validation.parse_json``), to the whole frame or body; ``envelope`` says how
-many levels wrap the data (a frame or a server API body: 1, around ``data``).
-A refusal names the first offending place as a JSON Pointer.
+many levels wrap the data (a frame or a server API body: 1, around ``data``;
+a record: 0, or 2 in a batch's ``{"items": [...]}``). A refusal names the first
+offending place as a JSON Pointer.
 """
 
 from __future__ import annotations
