@@ -147,13 +147,15 @@ async def test_records_refuse_what_cannot_be_stored(api, login, client, environ)
 @pytest.mark.gen_test(timeout=30)
 async def test_a_pattern_ending_in_dollar_refuses_a_final_newline(api, login) -> None:
     """JSON Schema's $ ends the text (ECMA-262): "d1\\n" does not match ^[a-z0-9]{1,8}$, in records and
-    in the server's own bodies."""
+    in the server's own bodies; nor is a WeChat code with a final newline one."""
     token = (await login("alice"))["access_token"]
     assert (await api("POST", "/api/v1/records/device", {"device": "d1"}, token=token))[0] == 201
     status, answer, _ = await api("POST", "/api/v1/records/device", {"device": "d1\n"}, token=token)
     assert (status, answer["error"]["details"][0]["path"]) == (422, "/device")
     status, answer, _ = await api("POST", "/api/v1/auth/dev", {"name": "alice\n"})
     assert (status, answer["error"]["code"]) == (422, "validation_failed")
+    status, answer, _ = await api("POST", "/api/v1/auth/wechat", {"code": "081aBc\n"})
+    assert (status, answer["error"]["code"]) == (400, "invalid_request")  # never sent on to WeChat
 
 
 @pytest.mark.gen_test(timeout=30)
