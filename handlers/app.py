@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tornado import httputil
+from tornado.http1connection import HTTP1Connection
 from tornado.httpclient import AsyncHTTPClient
 from tornado.web import Application, RequestHandler
 
@@ -106,7 +107,10 @@ class ServerApplication(Application):
 
     def start_request(self, server_conn: object, request_conn: httputil.HTTPConnection
                       ) -> httputil.HTTPMessageDelegate:
-        return Edge(super().start_request(server_conn, request_conn), request_conn, self.body_limit, self.refused)
+        delegate = super().start_request(server_conn, request_conn)
+        if not isinstance(request_conn, HTTP1Connection):
+            return delegate
+        return Edge(delegate, request_conn, self.body_limit, self.refused)
 
     def refused(self, method: str, path: str, error: ApiError) -> None:
         """The access log and metrics of a request the edge answered."""

@@ -18,6 +18,7 @@ from server.errors import ApiError
 from server.logs import fields
 from server.storage import as_api_error
 from server.validation import parse_json, validate
+from server.values import Envelope
 
 if TYPE_CHECKING:
     from server.app import Services
@@ -57,6 +58,7 @@ class BaseHandler(RequestHandler):
 
     def set_default_headers(self) -> None:
         self.set_header("X-Request-Id", self.request_id)  # here, as an error clears the headers
+        self.clear_header("Server")  # no version for scanners
         self.set_header("Content-Type", "application/json; charset=UTF-8")
         self.set_header("Cache-Control", "no-store")
 
@@ -84,14 +86,15 @@ class BaseHandler(RequestHandler):
                 return hops[-1]
         return peer
 
-    def json_payload(self, max_bytes: int = JSON_MAX_BYTES) -> Any:
-        """The request's body as JSON: application/json, at most ``max_bytes``."""
+    def json_payload(self, max_bytes: int = JSON_MAX_BYTES, envelope: Envelope = 1) -> Any:
+        """The request's body as JSON: application/json, at most ``max_bytes``,
+        within the value rules (``envelope``: the levels around the data)."""
         content_type = self.request.headers.get("Content-Type", "application/json").split(";")[0].strip().lower()
         if content_type not in ("application/json", "text/json", ""):
             raise ApiError("unsupported_media_type", "the request body must be application/json")
         if len(self.request.body) > max_bytes:
             raise ApiError("payload_too_large", f"JSON bodies are limited to {max_bytes} bytes")
-        return parse_json(self.request.body)
+        return parse_json(self.request.body, envelope)
 
     def json_body(self, validator: Draft202012Validator) -> dict[str, Any]:
         """The request's JSON object, checked against ``validator``."""

@@ -33,7 +33,7 @@ LINGER_SECONDS = 10.0  # for at most this long
 LINGER_IDLE_SECONDS = 2.0  # or until the client sends nothing for this long
 _READ_CHUNK = 64 * 1024
 REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{8,64}")  # an X-Request-Id the server echoes (else it makes one)
-_DIGITS = re.compile(r"[0-9]{1,18}")
+_DIGITS = re.compile(r"[0-9]+")
 _SYNTHETIC = "GET / HTTP/1.1"  # stands for a request Tornado could not parse, which Edge refuses
 _REFUSING: set[asyncio.Task[None]] = set()  # graceful closes under way, kept until done
 
@@ -104,7 +104,7 @@ class Edge(httputil.HTTPMessageDelegate):
     """Wraps one request's delegate: refuses in the envelope what Tornado would
     refuse bare, and bodies over the route's limit; passes the rest through."""
 
-    def __init__(self, inner: httputil.HTTPMessageDelegate, connection: httputil.HTTPConnection,
+    def __init__(self, inner: httputil.HTTPMessageDelegate, connection: HTTP1Connection,
                  body_limit: Callable[[str], tuple[int, bool]],
                  on_refused: Callable[[str, str, ApiError], None]) -> None:
         self.inner = inner  # the application's delegate (routing, then the handler)
@@ -119,15 +119,16 @@ class Edge(httputil.HTTPMessageDelegate):
         self.received = 0  # body bytes read so far
         self.refused = False  # answered by the edge: the rest of the body is dropped
         self.answer_finished = False  # the edge's answer is finished on Tornado's connection
-        if isinstance(connection, HTTP1Connection):
-            self._watch_head(connection)
+        self._watch(connection)
 
-    def _watch_head(self, connection: HTTP1Connection) -> None:
-        """Tornado writes a bare 400 for a head it cannot parse, before any delegate
-        hears of it (``HTTP1Connection._parse_headers``, the one place this module
-        reaches into Tornado): a head that fails is remembered here and replaced by
-        a synthetic one, which ``headers_received`` refuses in the envelope."""
-        parse = connection._parse_headers
+    def _watch(self, connection: HTTP1Connection) -> None:
+        """Tornado writes a bare 400 for what it cannot parse, out of any delegate's
+        reach: a request head (``HTTP1Connection._parse_headers``) and a chunked body's
+        framing (``_read_body``). These two are the only places this module reaches
+        into Tornado. A head that fails is remembered and replaced by a synthetic one,
+        which ``headers_received`` refuses in the envelope; a chunked body the edge
+        counts (its handler has written nothing yet) is answered in the envelope."""
+        parse, read_body = connection._parse_headers, connection._read_body
 
         def parse_or_remember(data: bytes) -> tuple[str, httputil.HTTPHeaders]:
             try:
@@ -138,7 +139,28 @@ class Edge(httputil.HTTPMessageDelegate):
                 self.malformed = str(exc)
                 return _SYNTHETIC, httputil.HTTPHeaders({"Host": "malformed"})
 
+        def read_or_answer(code: int, headers: httputil.HTTPHeaders,
+                           delegate: httputil.HTTPMessageDelegate) -> Awaitable[None] | None:
+            reading = read_body(code, headers, delegate)
+            return self._answer_bad_framing(reading) if reading is not None and self.count_body else reading
+
         connection._parse_headers = parse_or_remember  # type: ignore[method-assign]
+        connection._read_body = read_or_answer  # type: ignore[method-assign]
+
+    async def _answer_bad_framing(self, reading: Awaitable[None]) -> None:
+        """Reads a counted chunked body; if its framing breaks (or it runs past the
+        limit plus LINGER_BYTES), answers invalid_request unless the edge already
+        answered, and closes the connection once the answer is written."""
+        try:
+            await reading
+        except httputil.HTTPInputError as exc:
+            if not self.refused:
+                self.refused = True
+                error = ApiError("invalid_request", f"malformed chunked body: {exc}")
+                self.on_refused(self.start_line.method, self.start_line.path, error)
+                self.inner.on_connection_close()
+                self._answer_in_place(error)
+            self._finish_answer()  # the body was not read to its end: Tornado closes once this is written
 
     def headers_received(self, start_line: httputil.RequestStartLine | httputil.ResponseStartLine,
                          headers: httputil.HTTPHeaders) -> Awaitable[None] | None:
@@ -154,10 +176,9 @@ class Edge(httputil.HTTPMessageDelegate):
             if length is not None and length > self.limit:
                 raise ApiError("payload_too_large", f"this endpoint takes bodies of at most {self.limit} bytes")
             self.count_body = chunked and not handler_streams
-            if isinstance(self.connection, HTTP1Connection):
-                # Tornado's own check would answer a bare 400: the edge counts instead,
-                # and lets a chunked body run past the limit only to drop the rest.
-                self.connection.set_max_body_size(self.limit + LINGER_BYTES if chunked else self.limit)
+            # Tornado's own check would answer a bare 400: the edge counts instead,
+            # and lets a chunked body run past the limit only to drop the rest.
+            self.connection.set_max_body_size(self.limit + LINGER_BYTES if chunked else self.limit)
             return self.inner.headers_received(start_line, headers)
         except ApiError as error:
             self._refuse_now(headers, error)
@@ -170,8 +191,6 @@ class Edge(httputil.HTTPMessageDelegate):
         the answer written, and the connection closed gracefully."""
         self.refused = True
         self.on_refused(self.start_line.method, self.start_line.path, error)
-        if not isinstance(self.connection, HTTP1Connection):
-            return
         stream = self.connection.detach()
         expected = None if self.malformed else _length_or_none(headers)
         if headers.get("Expect", "").lower() == "100-continue":

@@ -5,12 +5,18 @@ and the client reads the answer instead of a reset."""
 from __future__ import annotations
 
 import json
+import re
 import socket
 import string
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from tornado.http1connection import is_transfer_encoding_chunked, parse_int
+from tornado.httputil import HTTPHeaders, HTTPInputError
+
+from handlers.edge import content_length, is_chunked
+from server.errors import ApiError
 
 MIB = 1024 * 1024
 
@@ -77,6 +83,12 @@ def test_chunked_body_over_the_limit(live_server) -> None:
     assert_envelope(answer, 413, "payload_too_large")
 
 
+def test_a_content_length_of_twenty_digits_is_too_large(live_server) -> None:
+    """A Content-Length beyond any integer type is 413 (a number, just too large), not a parse failure."""
+    answer = exchange(live_server.port, post_head("/api/v1/auth/dev", length=10**20))
+    assert_envelope(answer, 413, "payload_too_large")
+
+
 def test_expect_continue_over_the_limit_gets_no_go_ahead(live_server) -> None:
     """With Expect: 100-continue, a body over the limit is refused (413) before any of it is sent."""
     answer = exchange(live_server.port, post_head("/api/v1/auth/dev", "Expect: 100-continue\r\n", length=5 * MIB))
@@ -118,10 +130,16 @@ def test_malformed_requests_get_the_envelope(live_server, name: str) -> None:
     assert_envelope(exchange(live_server.port, MALFORMED[name]), 400, "invalid_request")
 
 
+@pytest.mark.parametrize("framing", [b"zz\r\n{}\r\n0\r\n\r\n", b"2\r\n{}XX0\r\n\r\n", b"2\r\n{}\r\n0\r\nX\r\n"])
+def test_a_broken_chunked_body_is_answered_in_the_envelope(live_server, framing: bytes) -> None:
+    """A chunk size that is not hexadecimal, or a chunk not ended by CRLF: 400 invalid_request, not a bare 400."""
+    assert_envelope(exchange(live_server.port, post_head("/api/v1/auth/dev") + framing), 400, "invalid_request")
+
+
 HEADER_TEXT = st.text(st.characters(codec="latin-1"), max_size=40)
 
 
-@settings(max_examples=60, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@settings(max_examples=60, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck))
 @given(name=st.text(string.ascii_letters + string.digits + "-_ :\t\x00\x7f", min_size=1, max_size=20),
        value=HEADER_TEXT, method=st.sampled_from(["GET", "POST", "PUT", "DELETE", "FOO"]),
        path=st.sampled_from(["/healthz", "/api/v1/me", "/api/v1/nothing", "/api/v1/auth/dev"]))
@@ -132,6 +150,56 @@ def test_any_header_gets_an_http_answer_in_the_envelope(live_server, name: str, 
         value = value.replace("\r", "").replace("\n", "")
     head = (f"{method} {path} HTTP/1.1\r\nHost: a\r\n{name}: {value}\r\nContent-Length: 0\r\n\r\n").encode("latin-1")
     status, headers, body = exchange(live_server.port, head)
+    if status >= 400:
+        assert_envelope((status, headers, body), status, body["error"]["code"])
+    assert status < 500
+
+
+def tornado_framing(headers: HTTPHeaders) -> tuple[int | None, bool]:
+    """What Tornado's HTTP/1 reader makes of the framing headers (raises HTTPInputError when it refuses)."""
+    length = None
+    if "Content-Length" in headers:
+        pieces = re.split(r",[ \t]*", headers["Content-Length"])
+        if any(p != pieces[0] for p in pieces):
+            raise HTTPInputError("unequal Content-Lengths")
+        try:
+            length = parse_int(pieces[0])
+        except ValueError:
+            raise HTTPInputError("not an integer") from None
+    return length, is_transfer_encoding_chunked(headers)
+
+
+FRAMING_VALUE = st.one_of(st.integers(0, 10**20).map(str), st.text("0123456789abcdef ,-+\t", max_size=12),
+                          st.sampled_from(["chunked", "Chunked", "gzip", "chunked, chunked", "identity"]))
+
+
+@settings(max_examples=400, deadline=None, derandomize=True, database=None)
+@given(lengths=st.lists(FRAMING_VALUE, max_size=3), encodings=st.lists(FRAMING_VALUE, max_size=2))
+def test_the_edge_reads_framing_headers_as_tornado_does(lengths: list[str], encodings: list[str]) -> None:
+    """For any Content-Length and Transfer-Encoding headers, the edge accepts exactly what Tornado's reader
+    accepts, with the same length; what either refuses is invalid_request, never another exception."""
+    headers = HTTPHeaders()
+    for value in lengths:
+        headers.add("Content-Length", value.strip(" \t"))
+    for value in encodings:
+        headers.add("Transfer-Encoding", value.strip(" \t"))
+    try:
+        expected: tuple[int | None, bool] | None = tornado_framing(headers)
+    except HTTPInputError:
+        expected = None
+    try:
+        got: tuple[int | None, bool] | None = (content_length(headers), is_chunked(headers))
+    except ApiError as error:
+        assert error.code == "invalid_request"
+        got = None
+    assert got == expected
+
+
+@settings(max_examples=80, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck))
+@given(lines=st.lists(st.binary(max_size=40).map(lambda b: b.replace(b"\n", b"")), min_size=1, max_size=4))
+def test_any_request_head_is_answered_in_the_envelope(live_server, lines: list[bytes]) -> None:
+    """Any bytes as a request head get an answer: a success, or an error in the envelope (never Tornado's bare 400)."""
+    status, headers, body = exchange(live_server.port, b"\r\n".join(lines) + b"\r\n\r\n")
     if status >= 400:
         assert_envelope((status, headers, body), status, body["error"]["code"])
     assert status < 500

@@ -127,3 +127,52 @@ def test_schemathesis(case: Any, live_server, credentials: dict[str, str]) -> No
     case.call_and_validate(base_url=live_server.url, headers=headers, timeout=10,
                            checks=[not_a_server_error, status_code_conformance, content_type_conformance,
                                    response_schema_conformance, error_in_the_envelope])
+
+
+def test_the_error_table_of_api_md_is_server_errors() -> None:
+    """docs/api.md's error table lists exactly the codes of server/errors.py, each with its status."""
+    from server.errors import STATUS
+
+    with open(os.path.join(os.path.dirname(OPENAPI), "api.md"), encoding="utf-8") as source:
+        rows = re.findall(r"^\| `([a-z_]+)` \| (\d{3}) \|", source.read(), re.M)
+    assert {code: int(status) for code, status in rows} == STATUS
+    assert len(rows) == len(STATUS)
+
+
+ANNOTATIONS = {"description", "default", "example", "examples"}
+
+
+def resolved(node: Any) -> Any:
+    """A schema of the description with its $refs replaced and its annotations dropped."""
+    if isinstance(node, dict):
+        if "$ref" in node:
+            target: Any = DESCRIPTION
+            for part in node["$ref"].removeprefix("#/").split("/"):
+                target = target[part]
+            return resolved(target)
+        return {k: resolved(v) for k, v in node.items() if k not in ANNOTATIONS}
+    if isinstance(node, list):
+        return [resolved(v) for v in node]
+    return node
+
+
+def test_request_bodies_are_the_handlers_schemas() -> None:
+    """Each JSON body described is exactly the JSON Schema its handler validates with."""
+    from handlers import auth, rooms, server_api
+
+    validators = {
+        ("/api/v1/auth/wechat", "post"): auth._CODE, ("/api/v1/auth/dev", "post"): auth._NAME,
+        ("/api/v1/auth/refresh", "post"): auth._REFRESH, ("/api/v1/auth/logout", "post"): auth._REFRESH,
+        ("/api/v1/rooms", "post"): rooms._ROOM, ("/api/v1/rooms/direct", "post"): rooms._USER,
+        ("/api/v1/rooms/{room_id}/members", "post"): rooms._USER,
+        ("/api/v1/server/publish", "post"): server_api._PUBLISH,
+        ("/api/v1/server/broadcast", "post"): server_api._BROADCAST,
+        ("/api/v1/server/disconnect", "post"): server_api._DISCONNECT,
+    }
+    described = {(path, method) for path, item in DESCRIPTION["paths"].items() for method in METHODS
+                 if method in item and "application/json" in resolved(item[method].get("requestBody", {})).get(
+                     "content", {}) and not path.startswith("/api/v1/records/")}
+    assert described == set(validators)
+    for (path, method), validator in validators.items():
+        body = resolved(DESCRIPTION["paths"][path][method]["requestBody"])
+        assert body["content"]["application/json"]["schema"] == validator.schema, f"{method} {path}"
