@@ -14,6 +14,7 @@ import re
 import secrets
 import time
 from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 import jwt
@@ -59,6 +60,7 @@ class Auth:
         # sid -> (user id, monotonic time until which a socket may open without the two lookups).
         self._vouched: dict[str, tuple[str, float]] = {}
         self._revoked: dict[str, float] = {}  # sid -> when this process revoked it (never vouched again)
+        self.on_revoke: Callable[[str], None] | None = None  # told a sid revoked here (other processes forget it)
         self._verified: dict[str, Principal] = {}  # access token -> its principal: the signature is checked once
 
     # -- access tokens ---------------------------------------------------------------
@@ -132,6 +134,14 @@ class Auth:
         """Revocations older than any vouch that could still be alive are not needed."""
         self._revoked = {k: t for k, t in self._revoked.items() if t > now - 2 * VOUCH_SECONDS}
 
+    def forget_session(self, sid: str) -> None:
+        """``sid`` was revoked (here or by another process): never vouched for again."""
+        self._vouched.pop(sid, None)
+        now = time.monotonic()
+        if len(self._revoked) >= 10_000:
+            self._forget_old_revocations(now)
+        self._revoked[sid] = now
+
     async def session_revoked(self, sid: str) -> bool:
         return await self._tokens.find_one({"family": sid, "revoked_at": {"$ne": None}}, {"_id": 1}) is not None
 
@@ -194,9 +204,7 @@ class Auth:
         return str(found["family"])
 
     async def revoke_family(self, family: str) -> None:
-        self._vouched.pop(family, None)
-        now = time.monotonic()
-        if len(self._revoked) >= 10_000:
-            self._forget_old_revocations(now)
-        self._revoked[family] = now
+        self.forget_session(family)
         await self._tokens.update_many({"family": family, "revoked_at": None}, {"$set": {"revoked_at": utcnow()}})
+        if self.on_revoke is not None:  # once stored: another process's next lookup sees the revocation
+            self.on_revoke(family)
