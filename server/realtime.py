@@ -17,7 +17,7 @@ from server.messages import Messages, Published
 from server.metrics import Metrics
 from server.protocol import encode_message_push
 from server.rooms import Rooms
-from server.session import OUTAGE_LOG_SECONDS, Session, Throttle, Transport
+from server.session import Session, Transport
 from server.users import Users
 from settings import Settings
 
@@ -39,7 +39,6 @@ class Realtime:
         self._idle = asyncio.Event()  # set while no publish is in flight
         self._idle.set()
         self.accepting = True  # False once shutdown began
-        self.outage_log = Throttle(OUTAGE_LOG_SECONDS)  # "database unavailable" lines of failed commands
 
     def open(self, principal: Principal, transport: Transport) -> Session:
         if not self.accepting:

@@ -39,7 +39,6 @@ RATE_BURST = 40.0  # and in a burst
 RATE_STRIKES = 20  # refused commands before the connection is closed (4008)
 MAX_IN_FLIGHT = 32  # commands of one connection running at once; one more is answered rate_limited
 COMMAND_SECONDS = 10.0  # a command not done by then (the database is stalled) answers unavailable
-OUTAGE_LOG_SECONDS = 10.0  # at most one "database unavailable" line per process this often
 
 Result = dict[str, Any] | bytes | None  # what a command's op returns; None: it sent its reply itself
 
@@ -47,25 +46,6 @@ Result = dict[str, Any] | bytes | None  # what a command's op returns; None: it 
 def _finish(turn: asyncio.Future[None], *_: Any) -> None:
     if not turn.done():
         turn.set_result(None)
-
-
-class Throttle:
-    """Lets one event through per ``seconds`` and counts those held back: a
-    database outage fails every command, and the log needs one line, not each."""
-
-    def __init__(self, seconds: float) -> None:
-        self.seconds = seconds  # the interval
-        self.next_at = 0.0  # monotonic time the next event may pass
-        self.held_back = 0  # events held back since the last one passed
-
-    def allow(self) -> int | None:
-        """The number held back before this one if it may pass, else None."""
-        now = time.monotonic()
-        if now < self.next_at:
-            self.held_back += 1
-            return None
-        held, self.held_back, self.next_at = self.held_back, 0, now + self.seconds
-        return held
 
 
 class Transport(Protocol):
@@ -246,9 +226,9 @@ class Session:
             if error is None:
                 log.exception("command failed", extra=fields(user=self.user, op=command.op))
                 error = ApiError("internal", "the command failed; the error is logged")
-            elif (held_back := self.realtime.outage_log.allow()) is not None:
+            else:  # an outage fails every command: server.logs.RateLimit keeps this to a few lines
                 log.warning("database unavailable", extra=fields(user=self.user, op=command.op,
-                                                                 error=type(exc).__name__, held_back=held_back))
+                                                                 error=type(exc).__name__))
             self.send(encode_error(command.id, error.code, error.message))
         finally:
             self.realtime.metrics.ws_command_latency.labels(command.op).observe(time.perf_counter() - started)
