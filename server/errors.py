@@ -41,7 +41,7 @@ class CloseCode(enum.IntEnum):
 
     NORMAL = 1000
     GOING_AWAY = 1001
-    INVALID_DATA = 1007
+    INVALID_DATA = 1007  # a text frame that is not UTF-8 (RFC 6455)
     POLICY = 1008
     TOO_BIG = 1009
     INTERNAL = 1011

@@ -139,7 +139,9 @@ class Session:
         """Queues a reply, in order with the pushes before it."""
         if self.closed:
             return False
-        self._queue(text_frame(payload.encode() if isinstance(payload, str) else payload))
+        if isinstance(payload, str):  # a lone surrogate (echoed from a client) is written escaped, as JSON allows
+            payload = payload.encode("utf-8", "backslashreplace")
+        self._queue(text_frame(payload))
         return True
 
     def _queue(self, frame: bytes) -> None:
@@ -191,6 +193,11 @@ class Session:
         except FrameError as exc:
             if self._admit(exc.command_id):
                 self.send(encode_error(exc.command_id, exc.code, exc.message))
+            return
+        except Exception:  # a frame the parser could not judge (a bug of ours): the connection goes on
+            log.exception("frame not parsed", extra=fields(user=self.user))
+            if self._admit(None):
+                self.send(encode_error(None, "internal", "the frame could not be read; the error is logged"))
             return
         if not self._admit(command.id):
             return
