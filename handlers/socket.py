@@ -216,7 +216,8 @@ class SocketHandler(WebSocketHandler):
     def close(self, code: int | None = None, reason: str | None = None) -> None:
         connection = self.ws_connection
         super().close(code, reason)
-        if code == CloseCode.TOO_SLOW and isinstance(connection, WebSocketProtocol13) and connection._waiting:
+        if (code == CloseCode.TOO_SLOW and self._socket is not None and isinstance(connection, WebSocketProtocol13)
+                and connection._waiting):
             # Its backlog was dropped: the socket holds at most a frame and the close frame, so the client,
             # which stopped reading, gets longer than Tornado's 5 s to read why it was closed.
             loop = connection.stream.io_loop
