@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("server.socket")
 
+_TORNADO_CODES = {403: "forbidden", 404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
 SLOW_CLOSE_SECONDS = 30.0  # how long a connection closed with 4009 waits for its client to read the close frame
 
 
@@ -78,6 +79,8 @@ class SocketHandler(WebSocketHandler):
     def _check_upgrade(self) -> None:
         """The checks Tornado makes before upgrading, answered in the contract's shape."""
         headers = self.request.headers
+        if self.request.method != "GET":
+            raise ApiError("method_not_allowed", "/ws answers GET (a WebSocket upgrade) only", headers={"Allow": "GET"})
         if headers.get("Upgrade", "").lower() != "websocket":
             raise ApiError("invalid_request", "/ws is a WebSocket endpoint: the request needs Upgrade: websocket")
         if "upgrade" not in (part.strip().lower() for part in headers.get("Connection", "").split(",")):
@@ -107,14 +110,12 @@ class SocketHandler(WebSocketHandler):
         self.finish(ujson.dumps(error.body(), ensure_ascii=False))
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
-        """What Tornado answers itself (POST /ws: 405), in the contract's shape."""
+        """What Tornado answers itself, in the contract's shape."""
         exc = kwargs.get("exc_info", (None, None, None))[1]
         if isinstance(exc, ApiError):
             error = exc
-        elif status_code == 405:
-            error = ApiError("method_not_allowed", "/ws answers GET (a WebSocket upgrade) only")
         else:
-            code = "internal" if status_code >= 500 else "invalid_request"
+            code = _TORNADO_CODES.get(status_code, "internal" if status_code >= 500 else "invalid_request")
             error = ApiError(code, exc.log_message if isinstance(exc, HTTPError) and exc.log_message else code)
         self._write_api_error(error)
 

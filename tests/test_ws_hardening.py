@@ -301,7 +301,7 @@ async def test_a_4009_close_reaches_a_client_that_stopped_reading(login, server_
 @pytest.mark.gen_test
 async def test_get_ws_without_an_upgrade_answers_json(base_url: str, login, http_client) -> None:
     """A plain GET /ws (no upgrade, a wrong version, a missing key) is answered 400 invalid_request in the
-    contract's error shape; an upgrade without a token is 401 in the same shape."""
+    contract's error shape; an upgrade without a token is 401, a POST 405, in the same shape."""
     alice = await login("alice")
     auth = {"Authorization": f"Bearer {alice['access_token']}"}
     upgrade = {"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13",
@@ -320,3 +320,9 @@ async def test_get_ws_without_an_upgrade_answers_json(base_url: str, login, http
         assert response.headers["Content-Type"].startswith("application/json")
         body = json.loads(response.body)
         assert body["error"]["code"] == code and set(body["error"]) == {"code", "message", "details"}, body
+    for method in ("POST", "PROPFIND"):
+        with pytest.raises(HTTPClientError) as error:
+            await http_client.fetch(base_url + "/ws", method=method, body=b"{}", headers=auth,
+                                    allow_nonstandard_methods=True)
+        assert error.value.code == 405, method
+        assert json.loads(error.value.response.body)["error"]["code"] == "method_not_allowed"
