@@ -230,7 +230,7 @@ async def test_commands_naming_one_channel_run_in_the_order_sent(api, login, con
     await b.call("subscribe", channel=channel)
     for n in range(1, 21):
         await a.send_raw(json.dumps({"id": n, "op": "publish", "channel": channel, "data": {"n": n}}))
-    await a.send_raw(json.dumps({"id": 21, "op": "subscribe", "channel": channel}))
+    await a.send_raw(json.dumps({"id": 21, "op": "subscribe", "channel": channel, "last": 5}))  # reads MongoDB
     await a.send_raw(json.dumps({"id": 22, "op": "unsubscribe", "channel": channel}))
     replies = {r["id"]: r for r in [await a.read() for _ in range(22)]}
     assert [replies[n]["result"]["seq"] for n in range(1, 21)] == list(range(1, 21))
@@ -239,6 +239,22 @@ async def test_commands_naming_one_channel_run_in_the_order_sent(api, login, con
     assert (await b.push())["message"]["data"] == {"n": "after"}
     with pytest.raises(TimeoutError):
         await a.read(0.5)  # unsubscribed: nothing arrives
+
+
+@pytest.mark.parametrize("extra_env", [{"CONTENT_CHECK": "on"}])
+@pytest.mark.gen_test(timeout=30)
+async def test_publishes_whose_checks_finish_out_of_order_are_stored_in_the_order_sent(api, connect,
+                                                                                      extra_env) -> None:
+    """With CONTENT_CHECK=on, a publish whose check answers late and one sent after it whose check answers at
+    once, on one socket: stored in the order sent."""
+    status, tokens, _ = await api("POST", "/api/v1/auth/wechat", {"code": "ok-ordered"})
+    assert status == 200, tokens
+    channel = await _room(api, tokens["access_token"])
+    a = await connect(tokens["access_token"])
+    for n, text in enumerate(("wechat-slow first", "second at once"), 1):
+        await a.send_raw(json.dumps({"id": n, "op": "publish", "channel": channel, "data": {"text": text}}))
+    replies = {r["id"]: r for r in [await a.read(), await a.read()]}
+    assert [replies[n]["result"]["seq"] for n in (1, 2)] == [1, 2], replies
 
 
 # -- since, UTF-8, 4009, the upgrade ---------------------------------------------------------------------

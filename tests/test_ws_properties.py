@@ -10,7 +10,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.ws_client import RawSocket
+from tests.ws_client import Client, RawSocket
 
 CODES = {"invalid_json", "invalid_request", "payload_too_large", "forbidden", "rate_limited", "validation_failed",
          "unauthorized", "token_expired", "not_found"}
@@ -92,3 +92,70 @@ def test_any_frame_gets_one_reply_in_the_protocols_shape(io_loop, http_port: int
             raw.close()
 
     io_loop.run_sync(exchange, timeout=30)
+
+
+ROOMS: dict[int, tuple[str, str, list[str]]] = {}  # server port -> (a token, another's token, two rooms)
+
+
+async def _rooms(api: Any, login: Any) -> tuple[str, str, list[str]]:
+    alice, bob = await login("order-a"), await login("order-b")
+    rooms = []
+    for name in ("first", "second"):
+        status, room, _ = await api("POST", "/api/v1/rooms", {"name": name, "public": True},
+                                    token=alice["access_token"])
+        assert status == 201, room
+        rooms.append(f"room:{room['id']}")
+    return alice["access_token"], bob["access_token"], rooms
+
+
+@settings(max_examples=30, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(steps=st.lists(st.tuples(st.sampled_from(["subscribe", "unsubscribe", "publish"]), st.integers(0, 1)),
+                      min_size=1, max_size=20))
+def test_concurrent_commands_keep_the_order_of_each_channel(io_loop, http_port: int, api, login,
+                                                            steps: list[tuple[str, int]]) -> None:
+    """Subscribes, unsubscribes and publishes sent back to back on one socket (they run concurrently) end as
+    if run in the order sent: one reply each, a channel's publishes get rising seqs, pushes arrive in seq
+    order once each, and the socket ends subscribed exactly where the last command said so."""
+    if http_port not in ROOMS:
+        ROOMS[http_port] = io_loop.run_sync(lambda: _rooms(api, login))
+    token, other_token, rooms = ROOMS[http_port]
+    base_url = f"http://127.0.0.1:{http_port}"
+
+    async def exchange() -> None:
+        client, other = await Client.connect(base_url, token), await Client.connect(base_url, other_token)
+        try:
+            for number, (op, room) in enumerate(steps, 1):
+                extra = {"publish": {"data": {"n": number}}, "subscribe": {"last": 3}}.get(op, {})  # last: a read
+                await client.send_raw(json.dumps({"id": number, "op": op, "channel": rooms[room], **extra}))
+            replies = {}
+            while len(replies) < len(steps):
+                reply = await client.read(10)
+                assert reply is not None, "closed"
+                if "push" in reply:
+                    client.pushes.append(reply)
+                else:
+                    assert reply["id"] not in replies, reply
+                    replies[reply["id"]] = reply
+            assert all("result" in reply for reply in replies.values()), replies
+            for room in (0, 1):
+                seqs = [replies[n]["result"]["seq"] for n, (op, r) in enumerate(steps, 1)
+                        if op == "publish" and r == room]
+                assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs), seqs
+            subscribed = {room: False for room in (0, 1)}
+            for op, room in steps:
+                if op != "publish":
+                    subscribed[room] = op == "subscribe"
+            probes = [(await other.call("publish", channel=channel, data={"probe": True}))["result"]["seq"]
+                      for channel in rooms]
+            await client.call("ping")  # the probes' pushes, if any, were queued before this reply
+            for room, channel in enumerate(rooms):
+                seqs = [p["message"]["seq"] for p in client.pushes
+                        if p["push"] == "message" and p["message"]["channel"] == channel]
+                assert seqs == sorted(set(seqs)), seqs  # in order, once each
+                assert (probes[room] in seqs) == subscribed[room], (steps, room, seqs, probes)
+        finally:
+            client.close()
+            other.close()
+
+    io_loop.run_sync(exchange, timeout=60)
