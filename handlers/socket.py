@@ -4,6 +4,13 @@ it, then moves frames between the socket and its ``server.session.Session``.
 Every answer before the upgrade (a plain GET, a bad token, the server shutting
 down) is an error in the contract's JSON shape. After it, frames are handed to
 the session as they arrive, without waiting for their commands.
+
+Private parts of Tornado 6 this relies on (tests/test_ws_hardening.py covers
+each): WebSocketProtocol13's ``_handle_message``, ``_frame_compressed``,
+``_run_callback``, ``_message_bytes_in``, ``_waiting`` and ``_abort`` (1007, and
+the 4009 close's wait); IOStream's ``_write_buffer``, ``_write_futures``,
+``_total_write_index`` and ``_total_write_done_index`` (what is unsent, and
+dropping it for 4009).
 """
 
 from __future__ import annotations
