@@ -24,7 +24,8 @@ from tornado.web import Application
 
 import settings as settings_module
 from embedded_mongo.launcher import ChildStore
-from server.app import Services, make_app, tune_gc
+from handlers.app import make_app, max_body_size
+from server.app import Services, tune_gc
 from server.listener import Ceilings, Gate, listening_sockets, raise_descriptor_limit
 from server.logs import configure, fields
 from server.records import SchemaFileError
@@ -62,7 +63,7 @@ def listen(config: settings_module.Settings, app: Application, ceilings: Ceiling
     connection ceiling; and the port (PORT=0 picks one)."""
     context = tls_context(config.tls_cert, config.tls_key) if config.tls_cert and config.tls_key else None
     server = HTTPServer(app, ssl_options=context,
-                        max_body_size=config.file_max_bytes + 1024 * 1024, idle_connection_timeout=75)
+                        max_body_size=max_body_size(config), idle_connection_timeout=75)
     sockets = listening_sockets(config.host, config.port, config.listen_backlog, reuse_port)
     Gate(server, ceilings, context).listen(sockets)
     return server, sockets[0].getsockname()[1]
