@@ -1,25 +1,61 @@
-"""GET /ws: the WebSocket endpoint. Authenticates before the upgrade, then
-moves frames between the socket and its ``server.session.Session``."""
+"""GET /ws: the WebSocket endpoint. Checks the upgrade and authenticates before
+it, then moves frames between the socket and its ``server.session.Session``.
+
+Every answer before the upgrade (a plain GET, a bad token, the server shutting
+down) is an error in the contract's JSON shape. After it, frames are handed to
+the session as they arrive, without waiting for their commands.
+
+Private parts of Tornado 6 this relies on (tests/test_ws_hardening.py covers
+each): WebSocketProtocol13's ``_handle_message``, ``_frame_compressed``,
+``_run_callback``, ``_message_bytes_in``, ``_waiting`` and ``_abort`` (1007, and
+the 4009 close's wait); IOStream's ``_write_buffer``, ``_write_futures``,
+``_total_write_index`` and ``_total_write_done_index`` (what is unsent, and
+dropping it for 4009).
+"""
 
 from __future__ import annotations
 
 import logging
 import socket
-from typing import TYPE_CHECKING, Any
+from collections import deque
+from typing import TYPE_CHECKING, Any, cast
 
 import ujson
-from tornado.iostream import SSLIOStream
-from tornado.websocket import WebSocketHandler
+from tornado.concurrent import Future
+from tornado.iostream import SSLIOStream, StreamClosedError
+from tornado.web import HTTPError
+from tornado.websocket import WebSocketHandler, WebSocketProtocol, WebSocketProtocol13
 
 from handlers.base import bearer_token
 from server.auth import Principal
-from server.errors import ApiError
+from server.errors import ApiError, CloseCode
+from server.logs import fields
 from server.session import Session
+from server.storage import as_api_error
 
 if TYPE_CHECKING:
     from server.app import Services
 
 log = logging.getLogger("server.socket")
+
+_TORNADO_CODES = {403: "forbidden", 404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+SLOW_CLOSE_SECONDS = 30.0  # how long a connection closed with 4009 waits for its client to read the close frame
+
+
+class _Protocol(WebSocketProtocol13):
+    """Tornado's RFC 6455 protocol, except that a text frame that is not UTF-8
+    closes the connection with 1007 (Tornado drops it without a close frame)."""
+
+    def _handle_message(self, opcode: int, data: bytes) -> Future[None] | None:
+        if opcode != 0x1 or self.client_terminated or self._frame_compressed:
+            return super()._handle_message(opcode, data)
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            cast(SocketHandler, self.handler).refuse_frame(CloseCode.INVALID_DATA, "invalid UTF-8")
+            return None
+        self._message_bytes_in += len(data)
+        return self._run_callback(self.handler.on_message, text)
 
 
 class SocketHandler(WebSocketHandler):
@@ -32,20 +68,69 @@ class SocketHandler(WebSocketHandler):
         self.session: Session | None = None  # the protocol state, once open
         self._stream: Any = None  # the connection's IOStream, once open
         self._socket: socket.socket | None = None  # its socket when plain TCP: frames are written to it directly
+        self._ends: deque[int] = deque()  # where the stream's unwritten writes end: each a frame boundary
 
     def check_origin(self, origin: str) -> bool:
         return True  # tokens, not cookies, authenticate: another origin gains nothing
 
     async def prepare(self) -> None:
-        token = bearer_token(self.request.headers.get("Authorization", "")) or self.get_query_argument("token", "")
         try:
+            self._check_upgrade()
+            token = bearer_token(self.request.headers.get("Authorization", "")) or self.get_query_argument("token", "")
             self.principal = await self.services.auth.authenticate(token or None, vouched=True)
             if not self.services.realtime.accepting:
                 raise ApiError("unavailable", "the server is shutting down")
-        except ApiError as exc:
-            self.set_status(exc.status)
-            self.set_header("Content-Type", "application/json; charset=UTF-8")
-            self.finish(ujson.dumps(exc.body(), ensure_ascii=False))
+        except Exception as exc:
+            self._refuse(exc)
+
+    def _check_upgrade(self) -> None:
+        """The checks Tornado makes before upgrading, answered in the contract's shape."""
+        headers = self.request.headers
+        if self.request.method != "GET":
+            raise ApiError("method_not_allowed", "/ws answers GET (a WebSocket upgrade) only", headers={"Allow": "GET"})
+        if headers.get("Upgrade", "").lower() != "websocket":
+            raise ApiError("invalid_request", "/ws is a WebSocket endpoint: the request needs Upgrade: websocket")
+        if "upgrade" not in (part.strip().lower() for part in headers.get("Connection", "").split(",")):
+            raise ApiError("invalid_request", "a WebSocket upgrade needs Connection: Upgrade")
+        if headers.get("Sec-WebSocket-Version") != "13":
+            raise ApiError("invalid_request", "only WebSocket version 13 (RFC 6455) is spoken",
+                           headers={"Sec-WebSocket-Version": "13"})
+        if not headers.get("Sec-WebSocket-Key") or not headers.get("Host"):
+            raise ApiError("invalid_request", "a WebSocket upgrade needs Host and Sec-WebSocket-Key")
+
+    def _refuse(self, exc: BaseException) -> None:
+        """Answers the upgrade request with an error instead."""
+        error = exc if isinstance(exc, ApiError) else as_api_error(exc)
+        if error is None:
+            log.error("upgrade failed", exc_info=exc, extra=fields(route=self.route))
+            error = ApiError("internal", "the server failed to answer; the error is logged")
+        elif not isinstance(exc, ApiError):
+            log.warning("database unavailable", extra=fields(route=self.route, error=type(exc).__name__))
+        self._write_api_error(error)
+
+    def _write_api_error(self, error: ApiError) -> None:
+        self.set_status(error.status)
+        self.set_header("Content-Type", "application/json; charset=UTF-8")
+        self.set_header("Cache-Control", "no-store")
+        for name, value in error.headers.items():
+            self.set_header(name, value)
+        self.finish(ujson.dumps(error.body(), ensure_ascii=False))
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        """What Tornado answers itself, in the contract's shape."""
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(exc, ApiError):
+            error = exc
+        else:
+            code = _TORNADO_CODES.get(status_code, "internal" if status_code >= 500 else "invalid_request")
+            error = ApiError(code, exc.log_message if isinstance(exc, HTTPError) and exc.log_message else code)
+        self._write_api_error(error)
+
+    def get_websocket_protocol(self) -> WebSocketProtocol | None:
+        protocol = super().get_websocket_protocol()
+        if not isinstance(protocol, WebSocketProtocol13):
+            return protocol
+        return _Protocol(self, False, protocol.params)
 
     def open(self, *args: Any, **kwargs: Any) -> None:
         assert self.principal is not None
@@ -54,13 +139,20 @@ class SocketHandler(WebSocketHandler):
         self._socket = None if stream is None or isinstance(stream, SSLIOStream) else stream.socket  # plain TCP
         self.session = self.services.realtime.open(self.principal, self)
 
-    async def on_message(self, message: str | bytes) -> None:
+    def on_message(self, message: str | bytes) -> None:
         if self.session is not None:
-            await self.session.handle(message)
+            self.session.receive(message)  # returns at once: the next frame is read meanwhile
 
     def on_close(self) -> None:
         if self.session is not None:
             self.session.detach()
+
+    def refuse_frame(self, code: int, reason: str) -> None:
+        """Closes the connection for a frame the protocol refuses."""
+        if self.session is not None:
+            self.session.close(code, reason)
+        else:
+            self.close(code, reason)
 
     # -- Transport -----------------------------------------------------------------
 
@@ -81,7 +173,12 @@ class SocketHandler(WebSocketHandler):
             if sent == len(frame):
                 return True
             frame = frame[sent:]
-        self._stream.write(frame)
+        stream = self._stream
+        stream.write(frame)
+        ends, done = self._ends, stream._total_write_done_index
+        while ends and ends[0] < done:
+            ends.popleft()
+        ends.append(stream._total_write_index)  # whole frames, or the rest of one: a frame ends here
         return False
 
     def get_compression_options(self) -> None:
@@ -93,5 +190,44 @@ class SocketHandler(WebSocketHandler):
             return 0
         return int(stream._total_write_index - stream._total_write_done_index)
 
+    def drop_unsent(self) -> None:
+        """Drops the frames queued and not yet written, but the one being
+        written, so that a close frame goes next (a client that stopped reading
+        then learns why it was closed). Over TLS the stream's buffer is left
+        alone: the TLS layer may be midway through writing it."""
+        stream = self._stream
+        if self._socket is None or stream is None or stream.closed():
+            return
+        done = stream._total_write_done_index
+        ends = self._ends
+        while ends and ends[0] < done:
+            ends.popleft()
+        keep_to = ends[0] if ends else stream._total_write_index  # the end of the frame being written
+        ends.clear()
+        buffer = stream._write_buffer
+        keep = keep_to - done
+        if len(buffer) <= keep:
+            return
+        kept = bytearray()
+        while len(kept) < keep:  # the buffer is a chain of pieces: copy from each in turn
+            with buffer.peek(keep - len(kept)) as view:
+                kept += view
+                taken = len(view)
+            buffer.advance(taken)
+        stream._write_buffer = fresh = type(buffer)()
+        fresh.append(bytes(kept))
+        stream._total_write_index = keep_to
+        futures = stream._write_futures
+        while futures and futures[-1][0] > keep_to:  # writes dropped: never written
+            futures.pop()[1].set_exception(StreamClosedError())
+
     def close(self, code: int | None = None, reason: str | None = None) -> None:
+        connection = self.ws_connection
         super().close(code, reason)
+        if (code == CloseCode.TOO_SLOW and self._socket is not None and isinstance(connection, WebSocketProtocol13)
+                and connection._waiting):
+            # Its backlog was dropped: the socket holds at most a frame and the close frame, so the client,
+            # which stopped reading, gets longer than Tornado's 5 s to read why it was closed.
+            loop = connection.stream.io_loop
+            loop.remove_timeout(connection._waiting)
+            connection._waiting = loop.add_timeout(loop.time() + SLOW_CLOSE_SECONDS, connection._abort)

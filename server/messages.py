@@ -10,6 +10,12 @@ fast start. In one process, publishes to one channel take turns, those that
 arrive meanwhile stored together by one ``insert_many`` (group commit), so the
 insert almost always succeeds first time and messages are handed to the broker
 in seq order.
+
+A publish never fails because of its neighbours in a batch: whatever refuses the
+batch insert (a seq taken elsewhere, a document the driver cannot encode), what
+the insert did not store is stored one at a time, where only the refused
+message fails. The channel's writer is a task of its own, so a publisher that
+stops waiting (its command timed out, its socket closed) stops no one else's.
 """
 
 from __future__ import annotations
@@ -20,13 +26,18 @@ from dataclasses import dataclass
 from typing import Any
 
 from bson import ObjectId
+from bson.errors import InvalidDocument
 from pymongo import DESCENDING
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
+from server.errors import ApiError
 from server.storage import Storage, iso, utcnow
 
 MAX_ATTEMPTS = 50  # inserts tried against other processes' concurrent publishes
 MAX_BATCH = 500  # publishes stored with one insert_many
+# What the driver raises, before sending anything, for a document BSON cannot hold
+# (an integer beyond int64, a NUL in a key, a lone surrogate in a string).
+UNENCODABLE = (InvalidDocument, OverflowError, UnicodeEncodeError)
 
 
 def public(doc: dict[str, Any]) -> dict[str, Any]:
@@ -74,6 +85,7 @@ class Messages:
         self._channels = storage["channels"]  # {_id: channel, seq, updated_at}
         self._waiting: dict[str, list[_Request]] = {}  # channel -> publishes waiting for its writer
         self._last: dict[str, int] = {}  # last seq stored per channel, a hint
+        self._writers: set[asyncio.Task[None]] = set()  # the channels' writer tasks, held until done
 
     async def last_seq(self, channel: str) -> int:
         doc = await self._messages.find_one({"channel": channel}, {"seq": 1}, sort=[("seq", DESCENDING)])
@@ -85,23 +97,32 @@ class Messages:
         retried cid); ``deliver(message)`` runs in seq order, before the next
         messages of the channel are stored.
 
-        Publishes to one channel take turns: the first becomes the channel's
-        writer, and those arriving while it stores wait and are then stored
-        together, with one ``insert_many`` (group commit): under load a channel
-        stores, and its subscribers receive, many messages per round trip."""
+        Publishes to one channel take turns: the first starts the channel's
+        writer (a task), and those arriving while it stores wait and are then
+        stored together, with one ``insert_many`` (group commit): under load a
+        channel stores, and its subscribers receive, many messages per round
+        trip. A caller that stops waiting (cancelled) may still see its message
+        stored; a retry with the same ``cid`` then finds it."""
         request = _Request(sender, data, cid, deliver, asyncio.get_running_loop().create_future())
         waiting = self._waiting.get(channel)
-        if waiting is not None:  # a writer is storing this channel: the next batch is ours
-            waiting.append(request)
-            return await request.future
-        waiting = self._waiting[channel] = [request]
+        if waiting is None:  # no writer is storing this channel: start one
+            waiting = self._waiting[channel] = []
+            writer = asyncio.ensure_future(self._write(channel, waiting))
+            self._writers.add(writer)
+            writer.add_done_callback(self._writers.discard)
+        waiting.append(request)  # the writer's next batch
+        return await request.future
+
+    async def _write(self, channel: str, waiting: list[_Request]) -> None:
+        """The channel's writer: stores what waits, a batch at a time, until
+        nothing does."""
         try:
             while waiting:
                 batch = waiting[:MAX_BATCH]
                 del waiting[:MAX_BATCH]
                 try:
                     await self._store_batch(channel, batch)
-                except Exception as exc:
+                except Exception as exc:  # the database failed (unavailable): the whole batch is unknown
                     for pending in batch:
                         if not pending.future.done():
                             pending.future.set_exception(exc)
@@ -111,10 +132,9 @@ class Messages:
                     raise
         finally:
             del self._waiting[channel]
-            for pending in waiting:  # only if cancelled mid-batch: nothing more is stored
+            for pending in waiting:  # only if the writer was cancelled (the loop is stopping)
                 if not pending.future.done():
                     pending.future.set_exception(RuntimeError("the channel's writer stopped"))
-        return await request.future
 
     async def _store_batch(self, channel: str, batch: list[_Request]) -> None:
         """Stores ``batch`` in order; answers each request once the channel's seq
@@ -174,6 +194,9 @@ class Messages:
                 raise
             inserted = int(errors[0]["index"])
             self._last.pop(channel, None)  # maybe another process wrote here: read the seq again
+        except Exception:  # refused whole (a document the driver cannot encode), or its outcome is unknown
+            self._last.pop(channel, None)
+            inserted = await self._stored_prefix(docs)  # a database still failing raises here: the batch fails
         stored: dict[int, Published] = {}
         for request, doc in zip(batch[:inserted], docs[:inserted], strict=True):
             published = Published(public(doc), True)
@@ -182,7 +205,22 @@ class Messages:
                 request.deliver(published.message)
         return stored
 
+    async def _stored_prefix(self, docs: list[dict[str, Any]]) -> int:
+        """How many of ``docs`` (inserted in order) are stored, found by their ``_id``."""
+        ids = [doc["_id"] for doc in docs]
+        found = {doc["_id"] async for doc in self._messages.find({"_id": {"$in": ids}}, {"_id": 1})}
+        inserted = 0
+        while inserted < len(docs) and docs[inserted]["_id"] in found:
+            inserted += 1
+        return inserted
+
     async def _store(self, channel: str, sender: str, data: dict[str, Any], cid: str | None) -> Published:
+        try:
+            return await self._store_one(channel, sender, data, cid)
+        except UNENCODABLE as exc:
+            raise ApiError("invalid_request", f"data cannot be stored: {str(exc)[:200]}") from None
+
+    async def _store_one(self, channel: str, sender: str, data: dict[str, Any], cid: str | None) -> Published:
         if cid is not None and (first := await self._first(channel, sender, cid)) is not None:
             return Published(public(first), False)
         seq = await self._last_stored(channel)

@@ -65,8 +65,10 @@ def object_id(value: Any, what: str = "id") -> ObjectId:
 
 
 def as_api_error(exc: BaseException) -> ApiError | None:
-    """The client-facing error for a database failure, if it is one."""
-    if isinstance(exc, ConnectionFailure):
+    """The client-facing error for a database failure, if it is one: an outage
+    or a timeout (no server, a lost connection, an operation past its time) is
+    ``unavailable``, anything else the database refused is ``internal``."""
+    if isinstance(exc, ConnectionFailure) or (isinstance(exc, PyMongoError) and exc.timeout):
         return ApiError("unavailable", "the database is not answering; try again shortly")
     if isinstance(exc, PyMongoError):
         return ApiError("internal", "the database refused the operation")
