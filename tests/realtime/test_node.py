@@ -12,11 +12,11 @@ from typing import Any
 import pymongo
 import pytest
 
-from server.fanout.brokers.redis import RedisBroker
-from server.fanout.node import Node
-from server.fanout.presence_redis import RedisPresence
 from server.messages import Messages
 from server.protocol import encode_message_push
+from server.realtime.brokers.redis import RedisBroker
+from server.realtime.node import Node
+from server.realtime.presence_redis import RedisPresence
 from server.storage import Storage
 from tests.helpers.redis_process import RedisProcess, require_redis
 from tests.mongo_process import StoreProcess
@@ -171,8 +171,8 @@ def test_any_control_message_bytes_are_refused_quietly() -> None:
     from hypothesis import given
     from hypothesis import strategies as st
 
-    from server.fanout.brokers.memory import MemoryBroker
-    from server.fanout.presence import MemoryPresence
+    from server.realtime.brokers.memory import MemoryBroker
+    from server.realtime.presence import MemoryPresence
 
     async def fetch(channel: str, after: int, limit: int) -> list[tuple[int, bytes]]:
         return []

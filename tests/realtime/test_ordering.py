@@ -8,7 +8,7 @@ import asyncio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from server.fanout.ordering import ChannelOrder, Orderer
+from server.realtime.ordering import ChannelOrder, Orderer
 
 _events = st.lists(st.one_of(st.tuples(st.just("offer"), st.integers(1, 40)),
                              st.tuples(st.just("fill"), st.integers(0, 8))), max_size=120)

@@ -7,9 +7,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from server.fanout import presence_redis
-from server.fanout.presence import MemoryPresence
-from server.fanout.presence_redis import RedisPresence
+from server.realtime import presence_redis
+from server.realtime.presence import MemoryPresence
+from server.realtime.presence_redis import RedisPresence
 from tests.helpers.redis_process import RedisProcess, require_redis
 
 

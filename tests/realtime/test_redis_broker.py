@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from server.fanout.brokers.redis import RedisBroker, jump_hash, shard_of
+from server.realtime.brokers.redis import RedisBroker, jump_hash, shard_of
 from tests.helpers.redis_process import RedisProcess, require_redis
 
 

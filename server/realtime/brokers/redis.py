@@ -32,8 +32,8 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 from redis.retry import Retry
 
-from server.fanout.brokers.base import BrokerEvents
 from server.logs import fields
+from server.realtime.brokers.base import BrokerEvents
 
 log = logging.getLogger("server.broker")
 

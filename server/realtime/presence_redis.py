@@ -25,9 +25,9 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 from redis.retry import Retry
 
-from server.fanout.brokers.redis import PREFIX, shard_of
-from server.fanout.presence import MemoryPresence
 from server.logs import fields
+from server.realtime.brokers.redis import PREFIX, shard_of
+from server.realtime.presence import MemoryPresence
 
 log = logging.getLogger("server.presence")
 

@@ -4,9 +4,9 @@ means one process and the memory broker; set, Redis."""
 
 from __future__ import annotations
 
-from server.fanout.brokers.base import Broker
-from server.fanout.brokers.memory import MemoryBroker
-from server.fanout.presence import MemoryPresence, Presence
+from server.realtime.brokers.base import Broker
+from server.realtime.brokers.memory import MemoryBroker
+from server.realtime.presence import MemoryPresence, Presence
 
 
 def redis_urls(redis_url: str | None) -> list[str]:
@@ -18,7 +18,7 @@ def make_broker(redis_url: str | None, timeout: float = 2.0, publish_delay: floa
     urls = redis_urls(redis_url)
     if not urls:
         return MemoryBroker()
-    from server.fanout.brokers.redis import RedisBroker
+    from server.realtime.brokers.redis import RedisBroker
 
     return RedisBroker(urls, timeout, publish_delay)
 
@@ -27,6 +27,6 @@ def make_presence(redis_url: str | None, node: str, timeout: float = 2.0, ttl: i
     urls = redis_urls(redis_url)
     if not urls:
         return MemoryPresence(node)
-    from server.fanout.presence_redis import RedisPresence
+    from server.realtime.presence_redis import RedisPresence
 
     return RedisPresence(urls, node, timeout, ttl)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import secrets
 from typing import Any
 
-from server.fanout.brokers.base import BrokerEvents
+from server.realtime.brokers.base import BrokerEvents
 
 
 class MemoryBroker:

@@ -22,18 +22,18 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections.abc import Awaitable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from server.errors import CloseCode
-from server.fanout.node import Node
 from server.logs import fields
 from server.metrics import Metrics
 from server.protocol import encode_presence_push, text_frame
-from server.recent import Recent
+from server.realtime.node import Node
+from server.realtime.recent import Recent
 
 if TYPE_CHECKING:
-    from server.fanout.connection import Connection
+    from server.realtime.connection import Connection
 
 log = logging.getLogger("server.hub")
 
@@ -57,6 +57,7 @@ class Hub:
         self._ids = itertools.count(1)  # connection ids
         self._presence = asyncio.Lock()  # presence calls, one at a time, in order
         self._tasks: set[asyncio.Future[Any]] = set()  # presence and cap calls running
+        self.on_detached: Callable[[Connection], None] | None = None  # told when a connection is gone (auth vouch)
         node.bind(self)
 
     def next_id(self) -> str:
@@ -115,6 +116,12 @@ class Hub:
             self.by_user.pop(connection.user, None)
         self.by_id.pop(connection.id, None)
 
+    def detached(self, connection: Connection) -> None:
+        """A connection closed (from either side): forgotten here."""
+        self.unregister(connection)
+        if self.on_detached is not None:
+            self.on_detached(connection)
+
     def close_connection(self, conn: str, code: int, reason: str) -> bool:
         connection = self.by_id.get(conn)
         if connection is not None:
@@ -143,14 +150,20 @@ class Hub:
         """Adds ``connection`` to ``channel``'s subscribers once the channel is served.
         In a room, a user new to it anywhere is announced (``join``) to the others
         first."""
-        if channel.startswith("room:"):
-            users = self.rooms_here.setdefault(channel, {})
-            users[connection.user] = users.get(connection.user, 0) + 1
-            if users[connection.user] == 1:
-                async with self._presence:
-                    if await self.node.presence.add(channel, connection.user):
-                        self.node.push(channel, encode_presence_push("join", channel, connection.user))
-        await self.node.acquire(channel)
+        room = channel.startswith("room:")
+        try:
+            if room:
+                users = self.rooms_here.setdefault(channel, {})
+                users[connection.user] = users.get(connection.user, 0) + 1
+                if users[connection.user] == 1:
+                    async with self._presence:
+                        if await self.node.presence.add(channel, connection.user):
+                            self.node.push(channel, encode_presence_push("join", channel, connection.user))
+            await self.node.acquire(channel)
+        except BaseException:
+            if room:
+                self._left_room(channel, connection.user)
+            raise
         self.subscribers.setdefault(channel, {})[connection] = None
         if connection.closed:  # closed while waiting: it was unregistered without this channel
             self.unsubscribe(connection, channel)
@@ -164,14 +177,18 @@ class Hub:
         if not subscribers:
             del self.subscribers[channel]
         self.node.release(channel)
+        if channel.startswith("room:"):
+            self._left_room(channel, connection.user)
+
+    def _left_room(self, channel: str, user: str) -> None:
         users = self.rooms_here.get(channel)
-        if users is not None and connection.user in users:
-            users[connection.user] -= 1
-            if users[connection.user] == 0:
-                del users[connection.user]
+        if users is not None and user in users:
+            users[user] -= 1
+            if users[user] == 0:
+                del users[user]
                 if not users:
                     del self.rooms_here[channel]
-                self._spawn(self._leave(channel, connection.user))
+                self._spawn(self._leave(channel, user))
 
     async def _leave(self, channel: str, user: str) -> None:
         async with self._presence:
@@ -190,7 +207,7 @@ class Hub:
 
     # -- fan-out ----------------------------------------------------------------------------
 
-    def publish(self, channel: str, seq: int, payload: bytes) -> None:
+    def publish(self, channel: str, payload: bytes, seq: int) -> None:
         """Sends a stored message's push (encoded once) to its channel, everywhere."""
         self.published += 1
         self.metrics.messages_published.inc()

@@ -28,10 +28,10 @@ from typing import Any, Protocol
 
 import ujson
 
-from server.fanout.brokers.base import Broker
-from server.fanout.ordering import Fetch, Orderer
-from server.fanout.presence import Presence
 from server.logs import fields
+from server.realtime.brokers.base import Broker
+from server.realtime.ordering import Fetch, Orderer
+from server.realtime.presence import Presence
 
 log = logging.getLogger("server.node")
 
@@ -106,7 +106,11 @@ class Node:
                 return  # served already (lingering)
             opening = self._opening[channel] = asyncio.ensure_future(self._open(channel))
             opening.add_done_callback(lambda _: self._opening.pop(channel, None))
-        await asyncio.shield(opening)
+        try:
+            await asyncio.shield(opening)
+        except BaseException:
+            self.release(channel)
+            raise
 
     async def _open(self, channel: str) -> None:
         await self.broker.subscribe(channel)
