@@ -13,6 +13,7 @@ from typing import Any
 
 import pymongo
 import pytest
+from tornado.websocket import WebSocketClosedError
 
 from server.errors import CloseCode
 from tests.helpers.redis_process import RedisProcess, require_redis
@@ -359,6 +360,6 @@ def test_a_killed_worker_is_restarted_and_its_clients_resume_with_since(store: S
 async def _closed_now(client: Client) -> bool:
     try:
         await client.call("ping", timeout=1.0)
-    except (ConnectionError, TimeoutError):
+    except (ConnectionError, TimeoutError, WebSocketClosedError):
         return True
     return False
