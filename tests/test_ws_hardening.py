@@ -13,10 +13,10 @@ from contextlib import asynccontextmanager
 
 import pymongo
 import pytest
-import server.realtime.commands
 import websockets
 from tornado.httpclient import HTTPClientError
 
+import server.realtime.commands
 from server.errors import CloseCode
 from tests.mongo_process import StoreProcess
 from tests.ws_client import RawSocket

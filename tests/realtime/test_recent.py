@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import json
 
-from server.realtime.recent import Recent
-
 from server.protocol import encode_message_push
+from server.realtime.recent import Recent
 
 
 def _push(channel: str, seq: int) -> bytes:
