@@ -116,3 +116,22 @@ def test_a_numeric_setting_is_within_its_bounds_or_refused(tmp_path_factory, nam
         return
     assert isinstance(value, kind) and not isinstance(value, bool)
     assert math.isfinite(value) and low <= value <= high
+
+
+@settings_profile(max_examples=200, deadline=None, derandomize=True)
+@given(raw=st.one_of(st.text(max_size=60), st.lists(st.sampled_from(
+    ["redis://a:1", "rediss://b:2/0", "unix://c", "redis://", "x", " ", "", "http://d:3"]), max_size=4).map(",".join)))
+def test_redis_url_is_every_server_or_refused(tmp_path_factory, raw: str) -> None:
+    """REDIS_URL: each comma-separated part is a redis://, rediss:// or unix:// URL with a host, or the whole
+    setting is refused with one line naming REDIS_URL."""
+    try:
+        value = settings.load({"DATA_DIR": str(tmp_path_factory.getbasetemp()), "REDIS_URL": raw}).redis_url
+    except settings.SettingsError as error:
+        assert "REDIS_URL" in str(error) and "\n" not in str(error)
+        return
+    if not raw.strip():
+        assert value is None
+        return
+    assert value is not None
+    for url in value.split(","):
+        assert url.split("://")[0] in ("redis", "rediss", "unix") and url.split("://")[1]

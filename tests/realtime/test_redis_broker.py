@@ -142,3 +142,25 @@ def test_any_bytes_on_a_topic_are_ignored_or_handed_over_never_raise(data: bytes
     broker.arrived("mp:control", data)
     for channel, seq, _ in events.messages:
         assert channel == "room:x" and isinstance(seq, int)
+
+
+def test_a_process_started_while_redis_is_away_catches_up_once_it_comes() -> None:
+    """Redis not there at start-up: the broker starts down, and its channels are reported once Redis comes."""
+    redis = RedisProcess(require_redis())
+
+    async def scenario() -> tuple[bool, Events]:
+        broker = RedisBroker([redis.url], timeout=0.3)
+        events = Events()
+        await broker.start(events)
+        down = not broker.up
+        await broker.subscribe("room:x")  # returns at once: subscribed when Redis comes
+        redis.start()
+        await _until(lambda: broker.up)
+        await broker.close()
+        return down, events
+
+    try:
+        down, events = asyncio.run(scenario())
+    finally:
+        redis.stop()
+    assert down and events.recovered == [["room:x"]]

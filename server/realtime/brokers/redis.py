@@ -79,7 +79,6 @@ class _Shard:
         self.up = False  # connected and subscribed to every topic
         self.ever_up = False  # a later connection is a recovery (channels may have missed messages)
         self.queue: deque[tuple[str, bytes]] = deque()  # publishes not yet sent
-        self.overflowed = False  # publishes were dropped: a resync follows the recovery
         self._wake = asyncio.Event()  # set when the queue has work
         self._client: Redis | None = None  # command connection
         self._pubsub: PubSub | None = None  # subscriptions
@@ -154,14 +153,17 @@ class _Shard:
         self.up = self.ever_up = True
         self.failures = 0
         self._wake.set()  # publishes held while down go now
-        if recovered:
-            log.warning("redis is back; catching up from MongoDB", extra=fields(shard=self.index, url=self._safe_url()))
-            self.broker.recovered(self, [t[len(PREFIX) + 2:] for t in self.topics if t != CONTROL])
-            if self.overflowed and self.index == 0:
-                self.overflowed = False
-                self.queue.append((CONTROL, self.broker.node.encode() + b" " + RESYNC))
-        else:
-            log.info("redis connected", extra=fields(shard=self.index, url=self._safe_url()))
+        log.log(logging.WARNING if recovered else logging.INFO,
+                "redis is back; catching up from MongoDB" if recovered else "redis connected",
+                extra=fields(shard=self.index, url=self._safe_url()))
+        # Channels served before this connection (Redis was away, or not there yet at start-up) may
+        # have missed messages: each is read from MongoDB from its last delivered seq.
+        channels = [t[len(PREFIX) + 2:] for t in self.topics if t != CONTROL]
+        if channels:
+            self.broker.recovered(self, channels)
+        if self.broker.lost:  # publishes were dropped while a shard was away: every process catches up
+            self.broker.lost = False
+            self.broker.publish_control(RESYNC)
         return tasks
 
     def _safe_url(self) -> str:
@@ -252,7 +254,7 @@ class _Shard:
     def publish(self, name: str, data: bytes) -> None:
         if len(self.queue) >= MAX_QUEUED:
             self.queue.popleft()
-            self.overflowed = True
+            self.broker.lost = True
         self.queue.append((name, data))
         self._wake.set()
 
@@ -292,6 +294,7 @@ class RedisBroker:
         self.events: BrokerEvents | None = None  # the hub
         self.received = 0  # messages from other processes
         self.sent = 0  # publishes sent to Redis
+        self.lost = False  # publishes were dropped (a shard away too long): a resync follows its recovery
 
     @property
     def up(self) -> bool:
