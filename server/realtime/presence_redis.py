@@ -76,6 +76,8 @@ return out
 _CONNECTED = """
 local t = redis.call('TIME')
 redis.call('ZADD', KEYS[1], tonumber(t[1]) * 1000000 + tonumber(t[2]), ARGV[1])
+redis.call('EXPIRE', KEYS[1], 86400)
+if redis.call('ZCARD', KEYS[1]) <= tonumber(ARGV[2]) then return {} end
 local alive, live, out = {}, {}, {}
 for _, m in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
   local n = string.match(m, '^([^/]+)/')
@@ -87,9 +89,13 @@ for i = 1, #live - tonumber(ARGV[2]) do
   table.insert(out, live[i])
   redis.call('ZREM', KEYS[1], live[i])
 end
-redis.call('EXPIRE', KEYS[1], 86400)
 return out
 """
+
+
+_DISCONNECTED = "return redis.call('ZREM', KEYS[1], ARGV[1])"
+
+Call = tuple[str, list[str], list[Any], "asyncio.Future[Any]"]  # (script, keys, args, its answer)
 
 
 class RedisPresence:
@@ -104,8 +110,14 @@ class RedisPresence:
         self.local = MemoryPresence(node)  # this process's entries: re-written after a Redis restart, and the
         # fallback answer while Redis is away
         self.scripts = [{name: client.register_script(source) for name, source in
-                         (("add", _ADD), ("remove", _REMOVE), ("users", _USERS), ("connected", _CONNECTED))}
+                         (("add", _ADD), ("remove", _REMOVE), ("users", _USERS), ("connected", _CONNECTED),
+                          ("disconnected", _DISCONNECTED))}
                         for client in self.clients]  # per shard: its script objects
+        # Calls are sent a pipeline at a time per shard (one round trip, one connection for a reconnect
+        # storm's thousands of sockets); those made while one is in flight go with the next.
+        self._batches: list[list[Call]] = [[] for _ in urls]  # per shard: calls waiting to be sent
+        self._sending = [False] * len(urls)  # per shard: a pipeline in flight
+        self._tasks: set[asyncio.Task[None]] = set()  # pipelines being sent
         self.reachable = True  # False while Redis calls fail (logged once per outage)
         self._heartbeat: asyncio.Task[None] | None = None  # renews this process's key
 
@@ -114,15 +126,47 @@ class RedisPresence:
 
     async def _call(self, key: str, script: str, keys: list[str], args: list[Any]) -> Any:
         shard = self._shard(key)
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._batches[shard].append((script, keys, args, future))
+        if not self._sending[shard]:
+            asyncio.get_running_loop().call_soon(self._send, shard)  # after this loop turn's other calls
         try:
-            result = await asyncio.wait_for(self.scripts[shard][script](keys=keys, args=args), self.timeout)
+            return await asyncio.wait_for(asyncio.shield(future), self.timeout)
         except (RedisError, OSError, TimeoutError) as exc:
             if self.reachable:
                 self.reachable = False
                 log.error("presence: redis is unreachable; answering for this process only",
                           extra=fields(error=repr(exc)))
             raise
-        return result
+
+    def _send(self, shard: int) -> None:
+        if self._sending[shard] or not self._batches[shard]:
+            return
+        self._sending[shard] = True
+        batch, self._batches[shard] = self._batches[shard], []
+        task = asyncio.create_task(self._pipeline(shard, batch))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _pipeline(self, shard: int, batch: list[Call]) -> None:
+        try:
+            pipe = self.clients[shard].pipeline(transaction=False)
+            for script, keys, args, _ in batch:
+                await self.scripts[shard][script](keys=keys, args=args, client=pipe)
+            try:
+                results = await asyncio.wait_for(pipe.execute(raise_on_error=False), self.timeout)
+            except (RedisError, OSError, TimeoutError) as exc:
+                results = [exc] * len(batch)
+            for (_, _, _, future), result in zip(batch, results, strict=True):
+                if future.done():
+                    continue
+                if isinstance(result, BaseException):
+                    future.set_exception(result)
+                else:
+                    future.set_result(result)
+        finally:
+            self._sending[shard] = False
+            self._send(shard)
 
     async def start(self) -> None:
         await self._beat()
@@ -222,8 +266,7 @@ class RedisPresence:
     async def disconnected(self, user: str, conn: str) -> None:
         await self.local.disconnected(user, conn)
         try:
-            await asyncio.wait_for(self.clients[self._shard(user)].zrem(PREFIX + "u:" + user, f"{self.node}/{conn}"),
-                                   self.timeout)
+            await self._call(user, "disconnected", [PREFIX + "u:" + user], [f"{self.node}/{conn}"])
         except (RedisError, OSError, TimeoutError):
             pass
 
