@@ -15,7 +15,7 @@ API: deliveries per second, server CPU per delivery summed over the workers
 latency p50/p99, and whether every session got every message exactly once.
 The load generators' own CPU is printed too: on 2 cores, when server plus
 generators use both cores, the generators are the bound, not the server.
-Storm: ``--storm`` sessions dropped at once, ``--missed`` messages published
+Storm (one process, then two with Redis): ``--storm`` sessions dropped at once, ``--missed`` messages published
 meanwhile, every session back with ``since``: seconds until each has every
 missed message, messages lost or doubled (there must be none).
 
@@ -220,11 +220,12 @@ def main(args: argparse.Namespace) -> None:
                           f"deliveries/s; server CPU per delivery {a['us']:.2f} -> {b['us']:.2f} us "
                           f"({b['us'] - a['us']:+.2f}); Redis {b['redis_us']:.0f} us per publish", flush=True)
         if "storm" in parts:
-            server = Server(store.uri, redis.url, 2, 5)
-            try:
-                storm("2 processes + Redis", server, args)
-            finally:
-                server.stop()
+            for label, processes in (("1 process", 1), ("2 processes + Redis", 2)):
+                server = Server(store.uri, redis.url if processes > 1 else None, processes, 5)
+                try:
+                    storm(label, server, args)
+                finally:
+                    server.stop()
     finally:
         redis.stop()
         store.stop()

@@ -131,7 +131,7 @@ class RedisPresence:
         if not self._sending[shard]:
             asyncio.get_running_loop().call_soon(self._send, shard)  # after this loop turn's other calls
         try:
-            return await asyncio.wait_for(asyncio.shield(future), self.timeout)
+            return await future  # answered within REDIS_TIMEOUT: the pipeline carries the timeout
         except (RedisError, OSError, TimeoutError) as exc:
             if self.reachable:
                 self.reachable = False
