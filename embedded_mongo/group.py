@@ -1,0 +1,151 @@
+"""``$group`` over a stream of documents, within the memory limit.
+
+The documents arrive a chunk at a time; the engine groups each chunk (its
+expressions and accumulators are mongomock's), and the chunk's partial results
+merge into one state per group. Past the memory limit the states go to a spill
+(``spill.py``) and merge again, in key order, at the end. Only accumulators
+whose partial results merge are streamed (``MERGEABLE``); a ``$group`` using any
+other runs on the whole input at once, and answers 292 past the limit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from itertools import islice
+from typing import Any
+
+import bson
+
+from . import keys
+from .operations import checkpoint
+from .spill import PYTHON_OVERHEAD, Spill, limits, over_limit
+from .wire import CODEC
+
+MERGEABLE = {"$sum", "$avg", "$min", "$max", "$first", "$last", "$push", "$addToSet", "$count", "$mergeObjects"}
+CHUNK = 512  # documents grouped at a time
+_GROUP_OVERHEAD = 200  # bytes one group's entry costs besides its values
+
+GroupChunk = Callable[[list[dict[str, Any]], dict[str, Any]], list[dict[str, Any]]]
+
+
+def streamable(spec: Any) -> bool:
+    """Whether a ``$group`` spec uses only accumulators whose partials merge."""
+    if not isinstance(spec, dict) or "_id" not in spec:
+        return False
+    return all(isinstance(acc, dict) and len(acc) == 1 and next(iter(acc)) in MERGEABLE
+               for name, acc in spec.items() if name != "_id")
+
+
+def _size(value: Any) -> int:
+    try:
+        return len(bson.encode({"v": value}, codec_options=CODEC))
+    except Exception:  # a value BSON cannot hold is rare here: a guess will do
+        return 256
+
+
+def _numbers(values: list[Any]) -> list[Any]:
+    return [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+
+
+def _partial(op: str, value: Any) -> Any:
+    """A chunk's result for one accumulator, as a mergeable partial."""
+    if op == "$avg":  # the chunk pushed the values: keep their sum and count
+        numbers = _numbers(value if isinstance(value, list) else [])
+        return [sum(numbers), len(numbers)]
+    return value
+
+
+def _merge(op: str, a: Any, b: Any) -> Any:
+    """The partial of an earlier part ``a`` and a later part ``b``."""
+    if op in ("$sum", "$count"):
+        return (a or 0) + (b or 0)
+    if op == "$avg":
+        return [a[0] + b[0], a[1] + b[1]]
+    if op in ("$min", "$max"):
+        if a is None or b is None:
+            return b if a is None else a
+        smaller = keys.encode(a) <= keys.encode(b)
+        return a if smaller == (op == "$min") else b
+    if op == "$first":
+        return a
+    if op == "$last":
+        return b
+    if op == "$push":
+        return list(a) + list(b)
+    if op == "$addToSet":
+        seen = {keys.encode(v) for v in a}
+        return list(a) + [v for v in b if keys.encode(v) not in seen]
+    return {**(a or {}), **(b or {})}  # $mergeObjects
+
+
+def _final(op: str, value: Any) -> Any:
+    if op == "$avg":
+        return value[0] / value[1] if value[1] else None
+    return value
+
+
+def group(docs: Iterable[dict[str, Any]], spec: dict[str, Any], group_chunk: GroupChunk) -> Iterator[dict[str, Any]]:
+    """The ``$group`` stage's results (a streamable spec), in ``_id`` order."""
+    fields = {name: next(iter(acc.items())) for name, acc in spec.items() if name != "_id"}
+    chunk_spec: dict[str, Any] = {"_id": spec["_id"]}
+    for name, (op, arg) in fields.items():
+        chunk_spec[name] = {"$push": arg} if op == "$avg" else {"$sum": 1} if op == "$count" else {op: arg}
+    growing = [name for name, (op, _) in fields.items() if op in ("$push", "$addToSet", "$mergeObjects")]
+    limit, allow_disk = limits()
+    states: dict[bytes, dict[str, Any]] = {}
+    used = 0
+    spill: Spill | None = None
+    flushes = 0
+    source = iter(docs)
+    try:
+        while chunk := list(islice(source, CHUNK)):
+            checkpoint()
+            for result in group_chunk(chunk, chunk_spec):
+                key = keys.encode(result.get("_id"))
+                partial = {name: _partial(op, result.get(name)) for name, (op, _) in fields.items()}
+                state = states.get(key)
+                if state is None:
+                    states[key] = {"_id": result.get("_id"), **partial}
+                    used += (_GROUP_OVERHEAD + len(key) + _size(partial)) * PYTHON_OVERHEAD
+                    continue
+                for name, (op, _) in fields.items():
+                    state[name] = _merge(op, state[name], partial[name])
+                used += sum(_size(partial[name]) for name in growing) * PYTHON_OVERHEAD
+            if used > limit:
+                if not allow_disk:
+                    raise over_limit("$group", limit)
+                spill = spill or Spill()
+                spill.write((key, flushes, bson.encode(state, codec_options=CODEC)) for key, state in states.items())
+                flushes += 1
+                states, used = {}, 0
+        if spill is None:
+            for key in sorted(states):
+                yield _finished(states[key], fields)
+            return
+        spill.write((key, flushes, bson.encode(state, codec_options=CODEC)) for key, state in states.items())
+        states = {}
+        yield from _merged(spill.read(), fields)
+    finally:
+        if spill is not None:
+            spill.close()
+
+
+def _merged(rows: Iterator[tuple[bytes, bytes]], fields: dict[str, tuple[str, Any]]) -> Iterator[dict[str, Any]]:
+    """Merges the spilled partials of each key (rows in key order)."""
+    current_key: bytes | None = None
+    state: dict[str, Any] = {}
+    for key, payload in rows:
+        part = bson.decode(payload, CODEC)
+        if key != current_key:
+            if current_key is not None:
+                yield _finished(state, fields)
+            current_key, state = key, part
+            continue
+        for name, (op, _) in fields.items():
+            state[name] = _merge(op, state[name], part[name])
+    if current_key is not None:
+        yield _finished(state, fields)
+
+
+def _finished(state: dict[str, Any], fields: dict[str, tuple[str, Any]]) -> dict[str, Any]:
+    return {"_id": state["_id"], **{name: _final(op, state[name]) for name, (op, _) in fields.items()}}
