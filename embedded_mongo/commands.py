@@ -30,7 +30,7 @@ from .errors import CloseConnection, MongoError, type_mismatch
 from .operations import Interrupted, Operation, Operations, checkpoint
 from .pipeline import Pipeline
 from .query import Match, choose, execute, find_index, parse_sort
-from .spill import DEFAULT_LIMIT
+from .spill import DEFAULT_LIMIT, SPILLS
 from .storage import Collection, Store, decode, encode_document
 from .wire import MAX_BSON_BYTES, MAX_MESSAGE_BYTES, Request
 
@@ -373,7 +373,9 @@ class Commands:
             "opcounters": {k: Int64(v) for k, v in self.opcounters.items()},
             "mem": {"bits": 64, "resident": rss // (1024 * 1024), "virtual": rss // (1024 * 1024),
                     "supported": True},
-            "metrics": {"cursor": {"open": {"total": Int64(len(self.cursors))}}},
+            "metrics": {"cursor": {"open": {"total": Int64(len(self.cursors))}},
+                        "query": {"sort": {"spillToDisk": Int64(SPILLS["$sort"])},
+                                  "group": {"spills": Int64(SPILLS["$group"])}}},
             "storageEngine": {"name": "sqlite", "supportsCommittedReads": False, "persistent": True},
         }
 

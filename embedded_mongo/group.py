@@ -114,7 +114,7 @@ def group(docs: Iterable[dict[str, Any]], spec: dict[str, Any], group_chunk: Gro
             if used > limit:
                 if not allow_disk:
                     raise over_limit("$group", limit)
-                spill = spill or Spill()
+                spill = spill or Spill("$group")
                 spill.write((key, flushes, bson.encode(state, codec_options=CODEC)) for key, state in states.items())
                 flushes += 1
                 states, used = {}, 0

@@ -118,7 +118,7 @@ class Pipeline:
             held.append(doc)
             used += len(_encode(doc)) * PYTHON_OVERHEAD
             if used > limit:
-                raise over_limit(next(iter(stage)), limit)
+                raise over_limit(next(iter(stage)), limit, can_spill=False)
             if len(held) % CHUNK == 0:
                 checkpoint()
         yield from self.engine.run_stages(held, [stage], self.database)

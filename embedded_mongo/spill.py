@@ -25,6 +25,7 @@ PYTHON_OVERHEAD = 3  # bytes of Python objects per byte of BSON, roughly
 _ROW_OVERHEAD = 120  # bytes a buffered entry costs besides its payload
 _FETCH = 256  # rows read from the spill at a time
 _INVERT = bytes(255 - b for b in range(256))  # complements a key: a descending field
+SPILLS = {"$sort": 0, "$group": 0}  # stages that went to disk since the start, for serverStatus
 
 
 def limits() -> tuple[int, bool]:
@@ -36,7 +37,10 @@ def limits() -> tuple[int, bool]:
     return op.memory_limit, op.allow_disk
 
 
-def over_limit(stage: str, limit: int) -> MongoError:
+def over_limit(stage: str, limit: int, can_spill: bool = True) -> MongoError:
+    if not can_spill:
+        return MongoError(292, f"Exceeded memory limit for {stage} ({limit} bytes); the embedded store cannot "
+                               f"spill {stage} to disk: narrow the input first ($match, $project)")
     return MongoError(292, f"Exceeded memory limit for {stage} ({limit} bytes), but didn't allow external sort. "
                            "Pass allowDiskUse:true to opt in.")
 
@@ -57,7 +61,8 @@ def sort_bytes(doc: dict[str, Any], sort: list[tuple[str, Any]]) -> bytes:
 class Spill:
     """A private temporary SQLite database of ``(key, seq, payload)`` rows."""
 
-    def __init__(self) -> None:
+    def __init__(self, stage: str) -> None:
+        SPILLS[stage] = SPILLS.get(stage, 0) + 1
         self._db = sqlite3.connect("", isolation_level=None, check_same_thread=False)  # deleted on close
         self._db.execute("PRAGMA journal_mode=OFF")
         self._db.execute("PRAGMA synchronous=OFF")
@@ -108,7 +113,7 @@ class Sorter(Generic[T]):
                 if used > limit:
                     if not allow_disk:
                         raise over_limit(self.stage, limit)
-                    spill = spill or Spill()
+                    spill = spill or Spill(self.stage)
                     spill.write((k, s, self.encode(i)) for k, s, i in buffered)
                     buffered, used = [], 0
             if spill is None:
