@@ -172,7 +172,7 @@ class Commands:
             return not (isinstance(last, dict) and ("$out" in last or "$merge" in last))
         return True
 
-    def run(self, request: Request, connection_id: int = 0, client: str = "") -> dict[str, Any]:
+    def run(self, request: Request, connection_id: int = 0, client: str = "", reader: bool = False) -> dict[str, Any]:
         body = request.body
         if not body:
             return MongoError(59, "no such command: ''").to_reply()
@@ -181,7 +181,7 @@ class Commands:
         target = body[next(iter(body))]
         ns = f"{request.db}.{target}" if isinstance(target, str) else f"{request.db}.$cmd"
         try:
-            with self.operations.running(body, ns, client, connection_id) as op:
+            with self.operations.running(body, ns, client, connection_id, reader) as op:
                 return self._run(name, request, connection_id, op)
         except MongoError as exc:
             return exc.to_reply()

@@ -22,7 +22,7 @@ from .spill import PYTHON_OVERHEAD, Spill, limits, over_limit
 from .wire import CODEC
 
 MERGEABLE = {"$sum", "$avg", "$min", "$max", "$first", "$last", "$push", "$addToSet", "$count", "$mergeObjects"}
-CHUNK = 512  # documents grouped at a time
+CHUNK = 64  # documents grouped at a time: a checkpoint every millisecond or so
 _GROUP_OVERHEAD = 200  # bytes one group's entry costs besides its values
 
 GroupChunk = Callable[[list[dict[str, Any]], dict[str, Any]], list[dict[str, Any]]]

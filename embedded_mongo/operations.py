@@ -25,6 +25,9 @@ from bson import Int64
 from .errors import MongoError
 
 _CURRENT: ContextVar[Operation | None] = ContextVar("operation", default=None)
+_LOOP_BUSY = 0.002  # seconds after the event loop last had work during which a reader yields to it
+_YIELD = 0.001  # seconds a reader sleeps at a checkpoint while the loop has work
+_loop_seen = [0.0]  # when the event loop last had work (monotonic)
 _SHOWN_FIELDS = 2_000  # characters of a command's repr shown per value in currentOp
 
 
@@ -48,6 +51,7 @@ class Operation:
         self.killed = False  # killOp marked it
         self.memory_limit = memory_limit  # bytes one blocking stage may hold in memory
         self.allow_disk = command.get("allowDiskUse") is not False  # past that limit, spill (mongod 7.0's default)
+        self.yields = False  # runs on a reader thread: steps aside while the event loop has work
 
     def stopped(self) -> bool:
         """Whether the operation must stop at its next checkpoint."""
@@ -99,9 +103,12 @@ class Operations:
         self._lock = threading.Lock()  # operations start and end on several threads
 
     @contextmanager
-    def running(self, command: dict[str, Any], ns: str, client: str, connection_id: int) -> Iterator[Operation]:
-        """Registers the command as an operation (and the current one) while inside."""
+    def running(self, command: dict[str, Any], ns: str, client: str, connection_id: int,
+                yields: bool = False) -> Iterator[Operation]:
+        """Registers the command as an operation (and the current one) while
+        inside; ``yields``: it runs on a reader thread."""
         op = Operation(next(self._ids), command, ns, client, connection_id, _max_time_ms(command), self.memory_limit)
+        op.yields = yields
         with self._lock:
             self._running[op.opid] = op
         token = _CURRENT.set(op)
@@ -139,10 +146,20 @@ def current() -> Operation | None:
 
 
 def checkpoint() -> None:
-    """Raises if the operation in progress was killed or ran out of time."""
+    """Raises if the operation in progress was killed or ran out of time; on a
+    reader thread, first sleeps a moment if the event loop has work (so the loop
+    has the GIL to itself for it, instead of fighting for it at every system
+    call)."""
     op = _CURRENT.get()
     if op is not None:
+        if op.yields and time.monotonic() - _loop_seen[0] < _LOOP_BUSY:
+            time.sleep(_YIELD)
         op.check()
+
+
+def loop_busy() -> None:
+    """The event loop has work (a message arrived): readers step aside a moment."""
+    _loop_seen[0] = time.monotonic()
 
 
 def interrupt_sqlite() -> int:

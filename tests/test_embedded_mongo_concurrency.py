@@ -14,7 +14,7 @@ from pymongo.errors import OperationFailure
 from tests.mongo_process import StoreProcess
 
 MEMORY_LIMIT = 1_000_000  # bytes a blocking stage may hold: small, so the tests stay fast
-# An aggregate that runs until it is stopped: 300 x 300 x 300 documents out of two $unwind.
+# An aggregate that runs until it is stopped: 300 x 100 x 100 documents out of two $unwind.
 ENDLESS = [{"$unwind": "$a"}, {"$unwind": "$b"}, {"$group": {"_id": "$a", "n": {"$sum": "$b"}}}]
 
 
@@ -25,7 +25,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StoreProcess]:
     client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(process.uri)
     db = client.conc
     db.big.insert_many([{"_id": i, "k": i % 7, "text": f"message {i}", "pad": "x" * 100} for i in range(20_000)])
-    db.fat.insert_many([{"a": list(range(300)), "b": list(range(300))} for _ in range(300)])
+    db.fat.insert_many([{"a": list(range(100)), "b": list(range(100))} for _ in range(300)])
     client.close()
     yield process
     process.stop()
@@ -83,20 +83,22 @@ def test_long_aggregate_leaves_others_running_and_killop_stops_it(clients) -> No
     assert outcome["error"].code == 11601
 
 
+NO_MATCH = {"text": {"$regex": "zzz"}}  # read in every document of conc.big, and matches none
+
+
 @pytest.mark.parametrize("command", [
-    {"find": "fat", "filter": {"a": {"$elemMatch": {"$gt": 1000}}}},
+    {"find": "big", "filter": NO_MATCH},
     {"aggregate": "fat", "pipeline": ENDLESS, "cursor": {}},
-    {"count": "fat", "query": {"a": {"$elemMatch": {"$gt": 1000}}}},
-    {"distinct": "fat", "key": "x", "query": {"a": {"$elemMatch": {"$gt": 1000}}}},
-    {"findAndModify": "fat", "query": {"a": {"$elemMatch": {"$gt": 1000}}}, "update": {"$set": {"y": 1}}},
-    {"update": "fat", "updates": [{"q": {"a": {"$elemMatch": {"$gt": 1000}}}, "u": {"$set": {"y": 1}},
-                                   "multi": True}]},
-    {"delete": "fat", "deletes": [{"q": {"a": {"$elemMatch": {"$gt": 1000}}}, "limit": 0}]},
+    {"count": "big", "query": NO_MATCH},
+    {"distinct": "big", "key": "k", "query": NO_MATCH},
+    {"findAndModify": "big", "query": NO_MATCH, "update": {"$set": {"y": 1}}},
+    {"update": "big", "updates": [{"q": NO_MATCH, "u": {"$set": {"y": 1}}, "multi": True}]},
+    {"delete": "big", "deletes": [{"q": NO_MATCH, "limit": 0}]},
 ])
 def test_max_time_ms_expires_with_code_50(clients, command: dict[str, Any]) -> None:
     """Each read and write command past its maxTimeMS answers MaxTimeMSExpired (50)."""
     with pytest.raises(OperationFailure) as caught:
-        clients[0].conc.command({**command, "maxTimeMS": 5})
+        clients[0].conc.command({**command, "maxTimeMS": 2})
     assert caught.value.code == 50
     assert caught.value.details["codeName"] == "MaxTimeMSExpired"
 
