@@ -52,6 +52,13 @@ def _partial(op: str, value: Any) -> Any:
     if op == "$avg":  # the chunk pushed the values: keep their sum and count
         numbers = _numbers(value if isinstance(value, list) else [])
         return [sum(numbers), len(numbers)]
+    if op in ("$min", "$max"):  # the chunk pushed the values: compare them in BSON order, nulls aside
+        present = [v for v in (value if isinstance(value, list) else []) if v is not None]
+        if not present:
+            return None
+        return (min if op == "$min" else max)(present, key=keys.encode)
+    if op == "$addToSet":  # the chunk pushed the values: distinct by BSON value (mongomock drops falsy ones)
+        return _merge(op, [], value if isinstance(value, list) else [])
     return value
 
 
@@ -74,7 +81,13 @@ def _merge(op: str, a: Any, b: Any) -> Any:
         return list(a) + list(b)
     if op == "$addToSet":
         seen = {keys.encode(v) for v in a}
-        return list(a) + [v for v in b if keys.encode(v) not in seen]
+        merged = list(a)
+        for value in b:
+            key = keys.encode(value)
+            if key not in seen:
+                seen.add(key)
+                merged.append(value)
+        return merged
     return {**(a or {}), **(b or {})}  # $mergeObjects
 
 
@@ -89,7 +102,9 @@ def group(docs: Iterable[dict[str, Any]], spec: dict[str, Any], group_chunk: Gro
     fields = {name: next(iter(acc.items())) for name, acc in spec.items() if name != "_id"}
     chunk_spec: dict[str, Any] = {"_id": spec["_id"]}
     for name, (op, arg) in fields.items():
-        chunk_spec[name] = {"$push": arg} if op == "$avg" else {"$sum": 1} if op == "$count" else {op: arg}
+        # mongomock's $min and $max fail across types, its $addToSet turns 0 and "" into null: done here
+        pushed = op in ("$avg", "$min", "$max", "$addToSet")
+        chunk_spec[name] = {"$push": arg} if pushed else {"$sum": 1} if op == "$count" else {op: arg}
     growing = [name for name, (op, _) in fields.items() if op in ("$push", "$addToSet", "$mergeObjects")]
     limit, allow_disk = limits()
     states: dict[bytes, dict[str, Any]] = {}
