@@ -97,6 +97,81 @@ def _final(op: str, value: Any) -> Any:
     return value
 
 
+_MISSING = object()
+_LIST = object()  # a path crossed an array: the engine evaluates the chunk
+
+
+def _path(expression: Any) -> list[str] | None:
+    """The dotted path of a ``"$field.path"`` expression, else None."""
+    if isinstance(expression, str) and expression.startswith("$") and not expression.startswith("$$"):
+        return expression[1:].split(".")
+    return None
+
+
+def _simple(expression: Any) -> bool:
+    if isinstance(expression, dict):
+        return all(not str(k).startswith("$") and _simple(v) for k, v in expression.items())
+    if isinstance(expression, str):
+        return not expression.startswith("$$")
+    return expression is None or (isinstance(expression, (int, float)) and not isinstance(expression, bool))
+
+
+def _value(doc: dict[str, Any], expression: Any) -> Any:
+    """A field path or a constant (or a document of them) over ``doc``."""
+    if isinstance(expression, dict):
+        out = {}
+        for name, sub in expression.items():
+            value = _value(doc, sub)
+            if value is _LIST:
+                return _LIST
+            if value is not _MISSING:
+                out[name] = value
+        return out
+    path = _path(expression)
+    if path is None:
+        return expression
+    found: Any = doc
+    for part in path:
+        if isinstance(found, list):
+            return _LIST
+        if not isinstance(found, dict) or part not in found:
+            return _MISSING
+        found = found[part]
+    return _LIST if isinstance(found, list) and len(path) > 1 else found
+
+
+def _fast_chunk(chunk: list[dict[str, Any]], spec: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """A chunk's ``$group`` (a rewritten spec of field paths and constants)
+    evaluated here, ten times faster than the engine; None when a path crosses
+    an array (the engine then takes the chunk)."""
+    results: dict[bytes, dict[str, Any]] = {}
+    fields = [(name, *next(iter(acc.items()))) for name, acc in spec.items() if name != "_id"]
+    for doc in chunk:
+        group_id = _value(doc, spec["_id"])
+        if group_id is _LIST:
+            return None
+        group_id = None if group_id is _MISSING else group_id
+        key = keys.encode(group_id)
+        result = results.get(key)
+        if result is None:
+            result = results[key] = {"_id": group_id}
+            for name, op, _ in fields:
+                result[name] = [] if op == "$push" else 0 if op == "$sum" else _MISSING
+        for name, op, argument in fields:
+            value = _value(doc, argument)
+            if value is _LIST:
+                return None
+            if op == "$push":
+                if value is not _MISSING:
+                    result[name].append(value)
+            elif op == "$sum":
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    result[name] += value
+            elif op == "$last" or result[name] is _MISSING:  # $first keeps the first
+                result[name] = None if value is _MISSING else value
+    return list(results.values())
+
+
 def group(docs: Iterable[dict[str, Any]], spec: dict[str, Any], group_chunk: GroupChunk) -> Iterator[dict[str, Any]]:
     """The ``$group`` stage's results (a streamable spec), in ``_id`` order."""
     fields = {name: next(iter(acc.items())) for name, acc in spec.items() if name != "_id"}
@@ -105,6 +180,9 @@ def group(docs: Iterable[dict[str, Any]], spec: dict[str, Any], group_chunk: Gro
         # mongomock's $min and $max fail across types, its $addToSet turns 0 and "" into null: done here
         pushed = op in ("$avg", "$min", "$max", "$addToSet")
         chunk_spec[name] = {"$push": arg} if pushed else {"$sum": 1} if op == "$count" else {op: arg}
+    fast = _simple(spec["_id"]) and all(
+        next(iter(acc)) in ("$push", "$sum", "$first", "$last") and _simple(next(iter(acc.values())))
+        for name, acc in chunk_spec.items() if name != "_id")
     growing = [name for name, (op, _) in fields.items() if op in ("$push", "$addToSet", "$mergeObjects")]
     limit, allow_disk = limits()
     states: dict[bytes, dict[str, Any]] = {}
@@ -115,7 +193,8 @@ def group(docs: Iterable[dict[str, Any]], spec: dict[str, Any], group_chunk: Gro
     try:
         while chunk := list(islice(source, CHUNK)):
             checkpoint()
-            for result in group_chunk(chunk, chunk_spec):
+            results = _fast_chunk(chunk, chunk_spec) if fast else None
+            for result in group_chunk(chunk, chunk_spec) if results is None else results:
                 key = keys.encode(result.get("_id"))
                 partial = {name: _partial(op, result.get(name)) for name, (op, _) in fields.items()}
                 state = states.get(key)

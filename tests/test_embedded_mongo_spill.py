@@ -65,11 +65,12 @@ def _expected(docs: list[dict[str, Any]]) -> dict[Any, dict[str, Any]]:
 
 
 @settings(max_examples=60, deadline=None)
-@given(NUMBERS, st.sampled_from([300, 10**9]))
-def test_streamed_group_matches_mongod(docs: list[dict[str, Any]], limit: int) -> None:
-    """$group by chunks, merged in memory or through a spill, gives mongod's sums, extremes (across types), averages."""
+@given(NUMBERS, st.sampled_from([300, 10**9]), st.sampled_from(["$k", {"$add": ["$k", 0]}]))
+def test_streamed_group_matches_mongod(docs: list[dict[str, Any]], limit: int, group_id: Any) -> None:
+    """$group by chunks (field paths here, other expressions by the engine), merged in memory or through a spill,
+    gives mongod's sums, extremes (across types), averages."""
     with _limited(limit):
-        streamed = list(group(iter(docs), SPEC, ENGINE.group_chunk))
+        streamed = list(group(iter(docs), {**SPEC, "_id": group_id}, ENGINE.group_chunk))
     assert streamed == list(_expected(docs).values())
 
 
