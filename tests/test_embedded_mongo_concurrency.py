@@ -186,3 +186,18 @@ def test_current_op_and_kill_op_need_admin_and_a_number(clients) -> None:
     assert clients[0].admin.command("killOp", op=987654321)["ok"] == 1.0
     staged = list(clients[0].admin.aggregate([{"$currentOp": {}}, {"$match": {"ns": "admin.$cmd"}}]))
     assert staged and staged[0]["command"]["aggregate"] == 1
+
+
+def test_reads_never_see_half_a_write(clients) -> None:
+    """Counts on the reader threads, taken while 100-document batches are inserted, are always whole batches."""
+    reader, writer = clients
+    thread, outcome = _in_thread(lambda: [writer.conc.batches.insert_many([{"b": b, "i": i} for i in range(100)])
+                                          for b in range(30)])
+    counts = []
+    while thread.is_alive():
+        counts.append(reader.conc.batches.count_documents({"i": {"$gte": 0}}))
+    thread.join(60)
+    assert "error" not in outcome
+    counts.append(reader.conc.batches.count_documents({"i": {"$gte": 0}}))
+    assert all(n % 100 == 0 for n in counts), counts
+    assert counts[-1] == 3000
