@@ -97,6 +97,17 @@ def _peak_rss(pid: int, stop: threading.Event, peak: list[int]) -> None:
         stop.wait(0.05)
 
 
+def _pings(uri: str, stop: threading.Event, out: list[float]) -> None:
+    """The store's own round trip (a ping every 10 ms from another client)."""
+    client: MongoClient[dict[str, Any]] = MongoClient(uri)
+    while not stop.is_set():
+        started = time.perf_counter()
+        client.admin.command("ping")
+        out.append(time.perf_counter() - started)
+        stop.wait(0.01)
+    client.close()
+
+
 def _acks(generators: Generators, while_running: threading.Thread | None, seconds: float) -> list[float]:
     """Acknowledgement latencies collected for ``seconds`` or while the admin runs."""
     acks: list[float] = []
@@ -138,7 +149,12 @@ def run(args: argparse.Namespace) -> None:
         generators.ready()
         generators.collect()
         generators.send(("publish", (args.rate, 600.0)))
+        stop_pings, quiet_pings, busy_pings = threading.Event(), [], []
+        pinger = threading.Thread(target=_pings, args=(store_uri, stop_pings, quiet_pings))
+        pinger.start()
         quiet = _acks(generators, None, phase)
+        stop_pings.set()
+        pinger.join()
         times: dict[str, float] = {}
 
         def scan() -> None:
@@ -154,15 +170,25 @@ def run(args: argparse.Namespace) -> None:
         sampler.start()
         scanning = threading.Thread(target=scan)
         scanning.start()
+        stop_pings.clear()
+        pinger = threading.Thread(target=_pings, args=(store_uri, stop_pings, busy_pings))
+        pinger.start()
         busy = _acks(generators, scanning, phase)
         stop.set()
+        stop_pings.set()
         sampler.join()
+        pinger.join()
+        quiet_pings.sort()
+        busy_pings.sort()
         ratio = (busy[int(len(busy) * 0.99)] / quiet[int(len(quiet) * 0.99)]) if busy and quiet else float("nan")
         print(f"admin scan over {args.docs} messages: count_documents(regex) {times.get('count', 0):.1f} s, "
               f"$group over all {times.get('group', 0):.1f} s", flush=True)
         print(f"publish ack without the admin: p50 {ms(quiet, 0.5)} ms p99 {ms(quiet, 0.99)} ms ({len(quiet)} acks); "
               f"during the admin's queries: p50 {ms(busy, 0.5)} ms p99 {ms(busy, 0.99)} ms ({len(busy)} acks); "
               f"p99 ratio {ratio:.1f}x", flush=True)
+        print(f"the store's own ping (another client, every 10 ms): p50 {ms(quiet_pings, 0.5)} ms p99 "
+              f"{ms(quiet_pings, 0.99)} ms without the admin; p50 {ms(busy_pings, 0.5)} ms p99 "
+              f"{ms(busy_pings, 0.99)} ms during", flush=True)
         print(f"store peak RSS during the admin's queries: {peak[0] / 1024:.0f} MiB", flush=True)
     finally:
         admin.close()

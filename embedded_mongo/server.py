@@ -17,7 +17,6 @@ import logging
 import os
 import struct
 import sys
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import IO, Any
 
@@ -31,18 +30,7 @@ from .wire import HEADER, OP_MSG, Request, encode_reply, parse_header, parse_mes
 
 log = logging.getLogger("embedded_mongo")
 READER_THREADS = 4  # reads running at once; more wait for a thread
-READER_NICENESS = 10  # reader threads' niceness, above the loop's
 SWITCH_INTERVAL = 0.0005  # seconds a thread holds the GIL while another waits (CPython's default: 0.005)
-
-
-def _lower_priority() -> None:
-    """A reader thread yields the CPU to the event loop and to other processes
-    (the application server on the same machine): Linux schedules threads, so
-    a niceness set on the thread's id applies to it alone."""
-    try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), READER_NICENESS)
-    except (OSError, AttributeError):
-        pass
 
 
 class LockedError(Exception):
@@ -99,7 +87,7 @@ class Server:
         self.store = Store(dbpath, compile_filter)  # documents and indexes
         self.commands = Commands(self.store, port, test_commands, memory_limit)  # command dispatch
         self.commands.idle_connections = self._clients
-        self.readers = ThreadPoolExecutor(readers, thread_name_prefix="reader", initializer=_lower_priority)  # reads
+        self.readers = ThreadPoolExecutor(readers, thread_name_prefix="reader")  # where reads run
         # The reader threads hold the GIL while they decode and match documents; a
         # short switch interval hands it back to the event loop sooner.
         sys.setswitchinterval(switch_interval)
