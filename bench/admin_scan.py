@@ -190,6 +190,19 @@ def run(args: argparse.Namespace) -> None:
               f"{ms(quiet_pings, 0.99)} ms without the admin; p50 {ms(busy_pings, 0.5)} ms p99 "
               f"{ms(busy_pings, 0.99)} ms during", flush=True)
         print(f"store peak RSS during the admin's queries: {peak[0] / 1024:.0f} MiB", flush=True)
+        if args.sort_too:
+            generators.stop()
+            stop, peak = threading.Event(), [0]
+            sampler = threading.Thread(target=_peak_rss, args=(store_pid, stop, peak))
+            sampler.start()
+            started = time.perf_counter()
+            cursor = admin.miniprogram.messages.find({}, {"data": 1}).sort("data.text", 1).batch_size(10_000)
+            n = sum(1 for _ in cursor)
+            stop.set()
+            sampler.join()
+            print(f"unindexed find().sort('data.text') over all: {n} documents in "
+                  f"{time.perf_counter() - started:.1f} s,"
+                  f" store peak RSS {peak[0] / 1024:.0f} MiB", flush=True)
     finally:
         admin.close()
         generators.stop()

@@ -199,6 +199,7 @@ if __name__ == "__main__":
     parser.add_argument("--samples", type=int, default=2000, help="queries per latency figure (default 2,000)")
     parser.add_argument("--admin-scan", action="store_true",
                         help="publish p99 through the server while an admin scans --docs messages")
+    parser.add_argument("--sort-too", action="store_true", help="--admin-scan: then an unindexed sort of them all")
     parser.add_argument("--data-dir", help="--admin-scan: keep (or reuse) the loaded store here")
     parser.add_argument("--rooms", type=int, default=20, help="--admin-scan: rooms publishing (default 20)")
     parser.add_argument("--per-room", type=int, default=5, help="--admin-scan: users per room (default 5)")

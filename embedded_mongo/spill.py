@@ -12,6 +12,7 @@ stage fails with ``QueryExceededMemoryLimitNoDiskUseAllowed`` (292).
 from __future__ import annotations
 
 import sqlite3
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Generic, TypeVar
 
@@ -118,8 +119,10 @@ class Sorter(Generic[T]):
                     buffered, used = [], 0
             if spill is None:
                 buffered.sort(key=lambda entry: (entry[0], entry[1]))
-                for _, _, item in buffered:
-                    yield item
+                ordered = deque(item for _, _, item in buffered)
+                buffered = []
+                while ordered:  # each item let go as it leaves: what the consumer adds to it goes too
+                    yield ordered.popleft()
                 return
             spill.write((k, s, self.encode(i)) for k, s, i in buffered)
             buffered = []
