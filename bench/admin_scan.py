@@ -62,7 +62,8 @@ def _serve(ready: Any, out: Any, data_dir: str) -> None:
     from tornado.netutil import bind_sockets
 
     import settings
-    from server.app import make_app, tune_gc
+    from handlers.app import make_app
+    from server.app import tune_gc
 
     async def main() -> None:
         store = ChildStore(os.path.join(data_dir, "db")).start()

@@ -178,7 +178,7 @@ class Commands:
             return MongoError(59, "no such command: ''").to_reply()
         name = next(iter(body))
         name = _ALIASES.get(name, name)
-        target = body[next(iter(body))]
+        target = body.get("collection") if name == "getMore" else body[next(iter(body))]
         ns = f"{request.db}.{target}" if isinstance(target, str) else f"{request.db}.$cmd"
         try:
             with self.operations.running(body, ns, client, connection_id, reader) as op:

@@ -194,7 +194,7 @@ def choose(coll: Collection, query: dict[str, Any], sort: SortSpec, hint: Any = 
                                 "hint provided does not correspond to an existing index")
         return _index_plan(index, preds, sort, exact)[1]
     best: tuple[tuple[int, ...], Plan] | None = None
-    for index in coll.indexes.values():
+    for index in list(coll.indexes.values()):  # a snapshot: the writer may add one meanwhile
         if (index.sparse or index.partial is not None) and not _holds_every_match(index, preds):
             continue  # holds only some documents, maybe not every match
         score, plan = _index_plan(index, preds, sort, exact)

@@ -221,13 +221,13 @@ class Store:
         return index
 
     def databases(self) -> list[str]:
-        return sorted({db for db, _ in self.collections})
+        return sorted({db for db, _ in list(self.collections)})  # a snapshot: the writer may add meanwhile
 
     def get(self, db: str, name: str) -> Collection | None:
         return self.collections.get((db, name))
 
     def collections_of(self, db: str) -> list[Collection]:
-        return [c for (d, _), c in sorted(self.collections.items()) if d == db]
+        return [c for (d, _), c in sorted(list(self.collections.items())) if d == db]
 
     def create(self, db: str, name: str, options: dict[str, Any] | None = None) -> Collection:
         with self.transaction():
