@@ -154,7 +154,8 @@ var Tokens = class {
       access: answer.access_token,
       refresh: answer.refresh_token,
       ttl: answer.expires_in * 1e3,
-      expiresAt: Date.now() + answer.expires_in * 1e3,
+      // The server's exp is whole seconds from its iat (also whole): up to a second earlier than this clock's.
+      expiresAt: Date.now() + answer.expires_in * 1e3 - 1e3,
       user: answer.user || previous && previous.user
     };
     this.client.store.set("tokens", this.current);

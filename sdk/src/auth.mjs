@@ -45,7 +45,8 @@ export class Tokens {
     const previous = this.current;
     this.current = {
       access: answer.access_token, refresh: answer.refresh_token, ttl: answer.expires_in * 1000,
-      expiresAt: Date.now() + answer.expires_in * 1000, user: answer.user || (previous && previous.user),
+      // The server's exp is whole seconds from its iat (also whole): up to a second earlier than this clock's.
+      expiresAt: Date.now() + answer.expires_in * 1000 - 1000, user: answer.user || (previous && previous.user),
     };
     this.client.store.set("tokens", this.current);
     this.schedule();
