@@ -1,4 +1,5 @@
 // miniprogram-realtime-sdk 0.1.0 (MIT). Built from src/ by scripts/build.mjs: edit src/, not this file.
+"use strict";
 var __defProp = Object.defineProperty;
 var __getOwnPropDesc = Object.getOwnPropertyDescriptor;
 var __getOwnPropNames = Object.getOwnPropertyNames;
@@ -234,7 +235,8 @@ var Tokens = class {
       );
     } catch (error) {
       if (AUTH_FAILURES.includes(error.code)) return this._lost(error.message);
-      this._timer = setTimeout(() => this.refresh().catch(() => {
+      clearTimeout(this._timer);
+      if (!client.closed) this._timer = setTimeout(() => this.refresh().catch(() => {
       }), 5e3);
       throw error;
     }
@@ -320,7 +322,7 @@ var Connection = class {
     client.emit("connecting", { attempt: this.attempt });
     let token;
     try {
-      token = await client.tokens.fresh(this.failedOpens >= 2);
+      token = await client.tokens.fresh(this.failedOpens === 2);
     } catch (error) {
       this.opening = false;
       if (error.code === "signed_out" || !this.wanted) return this.setState("disconnected");

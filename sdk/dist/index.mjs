@@ -202,7 +202,8 @@ var Tokens = class {
       );
     } catch (error) {
       if (AUTH_FAILURES.includes(error.code)) return this._lost(error.message);
-      this._timer = setTimeout(() => this.refresh().catch(() => {
+      clearTimeout(this._timer);
+      if (!client.closed) this._timer = setTimeout(() => this.refresh().catch(() => {
       }), 5e3);
       throw error;
     }
@@ -288,7 +289,7 @@ var Connection = class {
     client.emit("connecting", { attempt: this.attempt });
     let token;
     try {
-      token = await client.tokens.fresh(this.failedOpens >= 2);
+      token = await client.tokens.fresh(this.failedOpens === 2);
     } catch (error) {
       this.opening = false;
       if (error.code === "signed_out" || !this.wanted) return this.setState("disconnected");

@@ -91,7 +91,8 @@ export class Tokens {
         { retries: 2 });
     } catch (error) {
       if (AUTH_FAILURES.includes(error.code)) return this._lost(error.message);
-      this._timer = setTimeout(() => this.refresh().catch(() => {}), 5000); // network: try again soon
+      clearTimeout(this._timer);
+      if (!client.closed) this._timer = setTimeout(() => this.refresh().catch(() => {}), 5000); // network: soon again
       throw error;
     }
     this.keep(answer);

@@ -53,7 +53,7 @@ export class Connection {
     client.emit("connecting", { attempt: this.attempt });
     let token;
     try {
-      token = await client.tokens.fresh(this.failedOpens >= 2);
+      token = await client.tokens.fresh(this.failedOpens === 2); // a refused token looks like a failed open
     } catch (error) {
       this.opening = false;
       if (error.code === "signed_out" || !this.wanted) return this.setState("disconnected");
