@@ -7,7 +7,9 @@ import os
 from handlers.base import BaseHandler
 from server.errors import ApiError
 
-DEMO_PAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "static", "demo.html")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEMO_PAGE = os.path.join(ROOT, "static", "demo.html")
+SDK_MODULE = os.path.join(ROOT, "sdk", "dist", "index.mjs")
 
 
 class HealthHandler(BaseHandler):
@@ -44,3 +46,14 @@ class DemoHandler(BaseHandler):
         self.set_header("Content-Type", "text/html; charset=utf-8")
         with open(DEMO_PAGE, "rb") as page:
             self.finish(page.read())
+
+
+class SdkModuleHandler(BaseHandler):
+    """GET /sdk/index.mjs: the SDK's ES module, which the demo page imports (development mode only)."""
+
+    async def get(self) -> None:
+        if not self.services.settings.dev_login:
+            raise ApiError("not_found", "no such endpoint: /sdk/index.mjs")
+        self.set_header("Content-Type", "text/javascript; charset=utf-8")
+        with open(SDK_MODULE, "rb") as module:
+            self.finish(module.read())

@@ -144,7 +144,7 @@ def make_app(settings: Settings, mongo_uri: str | None = None, *, storage: Stora
     ``settings.mongo_uri`` (run.py passes the embedded store's)."""
     from handlers.auth import DevLoginHandler, LogoutHandler, MeHandler, RefreshHandler, WeChatLoginHandler
     from handlers.base import NotFoundHandler
-    from handlers.ops import DemoHandler, HealthHandler, MetricsHandler, ReadyHandler
+    from handlers.ops import DemoHandler, HealthHandler, MetricsHandler, ReadyHandler, SdkModuleHandler
     from handlers.rooms import DirectRoomHandler, HistoryHandler, MembersHandler, RoomsHandler
     from handlers.server_api import (
         BroadcastHandler,
@@ -165,6 +165,7 @@ def make_app(settings: Settings, mongo_uri: str | None = None, *, storage: Stora
     services = Services(settings, storage, wechat, broker or InProcessBroker())
     routes: list[tuple[str, type[RequestHandler]]] = [
         (r"/", DemoHandler),
+        (r"/sdk/index\.mjs", SdkModuleHandler),
         (r"/healthz", HealthHandler),
         (r"/readyz", ReadyHandler),
         (r"/metrics", MetricsHandler),
