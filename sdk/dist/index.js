@@ -931,10 +931,12 @@ var RealtimeClient = class extends Emitter {
    * stored. Queued in order (and in storage) while disconnected, sent again with the
    * same cid after reconnecting, so it is stored once. */
   publish(channel, data, options = {}) {
+    let bytes;
     try {
       checkChannel(channel);
       if (!data || typeof data !== "object" || Array.isArray(data)) throw new SdkError("invalid_request", "data must be a JSON object");
-      if (utf8Length(JSON.stringify(data)) > MAX_DATA_BYTES) throw new SdkError("payload_too_large", "data is limited to 16 KiB");
+      ({ data, bytes } = wellFormed(data));
+      if (bytes > MAX_DATA_BYTES) throw new SdkError("payload_too_large", "data is limited to 16 KiB");
       if (this.outbox.length >= this.options.outboxLimit) {
         throw new SdkError("queue_full", this.outbox.length + " publishes are waiting to be sent; try again later");
       }
@@ -1081,13 +1083,42 @@ function checkChannel(channel) {
     throw new SdkError("invalid_request", "a channel is room:<id>, feed:<name> or user:<id>");
   }
 }
-function utf8Length(text) {
+function wellFormed(data) {
+  const text = JSON.stringify(data);
+  let out = "";
   let bytes = 0;
+  let changed = false;
   for (let i = 0; i < text.length; i++) {
     const code = text.charCodeAt(i);
-    bytes += code < 128 ? 1 : code < 2048 ? 2 : code >= 55296 && code < 56320 ? (i++, 4) : 3;
+    if (code === 92 && text[i + 1] === "u") {
+      const escaped = parseInt(text.slice(i + 2, i + 6), 16);
+      if (escaped >= 55296 && escaped <= 57343) {
+        out += "\\ufffd";
+        bytes += 3;
+        changed = true;
+      } else {
+        out += text.slice(i, i + 6);
+        bytes += 6;
+      }
+      i += 5;
+    } else if (code === 92) {
+      out += text.slice(i, i + 2);
+      bytes += 2;
+      i++;
+    } else if (code >= 55296 && code <= 56319 && (text.charCodeAt(i + 1) & 64512) === 56320) {
+      out += text.slice(i, i + 2);
+      bytes += 4;
+      i++;
+    } else if (code >= 55296 && code <= 57343) {
+      out += "�";
+      bytes += 3;
+      changed = true;
+    } else {
+      out += text[i];
+      bytes += code < 128 ? 1 : code < 2048 ? 2 : 3;
+    }
   }
-  return bytes;
+  return { data: changed ? JSON.parse(out) : data, bytes };
 }
 function createClient(options) {
   return new RealtimeClient(options);

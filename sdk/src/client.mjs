@@ -243,10 +243,12 @@ export class RealtimeClient extends Emitter {
    * stored. Queued in order (and in storage) while disconnected, sent again with the
    * same cid after reconnecting, so it is stored once. */
   publish(channel, data, options = {}) {
+    let bytes;
     try {
       checkChannel(channel);
       if (!data || typeof data !== "object" || Array.isArray(data)) throw new SdkError("invalid_request", "data must be a JSON object");
-      if (utf8Length(JSON.stringify(data)) > MAX_DATA_BYTES) throw new SdkError("payload_too_large", "data is limited to 16 KiB");
+      ({ data, bytes } = wellFormed(data));
+      if (bytes > MAX_DATA_BYTES) throw new SdkError("payload_too_large", "data is limited to 16 KiB");
       if (this.outbox.length >= this.options.outboxLimit) {
         throw new SdkError("queue_full", this.outbox.length + " publishes are waiting to be sent; try again later");
       }
@@ -401,13 +403,45 @@ function checkChannel(channel) {
   }
 }
 
-function utf8Length(text) {
+/** `data` as JSON with every lone surrogate (half an emoji cut by slice()) made
+ * U+FFFD, as TextEncoder does, and its UTF-8 length. The server cannot store a lone
+ * surrogate: sent as is, it would fail on every retry. */
+export function wellFormed(data) {
+  const text = JSON.stringify(data);
+  let out = "";
   let bytes = 0;
+  let changed = false;
   for (let i = 0; i < text.length; i++) {
     const code = text.charCodeAt(i);
-    bytes += code < 0x80 ? 1 : code < 0x800 ? 2 : code >= 0xd800 && code < 0xdc00 ? (i++, 4) : 3;
+    if (code === 0x5c && text[i + 1] === "u") { // an escape: \uXXXX (a lone surrogate, from a modern engine)
+      const escaped = parseInt(text.slice(i + 2, i + 6), 16);
+      if (escaped >= 0xd800 && escaped <= 0xdfff) {
+        out += "\\ufffd";
+        bytes += 3; // the server writes U+FFFD as it is
+        changed = true;
+      } else {
+        out += text.slice(i, i + 6);
+        bytes += 6;
+      }
+      i += 5;
+    } else if (code === 0x5c) { // any other escape: two characters
+      out += text.slice(i, i + 2);
+      bytes += 2;
+      i++;
+    } else if (code >= 0xd800 && code <= 0xdbff && (text.charCodeAt(i + 1) & 0xfc00) === 0xdc00) {
+      out += text.slice(i, i + 2); // a pair: one character of 4 bytes
+      bytes += 4;
+      i++;
+    } else if (code >= 0xd800 && code <= 0xdfff) { // lone, raw (an older engine's stringify)
+      out += "\ufffd";
+      bytes += 3;
+      changed = true;
+    } else {
+      out += text[i];
+      bytes += code < 0x80 ? 1 : code < 0x800 ? 2 : 3;
+    }
   }
-  return bytes;
+  return { data: changed ? JSON.parse(out) : data, bytes };
 }
 
 /** A client: `createClient({url, platform})`. */

@@ -202,3 +202,17 @@ test("upload sends a file over wx.uploadFile with progress and answers the store
   assert.equal(file.size, 70);
   assert.equal(progress.at(-1), 100);
 });
+
+test("text with half an emoji (a lone surrogate, which the server cannot store) is sent with U+FFFD, once", async () => {
+  const alice = client("surrogate-alice");
+  await alice.signIn();
+  const room = await publicRoom(alice);
+  const seen = collect(alice, room);
+  await connected(alice);
+  const cut = "👋 hi 😀".slice(0, -1); // slice() cut the emoji in half
+  const ack = await alice.publish(room, { text: cut });
+  assert.equal(ack.seq, 1);
+  await waitFor(() => seen.messages.length === 1, "delivered");
+  assert.equal(seen.texts()[0], "👋 hi \ufffd");
+  assert.equal(alice.wx.connects, 1, "the socket survived");
+});
