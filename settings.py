@@ -20,6 +20,7 @@ DEVELOPMENT = "development"
 PRODUCTION = "production"
 DEFAULT_FILE_TYPES: tuple[str, ...] = ("jpeg", "png", "gif", "webp", "mp4", "mp3", "pdf")
 KNOWN_FILE_TYPES = frozenset(DEFAULT_FILE_TYPES)
+YEAR = 365 * 86400  # seconds
 # Secrets that must never protect a production server.
 _WEAK_SECRETS = frozenset({"secret", "changeme", "change-me", "development", "dev", "jwt-secret", "test"})
 
@@ -57,6 +58,8 @@ class Settings:
     ws_max_message_bytes: int = 64 * 1024  # largest WebSocket frame accepted
     ws_max_per_user: int = 5  # sockets one user may hold
     recovery_max: int = 300  # messages a subscribe with `since` replays at most
+    max_connections: int | None = None  # open descriptors that may hold connections; None: from the limit
+    listen_backlog: int = 4096  # connections the kernel queues before accept (capped by net.core.somaxconn)
     extra: dict[str, Any] = field(default_factory=dict, compare=False)  # overrides from the command line
 
     @property
@@ -90,25 +93,26 @@ def _cast(env: Mapping[str, str], name: str, default: T, cast: Callable[[str], T
         raise SettingsError(f"{name}={raw!r} is invalid: it takes {expects}") from None
 
 
-def _positive_int(raw: str) -> int:
-    value = int(raw)
-    if value <= 0:
-        raise ValueError(raw)
-    return value
+def _whole(low: int, high: int) -> Callable[[str], int]:
+    """A whole number from ``low`` to ``high``."""
+    def cast(raw: str) -> int:
+        value = int(raw)
+        if not low <= value <= high:
+            raise ValueError(raw)
+        return value
+
+    return cast
 
 
-def _positive_float(raw: str) -> float:
-    value = float(raw)
-    if not value > 0:
-        raise ValueError(raw)
-    return value
+def _seconds(low: float, high: float) -> Callable[[str], float]:
+    """A number of seconds from ``low`` to ``high``."""
+    def cast(raw: str) -> float:
+        value = float(raw)
+        if not low <= value <= high:  # NaN and infinities fail here
+            raise ValueError(raw)
+        return value
 
-
-def _port(raw: str) -> int:
-    value = int(raw)
-    if not 0 <= value <= 65535:
-        raise ValueError(raw)
-    return value
+    return cast
 
 
 def _switch(raw: str) -> bool:
@@ -166,14 +170,15 @@ def load(env: Mapping[str, str], **overrides: Any) -> Settings:
     values: dict[str, Any] = {
         "app_env": app_env,
         "host": _text(env, "HOST", "127.0.0.1"),
-        "port": _cast(env, "PORT", 8888, _port, "a port number from 0 to 65535"),
+        "port": _cast(env, "PORT", 8888, _whole(0, 65535), "a port number from 0 to 65535"),
         "data_dir": data_dir,
         "mongo_uri": _cast(env, "MONGO_URI", None, _url(("mongodb", "mongodb+srv")), "a mongodb:// URI"),
         "mongo_db": _text(env, "MONGO_DB", "miniprogram"),
         "redis_url": _cast(env, "REDIS_URL", None, _url(("redis", "rediss", "unix")), "a redis:// URL"),
-        "access_token_ttl": _cast(env, "ACCESS_TOKEN_TTL", 7200, _positive_int, "a positive number of seconds"),
-        "refresh_token_ttl": _cast(env, "REFRESH_TOKEN_TTL", 30 * 86400, _positive_int,
-                                   "a positive number of seconds"),
+        "access_token_ttl": _cast(env, "ACCESS_TOKEN_TTL", 7200, _whole(1, YEAR),
+                                  f"a whole number of seconds from 1 to {YEAR} (a year)"),
+        "refresh_token_ttl": _cast(env, "REFRESH_TOKEN_TTL", 30 * 86400, _whole(1, 10 * YEAR),
+                                   f"a whole number of seconds from 1 to {10 * YEAR} (ten years)"),
         "wechat_appid": _text(env, "WECHAT_APPID"),
         "wechat_secret": _text(env, "WECHAT_SECRET"),
         "wechat_api_base": _cast(env, "WECHAT_API_BASE", "https://api.weixin.qq.com", _url(("http", "https")),
@@ -183,15 +188,21 @@ def load(env: Mapping[str, str], **overrides: Any) -> Settings:
         "tls_key": _text(env, "TLS_KEY"),
         "behind_proxy": _cast(env, "BEHIND_PROXY", False, _switch, "1 or 0"),
         "api_keys": tuple(k.strip() for k in (_text(env, "API_KEYS", "") or "").split(",") if k.strip()),
-        "file_max_bytes": _cast(env, "FILE_MAX_BYTES", 10 * 1024 * 1024, _positive_int, "a positive number of bytes"),
+        "file_max_bytes": _cast(env, "FILE_MAX_BYTES", 10 * 1024 * 1024, _whole(1, 1 << 30),
+                                "a number of bytes from 1 to 1073741824 (1 GiB)"),
         "file_types": _cast(env, "FILE_TYPES", tuple(DEFAULT_FILE_TYPES), _file_types,
                             "a comma-separated list of " + ", ".join(DEFAULT_FILE_TYPES)),
         "schemas_dir": _text(env, "SCHEMAS_DIR", "schemas"),
-        "ws_ping_interval": _cast(env, "WS_PING_INTERVAL", 25.0, _positive_float, "a positive number of seconds"),
-        "ws_max_message_bytes": _cast(env, "WS_MAX_MESSAGE_BYTES", 64 * 1024, _positive_int,
-                                      "a positive number of bytes"),
-        "ws_max_per_user": _cast(env, "WS_MAX_PER_USER", 5, _positive_int, "a positive whole number"),
-        "recovery_max": _cast(env, "RECOVERY_MAX", 300, _positive_int, "a positive whole number"),
+        "ws_ping_interval": _cast(env, "WS_PING_INTERVAL", 25.0, _seconds(0.1, 3600),
+                                  "a number of seconds from 0.1 to 3600"),
+        "ws_max_message_bytes": _cast(env, "WS_MAX_MESSAGE_BYTES", 64 * 1024, _whole(1, 16 << 20),
+                                      "a number of bytes from 1 to 16777216 (16 MiB)"),
+        "ws_max_per_user": _cast(env, "WS_MAX_PER_USER", 5, _whole(1, 1_000_000),
+                                 "a whole number from 1 to 1000000"),
+        "recovery_max": _cast(env, "RECOVERY_MAX", 300, _whole(1, 10_000), "a whole number from 1 to 10000"),
+        "max_connections": _cast(env, "MAX_CONNECTIONS", None, _whole(1, 1 << 30),
+                                 "a whole number from 1 to 1073741824"),
+        "listen_backlog": _cast(env, "LISTEN_BACKLOG", 4096, _whole(1, 65535), "a whole number from 1 to 65535"),
     }
     values.update({k: v for k, v in overrides.items() if v is not None})
     if (values["tls_cert"] is None) != (values["tls_key"] is None):

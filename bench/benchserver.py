@@ -20,7 +20,8 @@ def _serve(ready: Any, port_out: Any, data_dir: str, env: dict[str, str], discar
 
     import settings
     from embedded_mongo.launcher import ChildStore
-    from server.app import make_app, tune_gc
+    from handlers.app import make_app
+    from server.app import tune_gc
 
     @stream_request_body
     class Discard(RequestHandler):

@@ -3,21 +3,22 @@ request ids, and every error body shaped in ``write_error``."""
 
 from __future__ import annotations
 
+import functools
 import logging
-import re
 import time
-import uuid
 from typing import TYPE_CHECKING, Any
 
 import ujson
 from jsonschema import Draft202012Validator
 from tornado.web import HTTPError, RequestHandler
 
+from handlers.edge import request_id
 from server.auth import Principal
 from server.errors import ApiError
 from server.logs import fields
 from server.storage import as_api_error
 from server.validation import parse_json, validate
+from server.values import Envelope
 
 if TYPE_CHECKING:
     from server.app import Services
@@ -25,7 +26,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("server.http")
 
 JSON_MAX_BYTES = 1024 * 1024  # the largest JSON body accepted
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
 _TORNADO_CODES = {400: "invalid_request", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
                   413: "payload_too_large", 415: "unsupported_media_type", 416: "range_not_satisfiable"}
 
@@ -50,10 +50,15 @@ class BaseHandler(RequestHandler):
         self.route = route
         self.principal = None
         self.started = time.perf_counter()  # for the latency metric
-        incoming = self.request.headers.get("X-Request-Id", "")
-        self.request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex  # echoed and logged
+
+    @functools.cached_property
+    def request_id(self) -> str:
+        """The X-Request-Id echoed and logged: the client's when well formed, else a new one."""
+        return request_id(self.request.headers)
 
     def set_default_headers(self) -> None:
+        self.set_header("X-Request-Id", self.request_id)  # here, as an error clears the headers
+        self.clear_header("Server")  # no version for scanners
         self.set_header("Content-Type", "application/json; charset=UTF-8")
         self.set_header("Cache-Control", "no-store")
 
@@ -81,14 +86,15 @@ class BaseHandler(RequestHandler):
                 return hops[-1]
         return peer
 
-    def json_payload(self, max_bytes: int = JSON_MAX_BYTES) -> Any:
-        """The request's body as JSON: application/json, at most ``max_bytes``."""
+    def json_payload(self, max_bytes: int = JSON_MAX_BYTES, envelope: Envelope = 1) -> Any:
+        """The request's body as JSON: application/json, at most ``max_bytes``,
+        within the value rules (``envelope``: the levels around the data)."""
         content_type = self.request.headers.get("Content-Type", "application/json").split(";")[0].strip().lower()
         if content_type not in ("application/json", "text/json", ""):
             raise ApiError("unsupported_media_type", "the request body must be application/json")
         if len(self.request.body) > max_bytes:
             raise ApiError("payload_too_large", f"JSON bodies are limited to {max_bytes} bytes")
-        return parse_json(self.request.body)
+        return parse_json(self.request.body, envelope)
 
     def json_body(self, validator: Draft202012Validator) -> dict[str, Any]:
         """The request's JSON object, checked against ``validator``."""
@@ -122,6 +128,7 @@ class BaseHandler(RequestHandler):
         exc_info = kwargs.get("exc_info")
         error = self._api_error(exc_info[1] if exc_info else None, status_code)
         self.set_header("Content-Type", "application/json; charset=UTF-8")
+        self.set_header("X-Request-Id", self.request_id)
         for name, value in error.headers.items():
             self.set_header(name, value)
         self.finish(ujson.dumps(error.body(), ensure_ascii=False, escape_forward_slashes=False))

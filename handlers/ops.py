@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import os
+
+import ujson
+import yaml
 
 from handlers.base import BaseHandler
 from server.errors import ApiError
@@ -10,6 +14,14 @@ from server.errors import ApiError
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO_PAGE = os.path.join(ROOT, "static", "demo.html")
 SDK_MODULE = os.path.join(ROOT, "sdk", "dist", "index.mjs")
+OPENAPI = os.path.join(ROOT, "docs", "openapi.yaml")
+
+
+@functools.cache
+def openapi_json() -> bytes:
+    """docs/openapi.yaml as JSON, read and encoded once per process."""
+    with open(OPENAPI, encoding="utf-8") as source:
+        return ujson.dumps(yaml.safe_load(source), ensure_ascii=False, escape_forward_slashes=False).encode()
 
 
 class HealthHandler(BaseHandler):
@@ -20,12 +32,24 @@ class HealthHandler(BaseHandler):
 
 
 class ReadyHandler(BaseHandler):
-    """GET /readyz: 200 only while the database answers."""
+    """GET /readyz: 200 while this process takes work: not shutting down, and a
+    ping sent through the request path's own connection pool came back within
+    2 s (docs/api.md says what that does and does not show)."""
 
     async def get(self) -> None:
+        if self.services.stopping:
+            raise ApiError("unavailable", "the server is shutting down")
         if not await self.services.storage.ping():
             raise ApiError("unavailable", "the database is not answering")
         self.write_json({"status": "ready"})
+
+
+class OpenApiHandler(BaseHandler):
+    """GET /api/v1/openapi.json: the HTTP API's OpenAPI 3.1 description (docs/openapi.yaml)."""
+
+    async def get(self) -> None:
+        self.set_header("Cache-Control", "public, max-age=300")
+        self.finish(openapi_json())
 
 
 class MetricsHandler(BaseHandler):

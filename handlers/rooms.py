@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 from handlers.base import AuthenticatedHandler
+from server.channels import Channel
 from server.errors import ApiError
-from server.protocol import CHANNEL, HISTORY_LIMIT
+from server.params import SEQ_MAX, integer_from_text
+from server.protocol import HISTORY_LIMIT
 from server.rooms import public
 from server.storage import object_id
 from server.validation import body_schema
 
 _ROOM = body_schema({"name": {"type": "string", "minLength": 1, "maxLength": 100},
                      "public": {"type": "boolean"}}, ["name"])
-_USER = body_schema({"user_id": {"type": "string", "pattern": "^[0-9a-f]{24}$"}}, ["user_id"])
+_USER = body_schema({"user_id": {"type": "string", "pattern": "^[0-9a-f]{24}$"}}, ["user_id"])  # $: the very end
 
 
 class RoomsHandler(AuthenticatedHandler):
@@ -66,23 +68,16 @@ class MembersHandler(AuthenticatedHandler):
 class HistoryHandler(AuthenticatedHandler):
     """GET /api/v1/channels/{channel}/messages?before=&after=&limit=."""
 
-    def _int(self, name: str, low: int) -> int | None:
-        raw = self.get_query_argument(name, None)
-        if raw is None or raw == "":
-            return None
-        if not raw.isdigit() or int(raw) < low:
-            raise ApiError("invalid_request", f"{name} must be an integer of at least {low}")
-        return int(raw)
+    def _int(self, name: str, low: int, high: int) -> int | None:
+        return integer_from_text(self.get_query_argument(name, None), name, low, high)
 
-    async def get(self, channel: str) -> None:
+    async def get(self, name: str) -> None:
         assert self.principal is not None
-        if not CHANNEL.match(channel):
-            raise ApiError("invalid_request", "no such channel name")
-        before, after, limit = self._int("before", 1), self._int("after", 0), self._int("limit", 1) or 50
+        channel = Channel.parse(name)
+        before, after = self._int("before", 1, SEQ_MAX), self._int("after", 0, SEQ_MAX)
+        limit = self._int("limit", 1, HISTORY_LIMIT) or 50
         if before is not None and after is not None:
             raise ApiError("invalid_request", "give before or after, not both")
-        if limit > HISTORY_LIMIT:
-            raise ApiError("invalid_request", f"limit is at most {HISTORY_LIMIT}")
         if not await self.services.rooms.can_read(self.principal.user_id, channel):
             raise ApiError("forbidden", f"you may not read {channel}")
         items, more = await self.services.realtime.messages.history(channel, before, after, limit)

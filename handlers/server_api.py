@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import hmac
 import time
+from typing import Any
 
 from handlers.base import BaseHandler
+from server.channels import PATTERN, Channel
 from server.errors import ApiError, CloseCode
-from server.protocol import CHANNEL, FrameError, check_cid, check_data
+from server.protocol import check_cid, check_data
 from server.validation import body_schema
 
-_CHANNEL = {"type": "string", "pattern": CHANNEL.pattern}
+_CHANNEL = {"type": "string", "pattern": f"^{PATTERN}$"}  # $: the very end (server.validation)
 _PUBLISH = body_schema({"channel": _CHANNEL, "data": {"type": "object"},
                         "idempotency_key": {"type": "string", "minLength": 1, "maxLength": 64}}, ["channel", "data"])
 _BROADCAST = body_schema({"channels": {"type": "array", "items": _CHANNEL, "minItems": 1, "maxItems": 1000,
@@ -30,12 +32,7 @@ class ServerApiHandler(BaseHandler):
         if not offered or not valid:
             raise ApiError("unauthorized", "a valid X-API-Key header is required")
 
-    async def _publish(self, channel: str, data: dict, key: str | None) -> dict:  # type: ignore[type-arg]
-        try:
-            check_data(data)
-            check_cid(key)
-        except FrameError as exc:
-            raise ApiError(exc.code, exc.message) from None
+    async def _publish(self, channel: Channel, data: dict[str, Any], key: str | None) -> dict[str, Any]:
         published = await self.services.realtime.publish(channel, "server", data, key)
         return {"seq": published.message["seq"], "id": published.message["id"]}
 
@@ -45,7 +42,9 @@ class PublishHandler(ServerApiHandler):
 
     async def post(self) -> None:
         body = self.json_body(_PUBLISH)
-        self.write_json(await self._publish(body["channel"], body["data"], body.get("idempotency_key")))
+        check_data(body["data"])
+        key = check_cid(body.get("idempotency_key"), "idempotency_key")
+        self.write_json(await self._publish(Channel.parse(body["channel"]), body["data"], key))
 
 
 class BroadcastHandler(ServerApiHandler):
@@ -53,10 +52,11 @@ class BroadcastHandler(ServerApiHandler):
 
     async def post(self) -> None:
         body = self.json_body(_BROADCAST)
+        check_data(body["data"])
         results = []
         for channel in body["channels"]:
             try:
-                results.append({"channel": channel, **await self._publish(channel, body["data"], None)})
+                results.append({"channel": channel, **await self._publish(Channel.parse(channel), body["data"], None)})
             except ApiError as exc:
                 results.append({"channel": channel, "error": {"code": exc.code, "message": exc.message}})
         self.write_json({"results": results})
@@ -75,11 +75,9 @@ class PresenceHandler(ServerApiHandler):
     """GET /api/v1/server/presence?channel= -> {users, count}."""
 
     async def get(self) -> None:
-        channel = self.get_query_argument("channel", "")
-        if not CHANNEL.match(channel):
-            raise ApiError("invalid_request", "channel must be a channel name")
+        channel = Channel.parse(self.get_query_argument("channel", "", strip=False))
         hub = self.services.realtime.hub
-        if channel.startswith("room:"):
+        if channel.kind == "room":
             users = hub.present(channel)
         else:
             users = sorted({s.user for s in hub.subscribers.get(channel, {})})

@@ -13,9 +13,11 @@ from tornado.web import stream_request_body
 from handlers.base import AuthenticatedHandler, BaseHandler
 from server.errors import ApiError
 from server.files import FORM_OVERHEAD, Upload
-from server.records import PAGE_LIMIT
+from server.params import integer_from_text
+from server.records import PAGE_LIMIT, envelope
 
-_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+_RANGE = re.compile(r"bytes=([0-9]{0,19})-([0-9]{0,19})")  # whole (fullmatch); ASCII digits, at most 19
+MAX_LENGTH = 2**63 - 1  # the largest Content-Length read as a number
 READ_CHUNK = 255 * 1024  # one GridFS chunk
 RECORDS_MAX_BYTES = 4 * 1024 * 1024  # a records request (a batch of 500 included)
 _ABORTING: set[asyncio.Future[None]] = set()  # aborts of dropped uploads, kept until done
@@ -27,17 +29,15 @@ class RecordsHandler(AuthenticatedHandler):
     async def post(self, kind: str) -> None:
         assert self.principal is not None
         records = self.services.records
-        items, batch = records.check(kind, self.json_payload(RECORDS_MAX_BYTES))
+        items, batch = records.check(kind, self.json_payload(RECORDS_MAX_BYTES, envelope))
         key = self.request.headers.get("Idempotency-Key")
         self.write_json(await records.store(self.principal.user_id, kind, items, batch, key), 201)
 
     async def get(self, kind: str) -> None:
         assert self.principal is not None
-        raw = self.get_query_argument("limit", "50")
-        if not raw.isdigit() or not 1 <= int(raw) <= PAGE_LIMIT:
-            raise ApiError("invalid_request", f"limit is 1 to {PAGE_LIMIT}")
+        limit = integer_from_text(self.get_query_argument("limit", None), "limit", 1, PAGE_LIMIT) or 50
         before = self.get_query_argument("before", None) or None
-        self.write_json(await self.services.records.page(self.principal.user_id, kind, before, int(raw)))
+        self.write_json(await self.services.records.page(self.principal.user_id, kind, before, limit))
 
 
 @stream_request_body
@@ -61,10 +61,10 @@ class FilesHandler(AuthenticatedHandler):
         connection = self.request.connection
         if isinstance(connection, HTTP1Connection):
             connection.set_max_body_size(self.drop_limit + FORM_OVERHEAD)
-        length = self.request.headers.get("Content-Length")
-        if length is not None and length.isdigit() and int(length) > files.max_bytes + FORM_OVERHEAD:
+        length = integer_from_text(self.request.headers.get("Content-Length"), "Content-Length", 0, MAX_LENGTH)
+        if length is not None and length > files.max_bytes + FORM_OVERHEAD:
             self.failure = ApiError("payload_too_large", f"files are limited to {files.max_bytes} bytes")
-            if int(length) > self.drop_limit:
+            if length > self.drop_limit:
                 raise self.failure
             return
         assert self.principal is not None
@@ -152,7 +152,7 @@ class FileHandler(BaseHandler):
         header = self.request.headers.get("Range")
         if not header:
             return 0, size
-        match = _RANGE.match(header.strip())
+        match = _RANGE.fullmatch(header.strip())
         if match is None or (not match.group(1) and not match.group(2)):
             self._unsatisfiable(size)
         first, last = match.group(1), match.group(2)  # type: ignore[union-attr]

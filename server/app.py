@@ -1,24 +1,21 @@
-"""The one place that wires the server: ``make_app(settings, ...)`` builds every
-dependency and the Tornado application whose handlers receive them through
-``initialize``."""
+"""The one place that wires the server's core: ``Services.build(settings, ...)``
+makes storage, auth, the broker, the real-time service and the rest. The HTTP
+side (routes, ``make_app``) sits above, in ``handlers/app.py``."""
 
 from __future__ import annotations
 
 import asyncio
 import gc
-import logging
 import time
 from collections.abc import Awaitable, Callable
 
 from tornado.httpclient import AsyncHTTPClient
-from tornado.web import Application, RequestHandler
 
 from server.auth import Auth
 from server.broker import Broker, InProcessBroker
 from server.content import ContentCheck
 from server.errors import CloseCode
 from server.files import Files
-from server.logs import fields, redact_text
 from server.messages import Messages
 from server.metrics import Metrics
 from server.realtime import Realtime
@@ -28,8 +25,6 @@ from server.storage import Storage
 from server.users import Users
 from server.wechat import WeChatClient
 from settings import Settings
-
-log = logging.getLogger("server.access")
 
 
 class Services:
@@ -45,6 +40,7 @@ class Services:
         self.metrics = Metrics()  # this app's Prometheus registry
         self.started_at = time.time()  # for uptime
         self.in_flight = 0  # HTTP requests being answered
+        self.stopping = False  # set once shutdown began: /readyz answers 503 from then on
         self._idle = asyncio.Event()  # set while no request is in flight
         self._idle.set()
         self.on_session_end: list[Callable[[str], Awaitable[None]]] = []  # called with a sid on logout
@@ -59,6 +55,22 @@ class Services:
         self.on_session_end.append(self._close_session_sockets)
         self.on_shutdown.append(self.realtime.shutdown)
 
+    @classmethod
+    def build(cls, settings: Settings, mongo_uri: str | None = None, *, storage: Storage | None = None,
+              wechat: WeChatClient | None = None, http: AsyncHTTPClient | None = None,
+              broker: Broker | None = None) -> Services:
+        """Every service from the settings. ``mongo_uri`` overrides
+        ``settings.mongo_uri`` (run.py passes the embedded store's); the keyword
+        arguments replace one part (tests pass a storage or a WeChat client)."""
+        uri = mongo_uri or settings.mongo_uri
+        if storage is None:
+            if uri is None:
+                raise ValueError("make_app needs a MongoDB URI (settings.mongo_uri or mongo_uri)")
+            storage = Storage(uri, settings.mongo_db)
+        wechat = wechat or WeChatClient(settings.wechat_api_base, settings.wechat_appid, settings.wechat_secret,
+                                        http)
+        return cls(settings, storage, wechat, broker or InProcessBroker())
+
     async def start(self) -> None:
         """Waits for the database, creates the contract's indexes, starts the broker."""
         await self.storage.wait_until_ready()
@@ -70,6 +82,7 @@ class Services:
 
     async def shutdown(self) -> None:
         """Runs the shutdown hooks (the real-time hub closes its sockets here)."""
+        self.stopping = True
         for hook in self.on_shutdown:
             await hook()
 
@@ -102,22 +115,6 @@ class Services:
         self.metrics.ws_connections.set(hub.connection_count())
         self.metrics.ws_subscriptions.set(hub.subscription_count())
 
-    def log_request(self, handler: RequestHandler) -> None:
-        """The access log and the request metrics: one structured line per
-        request, no tokens (the query string is redacted)."""
-        status = handler.get_status()
-        route = getattr(handler, "route", "unmatched")
-        elapsed = time.perf_counter() - getattr(handler, "started", time.perf_counter())
-        self.metrics.requests.labels(route, handler.request.method, str(status)).inc()
-        self.metrics.latency.labels(route).observe(elapsed)
-        principal = getattr(handler, "principal", None)
-        level = logging.ERROR if status >= 500 else logging.INFO
-        log.log(level, "request", extra=fields(
-            request_id=getattr(handler, "request_id", None), method=handler.request.method,
-            path=redact_text(handler.request.uri or ""), route=route, status=status,
-            duration_ms=round(elapsed * 1000, 2), user=principal.user_id if principal else None,
-            ip=handler.client_ip() if hasattr(handler, "client_ip") else handler.request.remote_ip))
-
 
 GC_THRESHOLDS = (50_000, 20, 10)  # CPython's are (700, 10, 10) (3.11): see tune_gc
 
@@ -135,68 +132,3 @@ def tune_gc() -> None:
     """
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
-
-
-def make_app(settings: Settings, mongo_uri: str | None = None, *, storage: Storage | None = None,
-             wechat: WeChatClient | None = None, http: AsyncHTTPClient | None = None,
-             broker: Broker | None = None) -> tuple[Application, Services]:
-    """The application and its services. ``mongo_uri`` overrides
-    ``settings.mongo_uri`` (run.py passes the embedded store's)."""
-    from handlers.auth import DevLoginHandler, LogoutHandler, MeHandler, RefreshHandler, WeChatLoginHandler
-    from handlers.base import NotFoundHandler
-    from handlers.ops import DemoHandler, HealthHandler, MetricsHandler, ReadyHandler, SdkModuleHandler
-    from handlers.rooms import DirectRoomHandler, HistoryHandler, MembersHandler, RoomsHandler
-    from handlers.server_api import (
-        BroadcastHandler,
-        DisconnectHandler,
-        PresenceHandler,
-        PublishHandler,
-        StatsHandler,
-    )
-    from handlers.socket import SocketHandler
-    from handlers.uploads import FileHandler, FilesHandler, RecordsHandler
-
-    uri = mongo_uri or settings.mongo_uri
-    if storage is None:
-        if uri is None:
-            raise ValueError("make_app needs a MongoDB URI (settings.mongo_uri or mongo_uri)")
-        storage = Storage(uri, settings.mongo_db)
-    wechat = wechat or WeChatClient(settings.wechat_api_base, settings.wechat_appid, settings.wechat_secret, http)
-    services = Services(settings, storage, wechat, broker or InProcessBroker())
-    routes: list[tuple[str, type[RequestHandler]]] = [
-        (r"/", DemoHandler),
-        (r"/sdk/index\.mjs", SdkModuleHandler),
-        (r"/healthz", HealthHandler),
-        (r"/readyz", ReadyHandler),
-        (r"/metrics", MetricsHandler),
-        (r"/api/v1/auth/wechat", WeChatLoginHandler),
-        (r"/api/v1/auth/dev", DevLoginHandler),
-        (r"/api/v1/auth/refresh", RefreshHandler),
-        (r"/api/v1/auth/logout", LogoutHandler),
-        (r"/api/v1/me", MeHandler),
-        (r"/api/v1/rooms", RoomsHandler),
-        (r"/api/v1/rooms/direct", DirectRoomHandler),
-        (r"/api/v1/rooms/([A-Za-z0-9_-]{1,64})/members(?:/([0-9a-f]{24}))?", MembersHandler),
-        (r"/api/v1/channels/([^/]+)/messages", HistoryHandler),
-        (r"/api/v1/server/publish", PublishHandler),
-        (r"/api/v1/server/broadcast", BroadcastHandler),
-        (r"/api/v1/server/disconnect", DisconnectHandler),
-        (r"/api/v1/server/presence", PresenceHandler),
-        (r"/api/v1/server/stats", StatsHandler),
-        (r"/ws", SocketHandler),
-        (r"/api/v1/records/([^/]+)", RecordsHandler),
-        (r"/api/v1/files", FilesHandler),
-        (r"/api/v1/files/([^/]+)", FileHandler),
-    ]
-    app = Application(
-        [(pattern, handler, {"services": services, "route": pattern}) for pattern, handler in routes],
-        compress_response=True,
-        log_function=services.log_request,
-        default_handler_class=NotFoundHandler,
-        default_handler_args={"services": services, "route": "unmatched"},
-        xheaders=False,
-        websocket_ping_interval=settings.ws_ping_interval,
-        websocket_ping_timeout=settings.ws_ping_interval,  # Tornado allows no more than the interval
-        websocket_max_message_size=settings.ws_max_message_bytes,
-    )
-    return app, services

@@ -26,8 +26,10 @@ from server.users import Users, public
 
 ALGORITHMS = ["HS256"]  # fixed: "none" and every other algorithm are refused
 LEEWAY_SECONDS = 10  # clock skew tolerated on exp and iat
-_REFRESH_TOKEN = re.compile(r"^[A-Za-z0-9_-]{32,128}$")
-_SID = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
+_ACCESS_TOKEN = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")  # a JWS, whole (fullmatch)
+_REFRESH_TOKEN = re.compile(r"[A-Za-z0-9_-]{32,128}")  # whole (fullmatch)
+_SID = re.compile(r"[A-Za-z0-9_-]{16,64}")  # whole (fullmatch)
+MAX_ACCESS_TOKEN = 4096  # characters
 VERIFIED_TOKENS = 50_000  # access tokens whose signature check is remembered (a reconnect presents it again)
 VOUCH_SECONDS = 30.0  # a session checked (or connected) this recently needs no lookup to open a socket
 
@@ -68,8 +70,11 @@ class Auth:
 
     def verify_access(self, token: Any) -> Principal:
         """The principal of a well-signed, unexpired access token."""
-        if not isinstance(token, str) or not token or len(token) > 4096:
+        if not isinstance(token, str) or not token:
             raise ApiError("unauthorized", "a bearer access token is required")
+        # Checked before PyJWT sees it: a lone surrogate or a NUL would raise outside its errors.
+        if len(token) > MAX_ACCESS_TOKEN or _ACCESS_TOKEN.fullmatch(token) is None:
+            raise ApiError("unauthorized", "the access token is not valid")
         known = self._verified.get(token)
         if known is not None:  # this very string verified before: only its expiry can have changed
             if time.time() > known.expires_at + LEEWAY_SECONDS:
@@ -83,7 +88,7 @@ class Auth:
         except jwt.PyJWTError:
             raise ApiError("unauthorized", "the access token is not valid") from None
         sub, sid = claims.get("sub"), claims.get("sid")
-        if not isinstance(sub, str) or not ObjectId.is_valid(sub) or not isinstance(sid, str) or not _SID.match(sid):
+        if not (isinstance(sub, str) and ObjectId.is_valid(sub) and isinstance(sid, str) and _SID.fullmatch(sid)):
             raise ApiError("unauthorized", "the access token is not valid")
         principal = Principal(sub, sid, float(claims["exp"]))
         if len(self._verified) >= VERIFIED_TOKENS:
@@ -154,7 +159,7 @@ class Auth:
 
     @staticmethod
     def _check_refresh_token(token: Any) -> str:
-        if not isinstance(token, str) or not _REFRESH_TOKEN.match(token):
+        if not isinstance(token, str) or not _REFRESH_TOKEN.fullmatch(token):
             raise ApiError("unauthorized", "the refresh token is not valid")
         return token
 

@@ -14,7 +14,8 @@ from urllib.parse import unquote
 
 MAX_HEADER_BYTES = 16 * 1024  # of one part's headers
 MAX_PREAMBLE_BYTES = 64 * 1024  # before the first boundary
-_BOUNDARY = re.compile(r'boundary=(?:"([^"]{1,70})"|([^;\s]{1,70}))', re.I)
+_BCHARS = r"\-0-9A-Za-z'()+_,./:=?"  # RFC 2046's boundary characters (and a space, inside quotes, never last)
+_BOUNDARY = re.compile(rf'boundary=(?:"([{_BCHARS} ]{{0,69}}[{_BCHARS}])"|([{_BCHARS}]{{1,70}}))[ \t]*(?:;|\Z)', re.I)
 _PARAM = re.compile(r';\s*([A-Za-z0-9_*.-]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^;\s]*))')
 
 
@@ -38,7 +39,7 @@ def boundary_of(content_type: str) -> bytes:
         raise MultipartError("the body must be multipart/form-data")
     match = _BOUNDARY.search(content_type)
     if match is None:
-        raise MultipartError("the multipart Content-Type has no boundary")
+        raise MultipartError("the multipart Content-Type has no boundary of 1 to 70 RFC 2046 characters")
     return (match.group(1) or match.group(2)).encode("latin-1")
 
 

@@ -2,37 +2,34 @@
 pushes encoded to text frames.
 
 A command is one JSON object ``{"id": int, "op": str, ...arguments}``. ``parse``
-checks the frame, the op and every argument's type and range, and raises
-``FrameError`` (carrying the command's id when it was readable) for anything
-else; the session answers that error and goes on. Messages are encoded to their
-push frame once (``encode_message_push``), whoever receives them.
+checks the frame against the value rules (``server.values``), then the op and
+every argument's type and range, and raises ``ApiError`` (carrying the
+command's id when it was readable) for anything else; the session answers that
+error and goes on. Messages are encoded to their push frame once
+(``encode_message_push``), whoever receives them.
 """
 
 from __future__ import annotations
 
-import re
 import struct
 from dataclasses import dataclass, field
 from typing import Any
 
 import ujson
 
-CHANNEL = re.compile(r"^(room|feed|user):[A-Za-z0-9_-]{1,64}$")
+from server import values
+from server.channels import Channel
+from server.errors import ApiError
+from server.params import SEQ_MAX, optional_integer
+
 MAX_DATA_BYTES = 16 * 1024  # a message's data, encoded as JSON
 MAX_CID = 64  # characters of a client message id
-MAX_ID = 2**53 - 1  # command ids are integers JavaScript can hold
+MAX_TOKEN = 4096  # characters of an access token
+MAX_ID = SEQ_MAX  # command ids are integers JavaScript can hold
 HISTORY_LIMIT = 100  # the most messages a history call returns
 OPS = ("ping", "subscribe", "unsubscribe", "publish", "history", "presence", "refresh")
 
-
-class FrameError(Exception):
-    """A frame that is not a valid command: answered with an error, the session goes on."""
-
-    def __init__(self, code: str, message: str, command_id: int | None = None) -> None:
-        super().__init__(message)
-        self.code = code  # contract error code
-        self.message = message  # human text
-        self.command_id = command_id  # the command's id, when it could be read
+FrameError = ApiError  # the name session.py still catches; one error type now
 
 
 @dataclass
@@ -44,82 +41,79 @@ class Command:
     args: dict[str, Any] = field(default_factory=dict)  # checked arguments
 
 
-def _int(args: dict[str, Any], name: str, command_id: int, low: int, high: int) -> int | None:
-    value = args.get(name)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise FrameError("invalid_request", f"{name} must be an integer from {low} to {high}", command_id)
-    return int(value)
-
-
-def _channel(args: dict[str, Any], command_id: int) -> str:
-    value = args.get("channel")
-    if not isinstance(value, str) or not CHANNEL.match(value):
-        raise FrameError("invalid_request", "channel must match (room|feed|user):[A-Za-z0-9_-]{1,64}", command_id)
-    return value
-
-
-def check_data(data: Any, command_id: int | None = None) -> bytes:
-    """A message's data: a JSON object of at most 16 KiB; returns its encoding."""
+def check_data(data: Any) -> bytes:
+    """A message's data: a JSON object (already within the value rules) of at
+    most 16 KiB; returns its encoding."""
     if not isinstance(data, dict):
-        raise FrameError("invalid_request", "data must be a JSON object", command_id)
+        raise ApiError("invalid_request", "data must be a JSON object",
+                       [{"path": "/data", "message": "must be an object"}])
     encoded: bytes = ujson.dumps(data, ensure_ascii=False, escape_forward_slashes=False).encode()
     if len(encoded) > MAX_DATA_BYTES:
-        raise FrameError("payload_too_large", f"data is limited to {MAX_DATA_BYTES} bytes", command_id)
+        raise ApiError("payload_too_large", f"data is limited to {MAX_DATA_BYTES} bytes")
     return encoded
 
 
-def check_cid(value: Any, command_id: int | None = None) -> str | None:
+def check_cid(value: Any, name: str = "cid") -> str | None:
+    """A client message id (or a server API idempotency key): 1 to MAX_CID characters."""
     if value is None:
         return None
     if not isinstance(value, str) or not 1 <= len(value) <= MAX_CID:
-        raise FrameError("invalid_request", f"cid must be a string of 1 to {MAX_CID} characters", command_id)
+        raise ApiError("invalid_request", f"{name} must be a string of 1 to {MAX_CID} characters")
     return value
+
+
+def _arguments(op: str, payload: dict[str, Any], recovery_max: int) -> dict[str, Any]:
+    """The checked arguments of ``op``."""
+    args: dict[str, Any] = {}
+    if op in ("subscribe", "unsubscribe", "publish", "history", "presence"):
+        args["channel"] = Channel.parse(payload.get("channel"))
+    if op == "subscribe":
+        args["since"] = optional_integer(payload.get("since"), "since", 0, SEQ_MAX)
+        args["last"] = optional_integer(payload.get("last"), "last", 1, recovery_max)
+        if args["since"] is not None and args["last"] is not None:
+            raise ApiError("invalid_request", "give since or last, not both")
+    elif op == "publish":
+        args["data"] = payload.get("data")
+        args["encoded"] = check_data(args["data"])
+        args["cid"] = check_cid(payload.get("cid"))
+    elif op == "history":
+        args["before"] = optional_integer(payload.get("before"), "before", 1, SEQ_MAX)
+        args["after"] = optional_integer(payload.get("after"), "after", 0, SEQ_MAX)
+        if args["before"] is not None and args["after"] is not None:
+            raise ApiError("invalid_request", "give before or after, not both")
+        args["limit"] = optional_integer(payload.get("limit"), "limit", 1, HISTORY_LIMIT) or 50
+    elif op == "refresh":
+        token = payload.get("token")
+        if not isinstance(token, str) or not token or len(token) > MAX_TOKEN:
+            raise ApiError("invalid_request", "token must be an access token string")
+        args["token"] = token
+    return args
 
 
 def parse(frame: str | bytes, recovery_max: int) -> Command:
     """The command in one text frame."""
     if isinstance(frame, bytes):
-        raise FrameError("invalid_request", "frames must be text (one JSON object each)")
+        raise ApiError("invalid_request", "frames must be text (one JSON object each)")
     try:
         payload = ujson.loads(frame)
-    except (ValueError, OverflowError):
-        raise FrameError("invalid_json", "the frame is not valid JSON") from None
+    except (ValueError, OverflowError):  # ujson's JSONDecodeError is a ValueError
+        raise ApiError("invalid_json", "the frame is not valid JSON") from None
     if not isinstance(payload, dict):
-        raise FrameError("invalid_request", "a command is a JSON object")
+        raise ApiError("invalid_request", "a command is a JSON object")
     command_id = payload.get("id")
-    if isinstance(command_id, bool) or not isinstance(command_id, int) or not 0 <= command_id <= MAX_ID:
-        raise FrameError("invalid_request", "id must be a non-negative integer")
-    op = payload.get("op")
-    if not isinstance(op, str):
-        raise FrameError("invalid_request", "op must be a string", command_id)
-    if op not in OPS:
-        raise FrameError("invalid_request", f"unknown op {op[:32]!r}; ops are {', '.join(OPS)}", command_id)
-    args: dict[str, Any] = {}
-    if op in ("subscribe", "unsubscribe", "publish", "history", "presence"):
-        args["channel"] = _channel(payload, command_id)
-    if op == "subscribe":
-        args["since"] = _int(payload, "since", command_id, 0, MAX_ID)
-        args["last"] = _int(payload, "last", command_id, 1, recovery_max)
-        if args["since"] is not None and args["last"] is not None:
-            raise FrameError("invalid_request", "give since or last, not both", command_id)
-    elif op == "publish":
-        args["data"] = payload.get("data")
-        args["encoded"] = check_data(args["data"], command_id)
-        args["cid"] = check_cid(payload.get("cid"), command_id)
-    elif op == "history":
-        args["before"] = _int(payload, "before", command_id, 1, MAX_ID)
-        args["after"] = _int(payload, "after", command_id, 0, MAX_ID)
-        if args["before"] is not None and args["after"] is not None:
-            raise FrameError("invalid_request", "give before or after, not both", command_id)
-        args["limit"] = _int(payload, "limit", command_id, 1, HISTORY_LIMIT) or 50
-    elif op == "refresh":
-        token = payload.get("token")
-        if not isinstance(token, str) or not token or len(token) > 4096:
-            raise FrameError("invalid_request", "token must be an access token string", command_id)
-        args["token"] = token
-    return Command(command_id, op, args)
+    if type(command_id) is not int or not 0 <= command_id <= MAX_ID:
+        raise ApiError("invalid_request", f"id must be an integer from 0 to {MAX_ID}")
+    try:
+        values.check(payload, envelope=1, code="invalid_request")  # the frame is the object around data
+        op = payload.get("op")
+        if not isinstance(op, str):
+            raise ApiError("invalid_request", "op must be a string")
+        if op not in OPS:
+            raise ApiError("invalid_request", f"unknown op {op[:32]!r}; ops are {', '.join(OPS)}")
+        return Command(command_id, op, _arguments(op, payload, recovery_max))
+    except ApiError as error:
+        error.command_id = command_id
+        raise
 
 
 def _dumps(payload: Any) -> str:

@@ -17,16 +17,16 @@ import re
 from typing import Any
 
 from bson import ObjectId
-from jsonschema import Draft202012Validator, FormatChecker
+from jsonschema import FormatChecker
 from jsonschema.exceptions import SchemaError
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from server.errors import ApiError
 from server.storage import Storage, iso, utcnow
-from server.validation import is_operator_object, pointer
+from server.validation import Validator, pointer
 
-KIND = re.compile(r"^[a-z0-9_-]{1,64}$")
-IDEMPOTENCY_KEY = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+KIND = re.compile(r"[a-z0-9_-]{1,64}")  # whole (fullmatch)
+IDEMPOTENCY_KEY = re.compile(r"[A-Za-z0-9_.:-]{1,64}")  # whole (fullmatch)
 MAX_BATCH = 500
 PAGE_LIMIT = 100
 
@@ -35,27 +35,39 @@ class SchemaFileError(Exception):
     """A schema file that cannot serve: the message names the file."""
 
 
-def load_schemas(directory: str) -> dict[str, Draft202012Validator]:
-    """Every ``<kind>.json`` of ``directory``, compiled."""
-    validators: dict[str, Draft202012Validator] = {}
+def load_schemas(directory: str) -> dict[str, Any]:
+    """Every ``<kind>.json`` of ``directory``, compiled (``$`` in a pattern
+    ends the text, as JSON Schema means it)."""
+    validators: dict[str, Any] = {}
     if not os.path.isdir(directory):
         return validators
     for name in sorted(os.listdir(directory)):
         if not name.endswith(".json"):
             continue
         kind, path = name[:-5], os.path.join(directory, name)
-        if not KIND.match(kind):
+        if not KIND.fullmatch(kind):
             raise SchemaFileError(f"{path}: a kind is named with a-z, 0-9, _ and - (at most 64)")
         try:
             with open(path, encoding="utf-8") as handle:
                 schema = json.load(handle)
-            Draft202012Validator.check_schema(schema)
+            Validator.check_schema(schema)
         except (OSError, ValueError) as exc:
             raise SchemaFileError(f"{path}: not a readable JSON file ({exc})") from None
         except SchemaError as exc:
             raise SchemaFileError(f"{path}: not a valid JSON Schema ({exc.message})") from None
-        validators[kind] = Draft202012Validator(schema, format_checker=FormatChecker())
+        validators[kind] = Validator(schema, format_checker=FormatChecker())
     return validators
+
+
+def is_batch(body: Any) -> bool:
+    """Whether a request body is a batch: ``{"items": [...]}`` and nothing else."""
+    return isinstance(body, dict) and len(body) == 1 and isinstance(body.get("items"), list)
+
+
+def envelope(body: Any) -> int:
+    """The levels around a record in a request body: a batch's object and
+    array, or none (the body is the record)."""
+    return 2 if is_batch(body) else 0
 
 
 def public(doc: dict[str, Any]) -> dict[str, Any]:
@@ -65,38 +77,35 @@ def public(doc: dict[str, Any]) -> dict[str, Any]:
 class Records:
     """The ``records`` collection."""
 
-    def __init__(self, storage: Storage, validators: dict[str, Draft202012Validator]) -> None:
+    def __init__(self, storage: Storage, validators: dict[str, Any]) -> None:
         self._records = storage["records"]  # {_id, kind, owner, data, idempotency_key, created_at}
         self.validators = validators  # kind -> compiled schema
 
-    def _validator(self, kind: str) -> Draft202012Validator:
-        validator = self.validators.get(kind) if KIND.match(kind) else None
+    def _validator(self, kind: str) -> Any:
+        validator = self.validators.get(kind) if KIND.fullmatch(kind) else None
         if validator is None:
             raise ApiError("not_found", f"no such kind of record: {kind}")
         return validator
 
     def check(self, kind: str, body: Any) -> tuple[list[dict[str, Any]], bool]:
         """The items of a request (one object, or {"items": [...]}) and whether it
-        was a batch; every failing path of every item, or nothing is stored."""
+        was a batch; every failing path of every item, or nothing is stored.
+        ``body`` is within the value rules already (``envelope`` told how deep)."""
         validator = self._validator(kind)
         if not isinstance(body, dict):
             raise ApiError("validation_failed", "a record is a JSON object",
                            [{"path": "/", "message": "must be an object"}])
-        batch = set(body) == {"items"} and isinstance(body["items"], list)
+        batch = is_batch(body)
         items = body["items"] if batch else [body]
         if batch and not 1 <= len(items) <= MAX_BATCH:
             raise ApiError("validation_failed", f"a batch holds 1 to {MAX_BATCH} items",
                            [{"path": "/items", "message": f"must hold 1 to {MAX_BATCH} items"}])
         details = []
-        injected = False
         for index, item in enumerate(items):
             prefix = ["items", index] if batch else []
             for error in validator.iter_errors(item):
-                injected |= error.validator == "type" and is_operator_object(error.instance)
                 details.append({"path": pointer(prefix + list(error.absolute_path)), "message": error.message})
         if details:
-            if injected:
-                raise ApiError("invalid_request", "query operators are not accepted as values", details)
             raise ApiError("validation_failed", f"{len(details)} problem(s) in the {'batch' if batch else 'record'}",
                            details)
         return items, batch
@@ -107,7 +116,7 @@ class Records:
 
     async def store(self, owner: str, kind: str, items: list[dict[str, Any]], batch: bool,
                     key: str | None) -> dict[str, Any]:
-        if key is not None and not IDEMPOTENCY_KEY.match(key):
+        if key is not None and not IDEMPOTENCY_KEY.fullmatch(key):
             raise ApiError("invalid_request", "Idempotency-Key takes 1 to 64 of A-Z a-z 0-9 _ . : -")
         now = utcnow()
         docs = []

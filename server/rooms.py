@@ -17,6 +17,7 @@ from typing import Any
 
 from pymongo.errors import DuplicateKeyError
 
+from server.channels import Channel
 from server.errors import ApiError
 from server.storage import Storage, iso, utcnow
 
@@ -105,8 +106,9 @@ class Rooms:
 
     # -- permissions --------------------------------------------------------------
 
-    async def can_read(self, user: str, channel: str) -> bool:
-        kind, _, name = channel.partition(":")
+    async def can_read(self, user: str, text: str) -> bool:
+        channel = Channel.parse(text)
+        kind, name = channel.kind, channel.name
         if kind == "feed":
             return True
         if kind == "user":
@@ -125,6 +127,7 @@ class Rooms:
                                           frozenset(room.get("members", [])))
         return known[1] or user in known[2]
 
-    async def can_publish(self, user: str, channel: str) -> bool:
+    async def can_publish(self, user: str, text: str) -> bool:
         """What a client may publish to (the server API publishes anywhere)."""
-        return channel.startswith("room:") and await self.can_read(user, channel)
+        channel = Channel.parse(text)
+        return channel.kind == "room" and await self.can_read(user, channel)

@@ -117,7 +117,7 @@ class WeChatClient:
 
     async def code2session(self, code: Any) -> WeChatSession:
         """The user behind a ``wx.login`` code."""
-        if not isinstance(code, str) or not _CODE.match(code):
+        if not isinstance(code, str) or not _CODE.fullmatch(code):
             raise ApiError("invalid_request", "code must be the string wx.login returned")
         if not self.configured:
             raise ApiError("wechat_unavailable", "WeChat sign-in is not configured (WECHAT_APPID, WECHAT_SECRET)")

@@ -11,7 +11,7 @@ import pymongo
 import pytest
 
 import settings
-from server.app import make_app
+from handlers.app import make_app
 from server.wechat import WeChatClient
 from tests.fake_wechat import FakeWeChat
 from tests.mongo_process import StoreProcess
@@ -59,6 +59,17 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
 # -- the server ---------------------------------------------------------------------
 
 JWT_SECRET = "test-secret-" + "k3Yp9qZ" * 6  # 54 bytes
+
+
+@pytest.fixture(scope="module")
+def live_server(store: StoreProcess, client: pymongo.MongoClient, tmp_path_factory: pytest.TempPathFactory):
+    """The real server in a thread of its own (for blocking clients), one per test module."""
+    from tests.live_server import LiveServer
+
+    env = {"JWT_SECRET": JWT_SECRET, "DATA_DIR": str(tmp_path_factory.mktemp("live") / "data")}
+    with LiveServer(store.uri, env) as live:
+        yield live
+    client.drop_database(live.environ["MONGO_DB"])
 
 
 @pytest.fixture

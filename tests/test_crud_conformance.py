@@ -40,7 +40,7 @@ def test_crud_spec(spec_test: SpecTest, store: StoreProcess, request: pytest.Fix
 
 
 def test_spec_tests_are_present() -> None:
-    """The spec tests are where shared/conformance keeps them (a missing folder fails, never passes)."""
+    """The spec tests are in tests/conformance/mongodb-crud (a missing folder fails, never passes)."""
     assert len(TESTS) > 300, f"expected MongoDB's CRUD spec tests in {SPEC_DIR}"
 
 

@@ -11,7 +11,7 @@ import pytest
 from tornado.httpclient import AsyncHTTPClient
 
 import settings
-from server.app import make_app
+from handlers.app import make_app
 from server.storage import Storage
 
 ENDPOINTS = ["/api/v1/auth/wechat", "/api/v1/auth/dev", "/api/v1/auth/refresh", "/api/v1/auth/logout"]
@@ -102,6 +102,15 @@ async def test_health_ready_and_metrics(api, http_client, base_url: str, login) 
     assert 'http_requests_total{method="GET",route="/api/v1/me",status="401"} 1.0' in text
     assert 'http_request_duration_seconds_bucket{le="0.005",route="/api/v1/auth/dev"}' in text
     assert "ws_connections 0.0" in text
+
+
+@pytest.mark.gen_test
+async def test_not_ready_once_shutting_down(api, services) -> None:
+    """Once shutdown began (SIGTERM), /readyz is 503 unavailable while open connections drain; /healthz stays 200."""
+    await services.shutdown()
+    status, body, _ = await api("GET", "/readyz")
+    assert_envelope(status, body, 503, "unavailable")
+    assert (await api("GET", "/healthz"))[0] == 200
 
 
 def _dead_port() -> int:

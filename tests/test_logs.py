@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import errno
+import io
 import json
 import logging
+import math
+from collections.abc import Iterator
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from server.logs import JsonFormatter, redact
+from server.logs import JsonFormatter, RateLimit, configure, redact
 from tests.fake_wechat import SESSION_KEY
 
 
@@ -51,3 +57,110 @@ async def test_access_log_uses_forwarded_for_only_behind_proxy(api, caplog, serv
     assert caplog.records[-1].fields["ip"] == "203.0.113.9"
 
 
+class _Clock:
+    now = 0.0  # seconds
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def configured() -> Iterator[tuple[io.StringIO, RateLimit]]:
+    """configure() writing to a buffer; the root logger's handlers and level are put back afterwards."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    stream = io.StringIO()
+    limit = configure(stream=stream)
+    yield stream, limit
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+def _emfile() -> OSError:
+    return OSError(errno.EMFILE, "Too many open files")
+
+
+def test_repeated_errors_of_any_logger_are_rate_limited(configured) -> None:
+    """2,000 identical errors in an instant from asyncio's, Tornado's and our loggers come out as 20 lines each, then
+    one summary line counting the rest; access lines (info) are never held back."""
+    stream, limit = configured
+    clock = _Clock()
+    limit.clock = clock
+    for name in ("asyncio", "tornado.application", "server.listener"):
+        for _ in range(2_000):
+            logging.getLogger(name).error("Exception in callback %s", "handle", exc_info=_emfile())
+    for n in range(100):
+        logging.getLogger("server.access").info("request", extra={"fields": {"n": n}})
+    clock.now = 10.0
+    limit.flush()
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    for name in ("asyncio", "tornado.application", "server.listener"):
+        errors = [line for line in lines if line["logger"] == name]
+        assert len(errors) == 21
+        assert errors[-1]["event"] == "suppressed similar log lines" and errors[-1]["suppressed"] == 1_980
+        assert errors[-1]["like"] == "Exception in callback %s" and errors[-1]["error"] == "OSError"
+    assert len([line for line in lines if line["logger"] == "server.access"]) == 100
+
+
+def test_a_new_interval_lets_lines_through_again_and_kinds_are_apart() -> None:
+    """Each kind (logger, level, template, error) has its own allowance, renewed every interval; a pending
+    summary is written before the next interval's first line."""
+    out: list[logging.LogRecord] = []
+    clock = _Clock()
+    limit = RateLimit(burst=2, interval=5.0, clock=clock)
+    handler = logging.Handler()
+    handler.emit = out.append  # type: ignore[method-assign]
+    handler.addFilter(limit)
+    limit.handler = handler
+
+    def record(msg: str, level: int = logging.WARNING, exc: BaseException | None = None) -> logging.LogRecord:
+        return logging.LogRecord("x", level, __file__, 1, msg, None, (type(exc), exc, None) if exc else None)
+
+    for _ in range(5):
+        handler.handle(record("a"))
+        handler.handle(record("b"))
+        handler.handle(record("a", exc=_emfile()))
+        handler.handle(record("a", logging.ERROR))
+    assert len(out) == 8
+    clock.now = 5.0
+    handler.handle(record("a"))
+    summaries = [r for r in out if r.getMessage() == "suppressed similar log lines"]
+    assert len(summaries) == 4 and all(r.fields["suppressed"] == 3 for r in summaries)  # type: ignore[attr-defined]
+    assert out[-1].getMessage() == "a"
+    limit.flush(math.inf)
+    assert len(out) == 13
+
+
+
+_EVENTS = st.lists(st.tuples(st.integers(0, 3), st.sampled_from([logging.INFO, logging.WARNING, logging.ERROR]),
+                             st.sampled_from([0.0, 0.0, 0.01, 0.5, 2.0, 6.0])), max_size=300)
+
+
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(events=_EVENTS)
+def test_the_rate_limit_loses_no_count_and_holds_its_allowance(events: list[tuple[int, int, float]]) -> None:
+    """Whatever the order and timing of lines: info lines all pass; of each kind of warning or error at most
+    twice the allowance passes within any one interval; every line held back is counted in a summary."""
+    out: list[tuple[float, logging.LogRecord]] = []
+    clock = _Clock()
+    limit = RateLimit(burst=3, interval=5.0, clock=clock)
+    handler = logging.Handler()
+    handler.emit = lambda record: out.append((clock.now, record))  # type: ignore[method-assign]
+    handler.addFilter(limit)
+    limit.handler = handler
+    sent: dict[tuple[int, int], int] = {}
+    for kind, level, step in events:
+        clock.now += step
+        handler.handle(logging.LogRecord("x", level, __file__, 1, f"kind {kind}", None, None))
+        sent[(kind, level)] = sent.get((kind, level), 0) + 1
+    limit.flush(math.inf)
+    for (kind, level), count in sent.items():
+        passed = [at for at, r in out if r.msg == f"kind {kind}" and r.levelno == level]
+        summaries = [getattr(r, "fields", {}) for _, r in out if r.levelno == level]
+        held = sum(s["suppressed"] for s in summaries if s.get("like") == f"kind {kind}")
+        if level == logging.INFO:
+            assert len(passed) == count and held == 0
+            continue
+        assert len(passed) + held == count
+        for start in passed:
+            assert sum(1 for at in passed if start <= at < start + 5.0) <= 6

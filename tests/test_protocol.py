@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from server.errors import ApiError
 from server.protocol import (
     FrameError,
     encode_error,
@@ -47,13 +48,28 @@ MALFORMED = [
     ('{"id": 1, "op": "history", "channel": "room:a", "before": 5, "after": 1}', "invalid_request"),
     ('{"id": 1, "op": "refresh"}', "invalid_request"), ('{"id": 1, "op": "refresh", "token": 1}', "invalid_request"),
     ('{"id": 1, "op": "presence", "channel": 5}', "invalid_request"),
+    # Input the server could not store or serve (issue 10): refused where it enters.
+    ('{"id": 1, "op": "subscribe", "channel": "feed:news\\n"}', "invalid_request"),
+    ('{"id": 1, "op": "subscribe", "channel": "room:a", "since": 9007199254740992}', "invalid_request"),
+    ('{"id": 1, "op": "history", "channel": "room:a", "before": 99999999999999999999999}', "invalid_request"),
+    ('{"id": 1, "op": "history", "channel": "room:a", "limit": 5.0}', "invalid_request"),
+    ('{"id": 1, "op": "publish", "channel": "room:a", "data": {"n": 18446744073709551616}}', "invalid_request"),
+    ('{"id": 1, "op": "publish", "channel": "room:a", "data": {"x": NaN}}', "invalid_request"),
+    ('{"id": 1, "op": "publish", "channel": "room:a", "data": {"x": -1e400}}', "invalid_request"),
+    ('{"id": 1, "op": "publish", "channel": "room:a", "data": {"k\\u0000": 1}}', "invalid_request"),
+    ('{"id": 1, "op": "publish", "channel": "room:a", "data": {"t": "\\udbff"}}', "invalid_request"),
+    ('{"id": 1, "op": "publish", "channel": "room:a", "data": {}, "cid": "\\ud800"}', "invalid_request"),
+    ('{"id": 1, "op": "publish", "channel": "room:a", "data": ' + '{"a": ' * 40 + "0" + "}" * 41,
+     "invalid_request"),
+    ('{"id": 1, "op": "refresh", "token": "x.y.\\udc00"}', "invalid_request"),
+    ('{"id": 1, "op": "ping", "$where": "1"}', "invalid_request"),
 ]
 
 
 @pytest.mark.parametrize("frame, code", MALFORMED)
 def test_malformed_frames(frame: str, code: str) -> None:
-    """Each malformed frame raises FrameError with the contract's code (and the id when readable)."""
-    with pytest.raises(FrameError) as error:
+    """Each malformed frame raises ApiError with the contract's code (and the id when readable)."""
+    with pytest.raises(ApiError) as error:
         parse(frame, 300)
     assert error.value.code == code
     payload = None
@@ -67,8 +83,32 @@ def test_malformed_frames(frame: str, code: str) -> None:
 
 def test_binary_frames_are_refused() -> None:
     """A binary frame is not a command."""
-    with pytest.raises(FrameError):
+    with pytest.raises(ApiError):
         parse(b'{"id": 1, "op": "ping"}', 300)
+
+
+def test_frame_error_is_the_one_api_error() -> None:
+    """FrameError is only another name of ApiError, so session code catching either catches both."""
+    assert FrameError is ApiError
+
+
+def test_a_refusal_names_the_path_and_the_command() -> None:
+    """A value-rule refusal says where the value is, and answers the command by its id."""
+    with pytest.raises(ApiError) as error:
+        parse('{"id": 4, "op": "publish", "channel": "room:a", "data": {"list": [1, {"x": Infinity}]}}', 300)
+    assert error.value.command_id == 4 and error.value.message.startswith("/data/list/1/x: numbers must be finite")
+    assert error.value.details == [{"path": "/data/list/1/x", "message": error.value.details[0]["message"]}]
+
+
+def test_data_of_32_levels_is_accepted_and_int64_extremes_kept() -> None:
+    """The bounds are inclusive: 32 levels of data, -2^63 and 2^63-1, the largest double."""
+    deepest = '{"a": ' * 31 + "{}" + "}" * 31
+    command = parse('{"id": 1, "op": "publish", "channel": "room:a", "data": ' + deepest + "}", 300)
+    assert command.args["data"]["a"]["a"] is not None
+    extremes = '{"lo": -9223372036854775808, "hi": 9223372036854775807, "max": 1.7976931348623157e308}'
+    command = parse('{"id": 1, "op": "publish", "channel": "room:a", "data": ' + extremes + "}", 300)
+    assert command.args["data"] == {"lo": -(2**63), "hi": 2**63 - 1, "max": 1.7976931348623157e308}
+    assert command.args["channel"].kind == "room" and command.args["channel"].name == "a"
 
 
 def test_valid_commands() -> None:

@@ -509,7 +509,7 @@ async def test_two_servers_on_one_database_keep_seq_gapless(environ, services, c
     """Two independent servers (their own locks and seq hints, as two processes) publishing into one channel,
     with the same cids racing on both, store seq 1..N once each and each cid once."""
     import settings
-    from server.app import make_app
+    from handlers.app import make_app
 
     _, other = make_app(settings.load(environ))
     await other.start()

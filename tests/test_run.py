@@ -13,6 +13,8 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
+from typing import IO
 
 import pytest
 from cryptography import x509
@@ -30,11 +32,13 @@ _SERVING = re.compile(r"serving on (https?)://([\d.]+):(\d+)/")
 class RunProcess:
     """``python run.py --port 0`` with a given environment."""
 
-    def __init__(self, env: dict[str, str], *args: str) -> None:
+    def __init__(self, env: dict[str, str], *args: str, log: IO[str] | None = None,
+                 preexec_fn: Callable[[], None] | None = None) -> None:
         base = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "SYSTEMROOT")}
         self.proc = subprocess.Popen([sys.executable, "run.py", "--port", "0", *args], cwd=ROOT,
-                                     env={**base, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        self.url = ""
+                                     env={**base, **env}, stdout=subprocess.PIPE, stderr=log or subprocess.PIPE,
+                                     text=True, preexec_fn=preexec_fn)  # log: a file for stderr, never filled up
+        self.url = ""  # the server's base URL, once serving
 
     def wait_serving(self, timeout: float = 60.0) -> str:
         assert self.proc.stdout is not None
@@ -52,6 +56,10 @@ class RunProcess:
     def stderr(self) -> str:
         assert self.proc.stderr is not None
         return self.proc.stderr.read()
+
+    @property
+    def port(self) -> int:
+        return int(self.url.rsplit(":", 1)[1])
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
         if self.proc.poll() is None:

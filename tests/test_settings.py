@@ -3,10 +3,14 @@ production refuses unsafe defaults; development keeps its generated secret."""
 
 from __future__ import annotations
 
+import math
 import os
 import stat
 
 import pytest
+from hypothesis import given
+from hypothesis import settings as settings_profile
+from hypothesis import strategies as st
 
 import settings
 
@@ -18,6 +22,7 @@ def test_development_needs_nothing_and_keeps_its_secret(tmp_path) -> None:
     assert (first.host, first.port, first.mongo_db) == ("127.0.0.1", 8888, "miniprogram")
     assert (first.access_token_ttl, first.refresh_token_ttl, first.recovery_max) == (7200, 2592000, 300)
     assert first.file_max_bytes == 10 * 1024 * 1024 and first.ws_max_message_bytes == 65536
+    assert first.max_connections is None and first.listen_backlog == 4096
     assert len(first.jwt_secret) >= 32
     assert stat.S_IMODE(os.stat(tmp_path / "jwt_secret").st_mode) == 0o600
     assert settings.load({"DATA_DIR": str(tmp_path)}).jwt_secret == first.jwt_secret
@@ -29,6 +34,9 @@ def test_development_needs_nothing_and_keeps_its_secret(tmp_path) -> None:
     ("BEHIND_PROXY", "perhaps"), ("FILE_MAX_BYTES", "10MB"), ("FILE_TYPES", "jpeg,exe"),
     ("WS_PING_INTERVAL", "0"), ("WS_MAX_PER_USER", "many"), ("RECOVERY_MAX", "1.5"),
     ("WECHAT_API_BASE", "ftp://x"), ("JWT_SECRET", "short"), ("TLS_CERT", "/nonexistent/cert.pem"),
+    ("MAX_CONNECTIONS", "0"), ("MAX_CONNECTIONS", "lots"), ("LISTEN_BACKLOG", "0"), ("LISTEN_BACKLOG", "70000"),
+    ("LISTEN_BACKLOG", "1e3"), ("WS_PING_INTERVAL", "inf"), ("WS_PING_INTERVAL", "1e-10"),
+    ("ACCESS_TOKEN_TTL", "1" + "0" * 30), ("REFRESH_TOKEN_TTL", "100000000000"),
 ])
 def test_bad_values_name_the_variable(tmp_path, name: str, value: str) -> None:
     """Each malformed value stops loading with one line that names the variable."""
@@ -39,6 +47,12 @@ def test_bad_values_name_the_variable(tmp_path, name: str, value: str) -> None:
         settings.load(env)
     message = str(error.value)
     assert name in message and "\n" not in message
+
+
+def test_descriptor_and_backlog_settings_are_read(tmp_path) -> None:
+    """MAX_CONNECTIONS and LISTEN_BACKLOG are read as whole numbers."""
+    config = settings.load({"DATA_DIR": str(tmp_path), "MAX_CONNECTIONS": "5000", "LISTEN_BACKLOG": " 1024 "})
+    assert (config.max_connections, config.listen_backlog) == (5000, 1024)
 
 
 PRODUCTION = {
@@ -69,3 +83,34 @@ def test_production_refuses_each_unsafe_setting(change: dict, named: str) -> Non
     with pytest.raises(settings.SettingsError) as error:
         settings.load(env)
     assert named in str(error.value)
+
+
+# Each numeric setting and the values it takes (docs/configuration.md).
+NUMERIC: dict[str, tuple[type, float, float]] = {
+    "PORT": (int, 0, 65535), "ACCESS_TOKEN_TTL": (int, 1, 365 * 86400), "REFRESH_TOKEN_TTL": (int, 1, 3650 * 86400),
+    "FILE_MAX_BYTES": (int, 1, 1 << 30), "WS_PING_INTERVAL": (float, 0.1, 3600),
+    "WS_MAX_MESSAGE_BYTES": (int, 1, 16 << 20), "WS_MAX_PER_USER": (int, 1, 1_000_000),
+    "RECOVERY_MAX": (int, 1, 10_000),
+    "MAX_CONNECTIONS": (int, 1, 1 << 30), "LISTEN_BACKLOG": (int, 1, 65535),
+}
+_NUMBERS = st.one_of(st.text(), st.integers().map(str), st.floats().map(repr), st.decimals().map(str),
+                     st.sampled_from(["1e400", "inf", "-inf", "nan", "1_000", "²", "٣", "0x10", " 7 ", "+5", "1e3"]))
+
+
+@settings_profile(max_examples=300, deadline=None, derandomize=True)
+@given(name=st.sampled_from(sorted(NUMERIC)), raw=_NUMBERS)
+def test_a_numeric_setting_is_within_its_bounds_or_refused(tmp_path_factory, name: str, raw: str) -> None:
+    """Any text for a numeric setting loads as a finite number within the setting's bounds, or is refused
+    with one line naming the variable; nothing else is raised."""
+    field = name.lower()
+    kind, low, high = NUMERIC[name]
+    try:
+        value = getattr(settings.load({"DATA_DIR": str(tmp_path_factory.getbasetemp()), name: raw}), field)
+    except settings.SettingsError as error:
+        assert name in str(error) and "\n" not in str(error)
+        return
+    if not raw.strip():
+        assert value == getattr(settings.Settings(), field)  # unset: the default
+        return
+    assert isinstance(value, kind) and not isinstance(value, bool)
+    assert math.isfinite(value) and low <= value <= high

@@ -1,6 +1,6 @@
 """An interpreter of MongoDB's unified test format, for the CRUD spec tests.
 
-It covers what ``shared/conformance/mongodb-crud`` uses: client, database and
+It covers what ``tests/conformance/mongodb-crud`` uses: client, database and
 collection entities, ``initialData``, the CRUD operations, ``expectResult``,
 ``expectError`` and ``outcome``, with the format's matching rules (extra fields
 allowed only in root documents, numbers compared by value, ``$$exists``,
@@ -25,8 +25,7 @@ from pymongo import DeleteMany, DeleteOne, InsertOne, ReplaceOne, UpdateMany, Up
 from pymongo.errors import BulkWriteError, OperationFailure, PyMongoError
 
 SERVER_VERSION = (7, 0, 0)
-SPEC_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "conformance",
-                        "mongodb-crud")
+SPEC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "conformance", "mongodb-crud")
 
 
 # Outcomes of this run's spec tests, for the summary line pytest prints.

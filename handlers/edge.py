@@ -1,0 +1,251 @@
+"""The HTTP edge: what the server answers before any handler runs.
+
+Tornado answers a request it cannot parse (a bad request line, a header with a
+NUL, a bad ``Content-Length``, an unknown ``Transfer-Encoding``) and a body over
+its limit with a bare ``400`` and no body, and closes the connection while the
+client may still be sending, so the client reads a reset instead of an answer.
+``Edge`` wraps each request's delegate and answers these in the contract's
+envelope instead: ``invalid_request`` (400) for what cannot be parsed,
+``payload_too_large`` (413) for a body over its route's limit, decided from the
+headers before any of the body is read (and, for a chunked body, as soon as the
+bytes read pass the limit). After such an answer the connection closes
+gracefully: the server stops writing, reads and drops what the client still
+sends (bounded in bytes and time), then closes, so the client reads the answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http
+import re
+import uuid
+from collections.abc import Awaitable, Callable
+
+import ujson
+from tornado import httputil
+from tornado.http1connection import HTTP1Connection
+from tornado.iostream import IOStream, StreamClosedError
+
+from server.errors import ApiError
+
+LINGER_BYTES = 64 * 1024 * 1024  # at most this much of a refused body is read and dropped
+LINGER_SECONDS = 10.0  # for at most this long
+LINGER_IDLE_SECONDS = 2.0  # or until the client sends nothing for this long
+_READ_CHUNK = 64 * 1024
+REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{8,64}")  # an X-Request-Id the server echoes (else it makes one)
+_DIGITS = re.compile(r"[0-9]+")
+_SYNTHETIC = "GET / HTTP/1.1"  # stands for a request Tornado could not parse, which Edge refuses
+_REFUSING: set[asyncio.Task[None]] = set()  # graceful closes under way, kept until done
+
+
+def request_id(headers: httputil.HTTPHeaders) -> str:
+    """The client's X-Request-Id when it is well formed, else a new one."""
+    incoming = headers.get("X-Request-Id", "")
+    return incoming if REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
+
+
+def answer_bytes(error: ApiError, rid: str) -> bytes:
+    """A whole HTTP/1.1 response carrying ``error`` in the envelope, closing the connection."""
+    body = ujson.dumps(error.body(), ensure_ascii=False, escape_forward_slashes=False).encode()
+    reason = http.HTTPStatus(error.status).phrase
+    head = [f"HTTP/1.1 {error.status} {reason}", "Content-Type: application/json; charset=UTF-8",
+            f"Content-Length: {len(body)}", "Cache-Control: no-store", f"X-Request-Id: {rid}", "Connection: close"]
+    head += [f"{name}: {value}" for name, value in error.headers.items()]
+    return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body
+
+
+async def close_gracefully(stream: IOStream, answer: bytes, expected: int | None) -> None:
+    """Writes ``answer``, then reads and drops what the client still sends (at most
+    ``expected`` bytes, LINGER_BYTES, LINGER_SECONDS, or until it is idle for
+    LINGER_IDLE_SECONDS), then closes: a client that sends its whole body before
+    reading reads the answer, not a reset."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + LINGER_SECONDS
+    budget = min(LINGER_BYTES, expected if expected is not None else LINGER_BYTES)
+    try:
+        await stream.write(answer)
+        while budget > 0:
+            wait = min(LINGER_IDLE_SECONDS, deadline - loop.time())
+            if wait <= 0:
+                break
+            chunk = await asyncio.wait_for(stream.read_bytes(min(_READ_CHUNK, budget), partial=True), wait)
+            budget -= len(chunk)
+    except (StreamClosedError, TimeoutError, OSError):
+        pass
+    finally:
+        stream.close()
+
+
+def content_length(headers: httputil.HTTPHeaders) -> int | None:
+    """The declared body length; ApiError(invalid_request) for one Tornado would refuse."""
+    values = {v.strip() for v in headers.get_list("Content-Length") for v in v.split(",")}
+    if not values:
+        return None
+    if "Transfer-Encoding" in headers:
+        raise ApiError("invalid_request", "a request may not carry both Content-Length and Transfer-Encoding")
+    if len(values) != 1:
+        raise ApiError("invalid_request", "Content-Length values differ")
+    value = values.pop()
+    if not _DIGITS.fullmatch(value):
+        raise ApiError("invalid_request", "Content-Length must be a decimal number of bytes")
+    return int(value)
+
+
+def is_chunked(headers: httputil.HTTPHeaders) -> bool:
+    """True for ``Transfer-Encoding: chunked``; ApiError(invalid_request) for any other."""
+    if "Transfer-Encoding" not in headers:
+        return False
+    if headers["Transfer-Encoding"].strip().lower() != "chunked":
+        raise ApiError("invalid_request", "the only Transfer-Encoding accepted is chunked")
+    return True
+
+
+class Edge(httputil.HTTPMessageDelegate):
+    """Wraps one request's delegate: refuses in the envelope what Tornado would
+    refuse bare, and bodies over the route's limit; passes the rest through."""
+
+    def __init__(self, inner: httputil.HTTPMessageDelegate, connection: HTTP1Connection,
+                 body_limit: Callable[[str], tuple[int, bool]],
+                 on_refused: Callable[[str, str, ApiError], None]) -> None:
+        self.inner = inner  # the application's delegate (routing, then the handler)
+        self.connection = connection  # the request's HTTP/1 connection
+        self.body_limit = body_limit  # a path's largest body, and whether its handler judges a streamed body itself
+        self.on_refused = on_refused  # logs and counts a refusal: (method, path, error)
+        self.malformed: str | None = None  # why Tornado could not parse the request head, if it could not
+        self.start_line = httputil.RequestStartLine("", "", "")  # the request's method, path and version
+        self.request_id = ""  # the X-Request-Id of the answer, if the edge answers
+        self.limit = 0  # the largest body this request may send
+        self.count_body = False  # whether the edge counts a chunked body against the limit
+        self.received = 0  # body bytes read so far
+        self.refused = False  # answered by the edge: the rest of the body is dropped
+        self.answer_finished = False  # the edge's answer is finished on Tornado's connection
+        self._watch(connection)
+
+    def _watch(self, connection: HTTP1Connection) -> None:
+        """Tornado writes a bare 400 for what it cannot parse, out of any delegate's
+        reach: a request head (``HTTP1Connection._parse_headers``) and a chunked body's
+        framing (``_read_body``). These two are the only places this module reaches
+        into Tornado. A head that fails is remembered and replaced by a synthetic one,
+        which ``headers_received`` refuses in the envelope; a chunked body the edge
+        counts (its handler has written nothing yet) is answered in the envelope."""
+        parse, read_body = connection._parse_headers, connection._read_body
+
+        def parse_or_remember(data: bytes) -> tuple[str, httputil.HTTPHeaders]:
+            try:
+                start_line, headers = parse(data)
+                httputil.parse_request_start_line(start_line)
+                return start_line, headers
+            except httputil.HTTPInputError as exc:
+                self.malformed = str(exc)
+                return _SYNTHETIC, httputil.HTTPHeaders({"Host": "malformed"})
+
+        def read_or_answer(code: int, headers: httputil.HTTPHeaders,
+                           delegate: httputil.HTTPMessageDelegate) -> Awaitable[None] | None:
+            reading = read_body(code, headers, delegate)
+            return self._answer_bad_framing(reading) if reading is not None and self.count_body else reading
+
+        connection._parse_headers = parse_or_remember  # type: ignore[method-assign]
+        connection._read_body = read_or_answer  # type: ignore[method-assign]
+
+    async def _answer_bad_framing(self, reading: Awaitable[None]) -> None:
+        """Reads a counted chunked body; if its framing breaks (or it runs past the
+        limit plus LINGER_BYTES), answers invalid_request unless the edge already
+        answered, and closes the connection once the answer is written."""
+        try:
+            await reading
+        except httputil.HTTPInputError as exc:
+            if not self.refused:
+                self.refused = True
+                error = ApiError("invalid_request", f"malformed chunked body: {exc}")
+                self.on_refused(self.start_line.method, self.start_line.path, error)
+                self.inner.on_connection_close()
+                self._answer_in_place(error)
+            self._finish_answer()  # the body was not read to its end: Tornado closes once this is written
+
+    def headers_received(self, start_line: httputil.RequestStartLine | httputil.ResponseStartLine,
+                         headers: httputil.HTTPHeaders) -> Awaitable[None] | None:
+        assert isinstance(start_line, httputil.RequestStartLine)
+        self.start_line = start_line
+        self.request_id = request_id(headers)
+        try:
+            if self.malformed is not None:
+                raise ApiError("invalid_request", f"malformed HTTP request: {self.malformed}")
+            self.limit, handler_streams = self.body_limit(start_line.path.partition("?")[0])
+            length = content_length(headers)
+            chunked = is_chunked(headers)
+            if length is not None and length > self.limit:
+                raise ApiError("payload_too_large", f"this endpoint takes bodies of at most {self.limit} bytes")
+            self.count_body = chunked and not handler_streams
+            # Tornado's own check would answer a bare 400: the edge counts instead,
+            # and lets a chunked body run past the limit only to drop the rest.
+            self.connection.set_max_body_size(self.limit + LINGER_BYTES if chunked else self.limit)
+            return self.inner.headers_received(start_line, headers)
+        except ApiError as error:
+            self._refuse_now(headers, error)
+        except httputil.HTTPInputError as exc:  # a bad Host header, a bad query string
+            self._refuse_now(headers, ApiError("invalid_request", f"malformed HTTP request: {exc}"))
+        return None
+
+    def _refuse_now(self, headers: httputil.HTTPHeaders, error: ApiError) -> None:
+        """Answers before any of the body is read: the stream is taken from Tornado,
+        the answer written, and the connection closed gracefully."""
+        self.refused = True
+        self.on_refused(self.start_line.method, self.start_line.path, error)
+        stream = self.connection.detach()
+        expected = None if self.malformed else _length_or_none(headers)
+        if headers.get("Expect", "").lower() == "100-continue":
+            expected = 0  # the client waits for a go-ahead it will not get: nothing to drop
+        task = asyncio.ensure_future(close_gracefully(stream, answer_bytes(error, self.request_id), expected))
+        _REFUSING.add(task)
+        task.add_done_callback(_REFUSING.discard)
+
+    def data_received(self, chunk: bytes) -> Awaitable[None] | None:
+        if self.refused:
+            return None
+        self.received += len(chunk)
+        if self.count_body and self.received > self.limit:
+            self.refused = True
+            error = ApiError("payload_too_large", f"this endpoint takes bodies of at most {self.limit} bytes")
+            self.on_refused(self.start_line.method, self.start_line.path, error)
+            self.inner.on_connection_close()  # the body the handler would have read is gone
+            self._answer_in_place(error)
+            return None
+        return self.inner.data_received(chunk)
+
+    def _answer_in_place(self, error: ApiError) -> None:
+        """Writes the answer at once on Tornado's connection; Tornado goes on reading
+        (the edge drops it) up to the limit plus LINGER_BYTES, and the answer is
+        finished when the body ends or after LINGER_SECONDS."""
+        body = ujson.dumps(error.body(), ensure_ascii=False, escape_forward_slashes=False).encode()
+        headers = httputil.HTTPHeaders({"Content-Type": "application/json; charset=UTF-8",
+                                        "Content-Length": str(len(body)), "Cache-Control": "no-store",
+                                        "X-Request-Id": self.request_id})
+        start = httputil.ResponseStartLine("HTTP/1.1", error.status, http.HTTPStatus(error.status).phrase)
+        self.connection.write_headers(start, headers, body)
+        asyncio.get_running_loop().call_later(LINGER_SECONDS, self._finish_answer)
+
+    def _finish_answer(self) -> None:
+        if self.answer_finished:
+            return
+        self.answer_finished = True
+        try:
+            self.connection.finish()
+        except (StreamClosedError, OSError):
+            pass
+
+    def finish(self) -> None:
+        if self.refused:
+            self._finish_answer()
+            return
+        self.inner.finish()
+
+    def on_connection_close(self) -> None:
+        if not self.refused:
+            self.inner.on_connection_close()
+
+
+def _length_or_none(headers: httputil.HTTPHeaders) -> int | None:
+    try:
+        return content_length(headers)
+    except ApiError:
+        return None
