@@ -6,8 +6,10 @@ import { writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import WebSocket from "ws";
+import { taro } from "../src/index.mjs";
 import { collect, connected, consecutive, makeClient, publicRoom, waitFor } from "./helpers/clients.mjs";
 import { startProxy } from "./helpers/proxy.mjs";
+import { makeWx } from "./helpers/wx.mjs";
 import { Server } from "./helpers/server.mjs";
 
 let server;
@@ -19,7 +21,7 @@ const client = (name, options) => {
 };
 
 before(async () => {
-  server = await new Server().start();
+  server = await new Server({ RECOVERY_MAX: "5" }).start();
 });
 
 after(async () => {
@@ -216,4 +218,39 @@ test("text with half an emoji (a lone surrogate, which the server cannot store) 
   await waitFor(() => seen.messages.length === 1, "delivered");
   assert.equal(seen.texts()[0], "👋 hi \ufffd");
   assert.equal(alice.wx.connects, 1, "the socket survived");
+});
+
+test("more missed than the server replays (RECOVERY_MAX 5): a recovery event, the newest five, older ones by history", async () => {
+  const alice = client("recovery-alice");
+  const bob = client("recovery-bob");
+  await alice.signIn();
+  await bob.signIn();
+  const room = await publicRoom(alice);
+  const atBob = collect(bob, room);
+  await connected(bob);
+  await waitFor(() => bob.seqs[room] === 0, "bob subscribed");
+  bob.wx.hide();
+  for (let i = 1; i <= 8; i++) await alice.publish(room, { text: "m" + i });
+  const recovery = new Promise((resolve) => bob.on("recovery", resolve));
+  bob.wx.show();
+  const event = await recovery;
+  assert.deepEqual(event, { channel: room, recovered: false, oldest: 4 });
+  await waitFor(() => atBob.messages.length === 5, "the newest five");
+  assert.deepEqual(atBob.texts(), ["m4", "m5", "m6", "m7", "m8"]);
+  const older = await bob.history(room, { before: event.oldest });
+  assert.deepEqual(older.messages.map((m) => m.data.text), ["m1", "m2", "m3"]);
+});
+
+test("a Taro-style platform (connectSocket answers a promise of the SocketTask) signs in and chats", async () => {
+  const wxLike = makeWx({ code: "ok-taro-user" });
+  const promised = { ...wxLike, connectSocket: (options) => Promise.resolve(wxLike.connectSocket(options)) };
+  const user = makeClient(server.url, "taro-user", { client: { platform: taro(promised) } });
+  clients.push(user);
+  await user.signIn();
+  const room = await publicRoom(user);
+  const seen = collect(user, room);
+  await user.publish(room, { text: "from Taro" });
+  await waitFor(() => seen.messages.length === 1, "delivered");
+  assert.equal(seen.texts()[0], "from Taro");
+  assert.equal(wxLike.connects, 1);
 });
