@@ -336,12 +336,19 @@ var Connection = class {
     const socket = { opened: false, conn: null };
     const url = client.url.replace(/^http/, "ws") + "/ws";
     this.socket = socket;
-    socket.conn = client.platform.connect(url, token, {
-      open: () => socket === this.socket && this.opened(),
-      message: (text) => socket === this.socket && this.frame(text),
-      close: (code, reason) => socket === this.socket && this.lost(code, reason),
-      error: (message) => socket === this.socket && this.drop(1006, message)
-    });
+    try {
+      socket.conn = client.platform.connect(url, token, {
+        open: () => socket === this.socket && this.opened(),
+        message: (text) => socket === this.socket && this.frame(text),
+        close: (code, reason) => socket === this.socket && this.lost(code, reason),
+        error: (message) => socket === this.socket && this.drop(1006, message)
+      });
+    } catch (error) {
+      socket.conn = { send() {
+      }, close() {
+      } };
+      return this.lost(1006, String(error && error.message));
+    }
     this.timers.open = setTimeout(
       () => socket === this.socket && !socket.opened && this.drop(1006, "open timed out"),
       this.options.openTimeout
