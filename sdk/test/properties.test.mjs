@@ -103,3 +103,13 @@ test("the command pacer never lets more through than its burst plus its rate", (
     Date.now = realNow;
   }
 });
+
+test("dist/index.js (CommonJS, for WeChat's npm build) and dist/index.mjs export the same calls", async () => {
+  const { createRequire } = await import("node:module");
+  const cjs = createRequire(import.meta.url)("../dist/index.js");
+  const esm = await import("../dist/index.mjs");
+  assert.deepEqual(Object.keys(cjs).sort(), Object.keys(esm).sort());
+  assert.deepEqual(Object.keys(esm).sort(),
+    ["RealtimeClient", "SdkError", "browser", "createClient", "detect", "miniProgram", "taro", "uniApp", "wechat"]);
+  assert.equal(typeof cjs.createClient, "function");
+});
