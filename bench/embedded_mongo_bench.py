@@ -7,6 +7,10 @@ measured in the same run (a no-op ``ping`` through the same driver), because
 these machines are noisy: the ratio is the figure to compare across runs.
 
     python bench/embedded_mongo_bench.py [--docs 1000000] [--channels 1000]
+    python bench/embedded_mongo_bench.py --admin-scan [--docs 1000000] [--data-dir DIR]
+
+``--admin-scan`` measures instead the publish-acknowledgement p99 through the
+real server with and without an admin scanning every message (bench/admin_scan.py).
 """
 
 from __future__ import annotations
@@ -193,4 +197,18 @@ if __name__ == "__main__":
     parser.add_argument("--users", type=int, default=100_000, help="users for the unique lookup (default 100,000)")
     parser.add_argument("--ops", type=int, default=3000, help="single inserts per client test (default 3,000)")
     parser.add_argument("--samples", type=int, default=2000, help="queries per latency figure (default 2,000)")
-    asyncio.run(main(parser.parse_args()))
+    parser.add_argument("--admin-scan", action="store_true",
+                        help="publish p99 through the server while an admin scans --docs messages")
+    parser.add_argument("--sort-too", action="store_true", help="--admin-scan: then an unindexed sort of them all")
+    parser.add_argument("--data-dir", help="--admin-scan: keep (or reuse) the loaded store here")
+    parser.add_argument("--rooms", type=int, default=20, help="--admin-scan: rooms publishing (default 20)")
+    parser.add_argument("--per-room", type=int, default=5, help="--admin-scan: users per room (default 5)")
+    parser.add_argument("--rate", type=float, default=2.0, help="--admin-scan: messages/s per user (default 2)")
+    parser.add_argument("--seconds", type=float, default=15.0, help="--admin-scan: seconds without the admin")
+    arguments = parser.parse_args()
+    if arguments.admin_scan:
+        from bench.admin_scan import run
+
+        run(arguments)
+    else:
+        asyncio.run(main(arguments))

@@ -21,12 +21,20 @@ def _serve(argv: list[str]) -> int:
     parser.add_argument("--ttl-interval", type=float, default=60.0, help="seconds between TTL sweeps (default 60)")
     parser.add_argument("--enable-test-commands", action="store_true",
                         help="accept configureFailPoint (failCommand), as mongod's enableTestCommands does")
+    parser.add_argument("--blocking-memory-limit", type=int, default=100 * 1024 * 1024, metavar="BYTES",
+                        help="memory one blocking stage ($group, $sort without an index) may hold before it "
+                             "spills to disk, or fails with allowDiskUse: false (default 100 MiB, as mongod)")
+    parser.add_argument("--reader-threads", type=int, default=4, help="reads that run at once (default 4)")
+    parser.add_argument("--switch-interval-ms", type=float, default=0.5,
+                        help="how long a busy reader thread keeps the GIL from the event loop (default 0.5 ms)")
     args = parser.parse_args(argv)
 
     from .server import LockedError, Server
 
     try:
-        server = Server(args.dbpath, args.host, args.port, args.ttl_interval, args.enable_test_commands)
+        server = Server(args.dbpath, args.host, args.port, args.ttl_interval, args.enable_test_commands,
+                        max(args.blocking_memory_limit, 1), max(args.reader_threads, 1),
+                        max(args.switch_interval_ms, 0.01) / 1000.0)
     except LockedError as exc:
         print(f"embedded_mongo: {exc}", file=sys.stderr, flush=True)
         return 1

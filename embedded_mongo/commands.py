@@ -3,7 +3,10 @@
 ``Commands.run(request)`` takes a decoded request and returns the reply document;
 every failure becomes mongod's ``{ok: 0, errmsg, code, codeName}`` and writes
 report per-document ``writeErrors``. Commands run one at a time on the server's
-event loop, each in its own SQLite transaction.
+event loop, each in its own SQLite transaction; reads (``READS``) may run on the
+server's reader threads instead, each on its own SQLite connection. Every
+command is an ``Operation`` while it runs (``operations.py``): ``currentOp``
+lists them, ``killOp`` and ``maxTimeMS`` stop them.
 """
 
 from __future__ import annotations
@@ -24,7 +27,10 @@ from . import __version__, keys
 from .cursors import Cursors
 from .engine import Engine, bind_pipeline, bind_variables, compile_filter, evaluate_variables
 from .errors import CloseConnection, MongoError, type_mismatch
+from .operations import Interrupted, Operation, Operations, checkpoint
+from .pipeline import Pipeline
 from .query import Match, choose, execute, find_index, parse_sort
+from .spill import DEFAULT_LIMIT, SPILLS
 from .storage import Collection, Store, decode, encode_document
 from .wire import MAX_BSON_BYTES, MAX_MESSAGE_BYTES, Request
 
@@ -40,6 +46,8 @@ _GENERIC_FIELDS = {"$db", "lsid", "txnNumber", "$clusterTime", "$readPreference"
                    "comment", "maxTimeMS", "apiVersion", "apiStrict", "apiDeprecationErrors", "$audit"}
 
 Handler = Callable[[dict[str, Any], Request], dict[str, Any]]
+# Commands that only read: the server may run them on a reader thread.
+READS = {"find", "getMore", "count", "distinct", "aggregate", "collStats", "dbStats", "listDatabases"}
 
 
 def _check_name(db: str, name: Any, command: str) -> str:
@@ -129,8 +137,11 @@ def _is_operator_update(update: Any) -> bool:
 class Commands:
     """Dispatches commands to the store."""
 
-    def __init__(self, store: Store, port: int, test_commands: bool = False) -> None:
+    def __init__(self, store: Store, port: int, test_commands: bool = False,
+                 memory_limit: int = DEFAULT_LIMIT) -> None:
         self.store = store  # the documents and indexes
+        self.operations = Operations(memory_limit)  # the commands running, for currentOp and killOp
+        self.idle_connections: Callable[[], list[tuple[int, str]]] = lambda: []  # (id, client), set by the server
         self.test_commands = test_commands  # configureFailPoint allowed (--enable-test-commands)
         self.fail_command: dict[str, Any] | None = None  # the failCommand failpoint, while on
         self.engine = Engine()  # update, projection and pipeline semantics
@@ -147,12 +158,36 @@ class Commands:
 
     # -- dispatch ------------------------------------------------------------
 
-    def run(self, request: Request, connection_id: int = 0) -> dict[str, Any]:
+    def reads_only(self, request: Request) -> bool:
+        """Whether a command only reads (an aggregate without $out or $merge)."""
+        body = request.body
+        if not body:
+            return False
+        name = next(iter(body))
+        if name not in READS:
+            return False
+        if name == "aggregate":
+            pipeline = body.get("pipeline")
+            last = pipeline[-1] if isinstance(pipeline, list) and pipeline else None
+            return not (isinstance(last, dict) and ("$out" in last or "$merge" in last))
+        return True
+
+    def run(self, request: Request, connection_id: int = 0, client: str = "", reader: bool = False) -> dict[str, Any]:
         body = request.body
         if not body:
             return MongoError(59, "no such command: ''").to_reply()
         name = next(iter(body))
         name = _ALIASES.get(name, name)
+        target = body.get("collection") if name == "getMore" else body[next(iter(body))]
+        ns = f"{request.db}.{target}" if isinstance(target, str) else f"{request.db}.$cmd"
+        try:
+            with self.operations.running(body, ns, client, connection_id, reader) as op:
+                return self._run(name, request, connection_id, op)
+        except MongoError as exc:
+            return exc.to_reply()
+
+    def _run(self, name: str, request: Request, connection_id: int, op: Operation) -> dict[str, Any]:
+        body = request.body
         for key, docs in request.sequences.items():
             existing = body.get(key)
             body[key] = (existing if isinstance(existing, list) else []) + docs
@@ -181,6 +216,11 @@ class Commands:
         except CloseConnection:
             raise
         except Exception as exc:  # a bug of ours: answer, log, keep serving
+            if op.stopped():  # SQLite stopped the statement: killOp or maxTimeMS
+                try:
+                    op.check()
+                except MongoError as stopped:
+                    return stopped.to_reply()
             log.exception("command %s failed", name)
             return MongoError(1, f"internal error in {name}: {type(exc).__name__}: {exc}").to_reply()
 
@@ -333,7 +373,9 @@ class Commands:
             "opcounters": {k: Int64(v) for k, v in self.opcounters.items()},
             "mem": {"bits": 64, "resident": rss // (1024 * 1024), "virtual": rss // (1024 * 1024),
                     "supported": True},
-            "metrics": {"cursor": {"open": {"total": Int64(len(self.cursors))}}},
+            "metrics": {"cursor": {"open": {"total": Int64(len(self.cursors))}},
+                        "query": {"sort": {"spillToDisk": Int64(SPILLS["$sort"])},
+                                  "group": {"spills": Int64(SPILLS["$group"])}}},
             "storageEngine": {"name": "sqlite", "supportsCommittedReads": False, "persistent": True},
         }
 
@@ -479,6 +521,35 @@ class Commands:
                 "avgObjSize": size / objects if objects else 0, "dataSize": float(size), "storageSize": float(size),
                 "indexes": sum(len(c.indexes) for c in colls), "indexSize": 0.0,
                 "totalSize": float(size), "scaleFactor": 1, "fsUsedSize": 0.0, "fsTotalSize": 0.0}
+
+    def _current_ops(self, idle: bool) -> list[dict[str, Any]]:
+        running = [op.describe() for op in self.operations.all()]
+        if idle:
+            busy = {op["connectionId"] for op in running}
+            running += [{"type": "op", "desc": f"conn{cid}", "connectionId": cid, "client": client, "active": False}
+                        for cid, client in self.idle_connections() if cid not in busy]
+        return running
+
+    def cmd_currentOp(self, body: dict[str, Any], request: Request) -> dict[str, Any]:
+        """The operations running (``$all``: and the idle connections), as
+        mongod lists them; the command's other fields filter them."""
+        if request.db != "admin":
+            raise MongoError(13, "access denied: currentOp may only be run against the admin database")
+        wanted = {k: v for k, v in body.items()
+                  if k not in ("currentOp", "$all", "$ownOps", "allUsers") and k not in _GENERIC_FIELDS}
+        matches = compile_filter(wanted)
+        return {"inprog": [op for op in self._current_ops(bool(body.get("$all"))) if matches(op)]}
+
+    def cmd_killOp(self, body: dict[str, Any], request: Request) -> dict[str, Any]:
+        """Marks an operation to stop at its next checkpoint (it answers 11601)."""
+        if request.db != "admin":
+            raise MongoError(13, "access denied: killOp may only be run against the admin database")
+        opid = body.get("op")
+        if isinstance(opid, bool) or not isinstance(opid, (int, float)):
+            raise type_mismatch("op", "long", opid)
+        found = self.operations.kill(int(opid))
+        log.info("event=kill_op opid=%d found=%s", int(opid), found)
+        return {"info": "attempting to kill op"}
 
     def cmd_killCursors(self, body: dict[str, Any], request: Request) -> dict[str, Any]:
         ids = body.get("cursors")
@@ -643,12 +714,12 @@ class Commands:
         for other in _pipeline_collections(stages):
             coll = self.store.get(db, other)
             others[other] = [m.doc for m in execute(self.store, coll, {})] if coll else []
-        results = self.engine.aggregate(docs, rest, others)
+        results = Pipeline(self.engine, self.engine.pipeline_database(others)).run(docs, rest)
         if output is not None:
-            self._write_output(db, output, results)
-            results = []
+            self._write_output(db, output, list(results))
+            results = iter(())
         namespace = f"{db}.{name}" if name else f"{db}.$cmd.aggregate"
-        return {"cursor": self.cursors.first_batch(namespace, iter(results), _doc(body, "cursor").get("batchSize"))}
+        return {"cursor": self.cursors.first_batch(namespace, results, _doc(body, "cursor").get("batchSize"))}
 
     @staticmethod
     def _pushed(stages: list[dict[str, Any]]) -> int:
@@ -660,13 +731,18 @@ class Commands:
         return count
 
     def _pipeline_input(self, db: str, name: str | None,
-                        stages: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+                        stages: list[dict[str, Any]]) -> tuple[Iterator[dict[str, Any]], list[dict[str, Any]]]:
         """The documents entering the pipeline, and the stages left to run."""
         if name is None:
             if stages and "$documents" in stages[0]:
                 docs = stages[0]["$documents"]
-                return (list(docs) if isinstance(docs, list) else []), stages[1:]
-            return [], stages
+                return iter(list(docs) if isinstance(docs, list) else []), stages[1:]
+            if stages and "$currentOp" in stages[0]:
+                if db != "admin":
+                    raise MongoError(73, "$currentOp must be run against the 'admin' database with {aggregate: 1}")
+                options = stages[0]["$currentOp"] if isinstance(stages[0]["$currentOp"], dict) else {}
+                return iter(self._current_ops(bool(options.get("idleConnections")))), stages[1:]
+            return iter(()), stages
         pushed = self._pushed(stages)
         query: dict[str, Any] = {}
         sort: list[tuple[str, Any]] = []
@@ -679,7 +755,7 @@ class Commands:
         if sort and pushed < len(stages) and "$limit" in stages[pushed]:
             value = stages[pushed]["$limit"]
             limit = int(value) if isinstance(value, (int, float)) and value > 0 else 0
-        docs = [m.doc for m in execute(self.store, self.store.get(db, name), query, sort, 0, limit)]
+        docs = (m.doc for m in execute(self.store, self.store.get(db, name), query, sort, 0, limit))
         return docs, stages[pushed:]
 
     def _write_output(self, db: str, stage: dict[str, Any], results: list[dict[str, Any]]) -> None:
@@ -748,6 +824,7 @@ class Commands:
         n = 0
         if len(docs) == 1:  # one document: the command's transaction is its undo
             self.opcounters["insert"] += 1
+            checkpoint()
             try:
                 with self.store.transaction():
                     self.store.insert(self.store.get_or_create(db, name), _insertable(docs[0]), atomic=False)
@@ -760,9 +837,12 @@ class Commands:
                 coll = self.store.get_or_create(db, name)
                 for position, doc in enumerate(docs):
                     self.opcounters["insert"] += 1
+                    checkpoint()
                     try:
                         self.store.insert(coll, _insertable(doc))
                         n += 1
+                    except Interrupted:
+                        raise
                     except MongoError as exc:
                         errors.append(exc.to_write_error(position))
                         if ordered:
@@ -793,6 +873,8 @@ class Commands:
                     if new_id is not None:
                         n += 1
                         upserted.append({"index": position, "_id": new_id})
+                except Interrupted:
+                    raise
                 except MongoError as exc:
                     errors.append(exc.to_write_error(position))
                     if ordered:
@@ -886,6 +968,8 @@ class Commands:
                         assert coll is not None
                         self.store.delete(coll, match.rid, match.doc)
                         n += 1
+                except Interrupted:
+                    raise
                 except MongoError as exc:
                     errors.append(exc.to_write_error(position))
                     if ordered:

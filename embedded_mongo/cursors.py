@@ -102,7 +102,8 @@ class Cursors:
     def reap(self, now: float | None = None) -> int:
         """Closes cursors idle for longer than the timeout."""
         now = time.monotonic() if now is None else now
-        stale = [cid for cid, c in self._open.items() if now - c.last_used > IDLE_TIMEOUT]
+        # a snapshot: readers add cursors meanwhile
+        stale = [cid for cid, c in list(self._open.items()) if now - c.last_used > IDLE_TIMEOUT]
         for cid in stale:
-            del self._open[cid]
+            self._open.pop(cid, None)
         return len(stale)

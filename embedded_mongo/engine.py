@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import random
 import re
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -262,8 +263,18 @@ class Engine:
     """Applies updates, projections and pipelines to plain documents."""
 
     def __init__(self) -> None:
-        self._client: Any = mongomock.MongoClient()  # a scratch in-memory database
-        self._scratch = self._client.scratch  # holds one collection per call, emptied after
+        self._local = threading.local()  # each thread's scratch client: commands run on several threads
+
+    @property
+    def _client(self) -> Any:
+        client = getattr(self._local, "client", None)
+        if client is None:
+            client = self._local.client = mongomock.MongoClient()  # a scratch in-memory database
+        return client
+
+    @property
+    def _scratch(self) -> Any:
+        return self._client.scratch  # holds one collection per call, emptied after
 
     def _collection(self, name: str = "doc") -> Any:
         coll = self._scratch[name]
@@ -319,18 +330,24 @@ class Engine:
             out = [coll._copy_only_fields(doc, projection, dict) for doc in docs]
             return out
 
-    def aggregate(self, docs: list[dict[str, Any]], pipeline: list[dict[str, Any]],
-                  others: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
-        """Runs a pipeline over ``docs``; ``others`` holds the documents of the
-        collections that ``$lookup``, ``$graphLookup`` and ``$unionWith`` read."""
+    def pipeline_database(self, others: dict[str, list[dict[str, Any]]]) -> Any:
+        """A database holding the documents of the collections that ``$lookup``,
+        ``$graphLookup`` and ``$unionWith`` read, for one aggregate."""
         with translated():
-            database = self._client.pipeline_db
-            for name in database.list_collection_names():
-                database.drop_collection(name)
+            database: Any = mongomock.MongoClient().pipeline_db
             for name, items in others.items():
                 if items:
                     database[name].insert_many(copy.deepcopy(items))
-            result = list(mm_aggregate.process_pipeline(docs, database, pipeline, None))
-            for name in others:
-                database.drop_collection(name)
-            return result
+            return database
+
+    def run_stages(self, docs: list[dict[str, Any]], stages: list[dict[str, Any]],
+                   database: Any) -> list[dict[str, Any]]:
+        """Runs pipeline stages over ``docs`` (all of them, or one chunk of a
+        stream for stages that treat each document alone)."""
+        with translated():
+            return list(mm_aggregate.process_pipeline(docs, database, stages, None))
+
+    def group_chunk(self, docs: list[dict[str, Any]], spec: dict[str, Any]) -> list[dict[str, Any]]:
+        """``$group`` over one chunk of documents."""
+        with translated():
+            return list(mm_aggregate._PIPELINE_HANDLERS["$group"](docs, None, spec))

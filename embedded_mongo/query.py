@@ -10,6 +10,7 @@ against the whole filter, so a plan can be imprecise but never wrong.
 from __future__ import annotations
 
 import datetime
+import heapq
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -20,11 +21,14 @@ from bson import Decimal128, ObjectId
 from . import keys
 from .engine import compile_filter
 from .errors import MongoError
+from .operations import checkpoint
+from .spill import Sorter, sort_bytes
 from .storage import Collection, Index, Store, decode
 
 SortSpec = list[tuple[str, Any]]
 _RANGE_OPS = {"$gt", "$gte", "$lt", "$lte"}
 _MAX_POINTS = 1000
+_TOP_K = 10_000  # a sort with a limit up to this keeps only the first ones, on a heap
 
 
 @dataclass
@@ -190,7 +194,7 @@ def choose(coll: Collection, query: dict[str, Any], sort: SortSpec, hint: Any = 
                                 "hint provided does not correspond to an existing index")
         return _index_plan(index, preds, sort, exact)[1]
     best: tuple[tuple[int, ...], Plan] | None = None
-    for index in coll.indexes.values():
+    for index in list(coll.indexes.values()):  # a snapshot: the writer may add one meanwhile
         if (index.sparse or index.partial is not None) and not _holds_every_match(index, preds):
             continue  # holds only some documents, maybe not every match
         score, plan = _index_plan(index, preds, sort, exact)
@@ -230,6 +234,14 @@ def find_index(coll: Collection, hint: Any) -> Index | None:
 
 
 def candidates(store: Store, coll: Collection, plan: Plan) -> Iterator[tuple[int, bytes]]:
+    """The rows a plan reads; every one is a checkpoint for killOp and maxTimeMS."""
+    for position, row in enumerate(_rows(store, coll, plan)):
+        if position % 64 == 0:
+            checkpoint()
+        yield row
+
+
+def _rows(store: Store, coll: Collection, plan: Plan) -> Iterator[tuple[int, bytes]]:
     if plan.index is None:
         yield from store.scan(coll, reverse=plan.reverse)
         return
@@ -293,7 +305,7 @@ def execute(store: Store, coll: Collection | None, query: dict[str, Any] | None,
             if matches(doc)
         )
     if sort and not plan.sort_served:
-        found = iter(sort_documents(list(found), sort, lambda m: m.doc))
+        found = _sorted(found, sort, skip + limit if limit else 0)
     emitted = 0
     for position, match in enumerate(found):
         if position < skip:
@@ -302,6 +314,28 @@ def execute(store: Store, coll: Collection | None, query: dict[str, Any] | None,
         emitted += 1
         if limit and emitted >= limit:
             return
+
+
+def _sorted(found: Iterator[Match], sort: SortSpec, keep: int) -> Iterator[Match]:
+    """Matches in ``sort`` order, without an index: the ``keep`` first ones
+    (0: all) on a heap when few are wanted, else within the memory limit and
+    spilled past it (``spill.py``). Only the stored bytes are held."""
+    def key(match: Match) -> bytes:
+        return sort_bytes(match.doc, sort)
+
+    def stripped(matches: Iterator[Match]) -> Iterator[tuple[bytes, Match]]:
+        for position, match in enumerate(matches):
+            if position % 256 == 0:
+                checkpoint()
+            yield key(match), Match(match.rid, match.raw)
+
+    if 0 < keep <= _TOP_K:
+        return (m for _, m in heapq.nsmallest(keep, stripped(found), key=lambda entry: entry[0]))
+    sorter: Sorter[tuple[bytes, Match]] = Sorter(
+        "$sort", lambda entry: entry[0], lambda entry: len(entry[1].raw),
+        lambda entry: entry[1].rid.to_bytes(8, "big") + entry[1].raw,
+        lambda payload: (b"", Match(int.from_bytes(payload[:8], "big"), payload[8:])))
+    return (m for _, m in sorter.sort(stripped(found)))
 
 
 def parse_sort(sort: Any) -> SortSpec:

@@ -1,7 +1,12 @@
 """The network side: accepts connections, frames messages, runs commands.
 
-Messages are read and written on an asyncio event loop; commands run one at a
-time on the same loop, so no two ever touch SQLite at once.
+Messages are read and written on an asyncio event loop. Writes (and every
+command that is not a plain read) run on the loop, one at a time, through the
+store's one writing connection: they stay serialised and durable. Reads
+(``commands.READS``) run on a small pool of reader threads, each with its own
+SQLite connection, so a long scan by one client never holds up the others'
+commands; each connection's commands still run one after another, in order.
+Why threads and not cooperative yielding or a reader process: docs/embedded-mongo.md.
 """
 
 from __future__ import annotations
@@ -11,15 +16,21 @@ import fcntl
 import logging
 import os
 import struct
+import sys
+from concurrent.futures import ThreadPoolExecutor
 from typing import IO, Any
 
 from .commands import Commands
 from .engine import compile_filter
 from .errors import CloseConnection, MongoError, ProtocolError
+from .operations import loop_busy
+from .spill import DEFAULT_LIMIT
 from .storage import Store
 from .wire import HEADER, OP_MSG, Request, encode_reply, parse_header, parse_message
 
 log = logging.getLogger("embedded_mongo")
+READER_THREADS = 4  # reads running at once; more wait for a thread
+SWITCH_INTERVAL = 0.0005  # seconds a thread holds the GIL while another waits (CPython's default: 0.005)
 
 
 class LockedError(Exception):
@@ -64,7 +75,8 @@ class Server:
     """One store served on one TCP address."""
 
     def __init__(self, dbpath: str, host: str = "127.0.0.1", port: int = 27017, ttl_interval: float = 60.0,
-                 test_commands: bool = False) -> None:
+                 test_commands: bool = False, memory_limit: int = DEFAULT_LIMIT, readers: int = READER_THREADS,
+                 switch_interval: float = SWITCH_INTERVAL) -> None:
         os.makedirs(dbpath, exist_ok=True)
         self.dbpath = dbpath  # where the SQLite file and the lock live
         self.host = host  # address to listen on
@@ -73,7 +85,12 @@ class Server:
         self._lock = DataDirLock(dbpath)  # refuses a second server on the dbpath
         self._lock.acquire()
         self.store = Store(dbpath, compile_filter)  # documents and indexes
-        self.commands = Commands(self.store, port, test_commands)  # command dispatch
+        self.commands = Commands(self.store, port, test_commands, memory_limit)  # command dispatch
+        self.commands.idle_connections = self._clients
+        self.readers = ThreadPoolExecutor(readers, thread_name_prefix="reader")  # where reads run
+        # The reader threads hold the GIL while they decode and match documents; a
+        # short switch interval hands it back to the event loop sooner.
+        sys.setswitchinterval(switch_interval)
         self._server: asyncio.base_events.Server | None = None  # the listening socket
         self.connections: set[Connection] = set()  # open client connections
         self._sweeper: asyncio.Task[None] | None = None  # the TTL and cursor sweep
@@ -95,6 +112,9 @@ class Server:
             self._sweeper.cancel()
         for connection in list(self.connections):
             connection.close()
+        for op in self.commands.operations.all():
+            op.killed = True  # the readers stop at their next checkpoint
+        self.readers.shutdown(wait=True, cancel_futures=True)
         if self._server is not None:
             await self._server.wait_closed()
         self.store.close()
@@ -115,6 +135,9 @@ class Server:
         self._next_connection += 1
         return Connection(self, self._next_connection)
 
+    def _clients(self) -> list[tuple[int, str]]:
+        return [(c.id, c.client) for c in list(self.connections)]
+
     def response_id(self) -> int:
         self._next_response = (self._next_response + 1) & 0x7FFFFFFF
         return self._next_response
@@ -122,8 +145,9 @@ class Server:
 
 class Connection(asyncio.Protocol):
     """One client connection: frames messages out of the bytes received and
-    answers each in order. Commands run synchronously as their message
-    completes; only an awaitable hello is answered later."""
+    answers each in order. A write runs synchronously as its message
+    completes; a read runs on a reader thread and an awaitable hello is held,
+    and the messages behind either wait their turn."""
 
     def __init__(self, server: Server, connection_id: int) -> None:
         self.server = server  # the store being served
@@ -131,13 +155,17 @@ class Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None  # the socket, once connected
         self.buffer = bytearray()  # bytes received and not yet framed
         self.held: asyncio.TimerHandle | None = None  # a hello held for its maxAwaitTimeMS
-        self.queue: list[bytes] = []  # whole messages waiting behind a held hello
+        self.queue: list[bytes] = []  # whole messages waiting behind a held hello or a read
+        self.reading = False  # a read of this connection is running on a reader thread
         self.peer: Any = None  # the client's address, for the logs
+        self.client = ""  # host:port of the client, as currentOp shows it
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
         self.peer = transport.get_extra_info("peername")
+        if isinstance(self.peer, tuple) and len(self.peer) >= 2:
+            self.client = f"{self.peer[0]}:{self.peer[1]}"
         commands = self.server.commands
         commands.connections += 1
         commands.connections_total += 1
@@ -164,6 +192,7 @@ class Connection(asyncio.Protocol):
             self.transport.resume_reading()
 
     def data_received(self, data: bytes) -> None:
+        loop_busy()
         self.buffer += data
         try:
             while len(self.buffer) >= HEADER.size:
@@ -172,7 +201,7 @@ class Connection(asyncio.Protocol):
                     return
                 message = bytes(self.buffer[:length])
                 del self.buffer[:length]
-                if self.held is not None:
+                if self.held is not None or self.reading or self.queue:
                     self.queue.append(message)
                 else:
                     self._handle(message)
@@ -205,9 +234,40 @@ class Connection(asyncio.Protocol):
         self._answer(request)
 
     def _answer(self, request: Request) -> None:
-        reply = self.server.commands.run(request, self.id)
+        commands = self.server.commands
+        if commands.reads_only(request):
+            self.reading = True
+            loop = asyncio.get_running_loop()
+            future = loop.run_in_executor(self.server.readers, commands.run, request, self.id, self.client, True)
+            future.add_done_callback(lambda done: self._read_done(request, done))
+            return
+        reply = commands.run(request, self.id, self.client)
         if not request.more_to_come:
             self._send(request, reply)
+
+    def _read_done(self, request: Request, done: asyncio.Future[dict[str, Any]]) -> None:
+        """A read finished on its thread: its reply, then what queued behind it."""
+        self.reading = False
+        if done.cancelled():
+            self.close()
+            return
+        error = done.exception()
+        if error is not None:
+            if not isinstance(error, CloseConnection):
+                log.error("event=read_failed connection=%d error=%r", self.id, error)
+            self.close()
+            return
+        if not request.more_to_come:
+            self._send(request, done.result())
+        self._drain()
+
+    def _drain(self) -> None:
+        """Handles the messages that queued while this connection waited."""
+        try:
+            while self.queue and self.held is None and not self.reading:
+                self._handle(self.queue.pop(0))
+        except (ProtocolError, CloseConnection):
+            self.close()
 
     def _send(self, request: Request, reply: dict[str, Any]) -> None:
         if self.transport is not None and not self.transport.is_closing():
@@ -218,7 +278,7 @@ class Connection(asyncio.Protocol):
         self.held = None
         try:
             self._answer(request)
-            while self.queue and self.held is None:
-                self._handle(self.queue.pop(0))
         except (ProtocolError, CloseConnection):
             self.close()
+            return
+        self._drain()

@@ -7,12 +7,19 @@ A unique index makes ``key`` the primary key, so SQLite itself refuses a
 duplicate. Every command runs in one SQLite transaction (WAL journal): a write the
 client saw acknowledged is in the WAL and survives the process being killed, and
 a failed write leaves nothing behind.
+
+Writes go through one connection, on the thread that opened the store (the
+server's event loop). Reads made on any other thread (the server's reader
+threads) go through that thread's own connection: WAL gives every statement a
+snapshot of what was committed when it began, so a read never sees half of a
+write and never waits for one.
 """
 
 from __future__ import annotations
 
 import os
 import sqlite3
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
@@ -22,9 +29,11 @@ import bson
 
 from . import keys
 from .errors import MongoError
+from .operations import checkpoint, interrupt_sqlite
 from .wire import CODEC, MAX_BSON_BYTES
 
 Matcher = Callable[[dict[str, Any]], bool]
+_PROGRESS_STEPS = 20_000  # SQLite VM steps between checks of the operation's limits
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS collections (
@@ -114,7 +123,12 @@ class Store:
 
     def __init__(self, dbpath: str, compile_filter: Callable[[dict[str, Any]], Matcher]) -> None:
         path = os.path.join(dbpath, "store.sqlite3")
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)  # the one connection
+        self._path = path  # the SQLite file, for the readers' connections
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)  # the writer's connection
+        self._writer = threading.get_ident()  # the thread whose reads see its own transaction
+        self._local = threading.local()  # each reader thread's connection
+        self._readers: list[sqlite3.Connection] = []  # every reader connection, closed with the store
+        self._readers_lock = threading.Lock()  # guards _readers
         self._db.execute("PRAGMA journal_mode=WAL")
         # NORMAL: a committed transaction is in the WAL before COMMIT returns, so it
         # survives the process being killed; ``sync()`` makes it survive power loss.
@@ -126,7 +140,38 @@ class Store:
         self._load_catalog()
 
     def close(self) -> None:
+        with self._readers_lock:
+            for reader in self._readers:
+                reader.close()
+            self._readers.clear()
         self._db.close()
+
+    def _reads(self) -> sqlite3.Connection:
+        """The connection a read on this thread uses: the writer's own on the
+        writer's thread (it sees its transaction), else the thread's reader."""
+        if threading.get_ident() == self._writer:
+            return self._db
+        reader: sqlite3.Connection | None = getattr(self._local, "db", None)
+        if reader is None:
+            reader = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+            reader.execute("PRAGMA query_only=1")
+            reader.execute("PRAGMA busy_timeout=10000")
+            reader.set_progress_handler(interrupt_sqlite, _PROGRESS_STEPS)
+            self._local.db = reader
+            with self._readers_lock:
+                self._readers.append(reader)
+        return reader
+
+    def _fetch(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
+        """Rows of one read statement; a statement stopped by the operation's
+        limits raises the operation's error."""
+        try:
+            return self._reads().execute(sql, params).fetchall()
+        except sqlite3.OperationalError as exc:
+            checkpoint()  # interrupted by killOp or maxTimeMS: that error, not SQLite's
+            if "no such table" in str(exc):
+                raise MongoError(175, "the collection was dropped while the query ran") from None
+            raise
 
     def sync(self) -> None:
         """Forces what is committed to stable storage (``j: true``, ``fsync``)."""
@@ -176,13 +221,13 @@ class Store:
         return index
 
     def databases(self) -> list[str]:
-        return sorted({db for db, _ in self.collections})
+        return sorted({db for db, _ in list(self.collections)})  # a snapshot: the writer may add meanwhile
 
     def get(self, db: str, name: str) -> Collection | None:
         return self.collections.get((db, name))
 
     def collections_of(self, db: str) -> list[Collection]:
-        return [c for (d, _), c in sorted(self.collections.items()) if d == db]
+        return [c for (d, _), c in sorted(list(self.collections.items())) if d == db]
 
     def create(self, db: str, name: str, options: dict[str, Any] | None = None) -> Collection:
         with self.transaction():
@@ -323,11 +368,10 @@ class Store:
     # -- reads ---------------------------------------------------------------
 
     def count(self, coll: Collection) -> int:
-        return int(self._db.execute(f"SELECT COUNT(*) FROM {coll.table}").fetchone()[0])
+        return int(self._fetch(f"SELECT COUNT(*) FROM {coll.table}")[0][0])
 
     def data_size(self, coll: Collection) -> int:
-        row = self._db.execute(f"SELECT COALESCE(SUM(LENGTH(doc)), 0) FROM {coll.table}").fetchone()
-        return int(row[0])
+        return int(self._fetch(f"SELECT COALESCE(SUM(LENGTH(doc)), 0) FROM {coll.table}")[0][0])
 
     def scan(self, coll: Collection, reverse: bool = False, chunk: int = 256) -> Iterator[tuple[int, bytes]]:
         """Every document in storage order, read a chunk at a time so that no
@@ -335,9 +379,9 @@ class Store:
         last = -1 if not reverse else (1 << 63) - 1
         op, order = ("<", "DESC") if reverse else (">", "ASC")
         while True:
-            rows = self._db.execute(
+            rows = self._fetch(
                 f"SELECT rid, doc FROM {coll.table} WHERE rid {op} ? ORDER BY rid {order} LIMIT ?", (last, chunk)
-            ).fetchall()
+            )
             yield from rows
             if len(rows) < chunk:
                 return
@@ -359,7 +403,7 @@ class Store:
             f"WHERE {where} ORDER BY x.key {order}, x.rid {order} LIMIT ?"
         )
         while True:
-            rows = self._db.execute(sql, (*cursor, chunk)).fetchall()
+            rows = self._fetch(sql, (*cursor, chunk))
             for _key, rid, raw in rows:
                 if seen is not None:
                     if rid in seen:

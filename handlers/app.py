@@ -17,7 +17,7 @@ from tornado.web import Application, RequestHandler
 from handlers.auth import DevLoginHandler, LogoutHandler, MeHandler, RefreshHandler, WeChatLoginHandler
 from handlers.base import JSON_MAX_BYTES, NotFoundHandler
 from handlers.edge import Edge
-from handlers.ops import DemoHandler, HealthHandler, MetricsHandler, OpenApiHandler, ReadyHandler
+from handlers.ops import DemoHandler, HealthHandler, MetricsHandler, OpenApiHandler, ReadyHandler, SdkModuleHandler
 from handlers.rooms import DirectRoomHandler, HistoryHandler, MembersHandler, RoomsHandler
 from handlers.server_api import BroadcastHandler, DisconnectHandler, PresenceHandler, PublishHandler, StatsHandler
 from handlers.socket import SocketHandler
@@ -49,6 +49,7 @@ class Route:
 
 ROUTES: list[Route] = [
     Route(r"/", DemoHandler),
+    Route(r"/sdk/index\.mjs", SdkModuleHandler),
     Route(r"/healthz", HealthHandler),
     Route(r"/readyz", ReadyHandler),
     Route(r"/metrics", MetricsHandler),

@@ -13,6 +13,7 @@ from server.errors import ApiError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO_PAGE = os.path.join(ROOT, "static", "demo.html")
+SDK_MODULE = os.path.join(ROOT, "sdk", "dist", "index.mjs")
 OPENAPI = os.path.join(ROOT, "docs", "openapi.yaml")
 
 
@@ -73,3 +74,14 @@ class DemoHandler(BaseHandler):
         self.set_header("Content-Type", "text/html; charset=utf-8")
         with open(DEMO_PAGE, "rb") as page:
             self.finish(page.read())
+
+
+class SdkModuleHandler(BaseHandler):
+    """GET /sdk/index.mjs: the SDK's ES module, which the demo page imports (development mode only)."""
+
+    async def get(self) -> None:
+        if not self.services.settings.dev_login:
+            raise ApiError("not_found", "no such endpoint: /sdk/index.mjs")
+        self.set_header("Content-Type", "text/javascript; charset=utf-8")
+        with open(SDK_MODULE, "rb") as module:
+            self.finish(module.read())

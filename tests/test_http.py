@@ -154,7 +154,7 @@ async def test_demo_page_in_development_only(http_client, base_url: str, service
     """GET / serves the demo chat page in development mode and is not_found in production."""
     page = await http_client.fetch(base_url + "/")
     assert page.code == 200 and page.headers["Content-Type"].startswith("text/html")
-    assert b"/api/v1/auth/dev" in page.body and b"since: lastSeq" in page.body
+    assert b'from "/sdk/index.mjs"' in page.body and b"signIn({ dev: name })" in page.body  # built on the SDK
     object.__setattr__(services.settings, "app_env", "production")
     hidden = await http_client.fetch(base_url + "/", raise_error=False)
     assert hidden.code == 404
