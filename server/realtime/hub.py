@@ -66,7 +66,12 @@ class Hub:
     def _spawn(self, work: Awaitable[Any]) -> None:
         task = asyncio.ensure_future(work)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Future[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:  # presence answers locally when Redis fails
+            log.warning("a presence call failed", extra=fields(error=repr(task.exception())))
 
     # -- connections ----------------------------------------------------------------
 
