@@ -126,7 +126,7 @@ class Node:
             self.users[channel] = count
             return
         self.users.pop(channel, None)
-        if channel not in self._lingering:
+        if channel not in self._lingering and not self.delivers_all:
             self._lingering[channel] = asyncio.get_running_loop().call_later(LINGER, self._stop, channel)
 
     def _stop(self, channel: str) -> None:
