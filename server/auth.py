@@ -15,7 +15,7 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import jwt
 from bson import ObjectId
@@ -33,6 +33,19 @@ _SID = re.compile(r"[A-Za-z0-9_-]{16,64}")  # whole (fullmatch)
 MAX_ACCESS_TOKEN = 4096  # characters
 VERIFIED_TOKENS = 50_000  # access tokens whose signature check is remembered (a reconnect presents it again)
 VOUCH_SECONDS = 30.0  # a session checked (or connected) this recently needs no lookup to open a socket
+
+
+class VouchStore(Protocol):
+    """Vouches shared by the processes of a deployment (Redis): a reconnect that lands
+    on another process than its last socket's needs no lookup either."""
+
+    async def vouched(self, sid: str) -> str | None:
+        """The user some process vouched for ``sid`` within the window, if any."""
+
+    def vouch(self, user: str, sid: str, seconds: float) -> None: ...
+
+    def revoke(self, sid: str, seconds: float) -> None:
+        """``sid`` is revoked: no process vouches for it again (for ``seconds``)."""
 
 
 @dataclass(frozen=True)
@@ -61,6 +74,7 @@ class Auth:
         self._vouched: dict[str, tuple[str, float]] = {}
         self._revoked: dict[str, float] = {}  # sid -> when this process revoked it (never vouched again)
         self.on_revoke: Callable[[str], None] | None = None  # told a sid revoked here (other processes forget it)
+        self.shared: VouchStore | None = None  # the other processes' vouches (with Redis)
         self._verified: dict[str, Principal] = {}  # access token -> its principal: the signature is checked once
 
     # -- access tokens ---------------------------------------------------------------
@@ -112,6 +126,9 @@ class Auth:
             known = self._vouched.get(principal.sid)
             if known is not None and known[0] == principal.user_id and known[1] > time.monotonic():
                 return principal
+            if (self.shared is not None and principal.sid not in self._revoked
+                    and await self.shared.vouched(principal.sid) == principal.user_id):
+                return principal
         if await self._users.get(ObjectId(principal.user_id)) is None:
             raise ApiError("unauthorized", "the user of this token no longer exists")
         if await self.session_revoked(principal.sid):
@@ -119,9 +136,10 @@ class Auth:
         self.vouch(principal.user_id, principal.sid)
         return principal
 
-    def vouch(self, user_id: str, sid: str) -> None:
+    def vouch(self, user_id: str, sid: str, share: bool = False) -> None:
         """Trusts ``sid`` for VOUCH_SECONDS more (checked now, or its socket just
-        closed), unless this process revoked it."""
+        closed), unless this process revoked it; with ``share``, every process
+        does (through ``shared``, unless some process revoked it)."""
         now = time.monotonic()
         if sid in self._revoked:
             return
@@ -129,6 +147,8 @@ class Auth:
             self._vouched = {k: v for k, v in self._vouched.items() if v[1] > now}
             self._forget_old_revocations(now)
         self._vouched[sid] = (user_id, now + VOUCH_SECONDS)
+        if share and self.shared is not None:  # a socket closed: its reconnect may land on another process
+            self.shared.vouch(user_id, sid, VOUCH_SECONDS)
 
     def _forget_old_revocations(self, now: float) -> None:
         """Revocations older than any vouch that could still be alive are not needed."""
@@ -137,6 +157,8 @@ class Auth:
     def forget_session(self, sid: str) -> None:
         """``sid`` was revoked (here or by another process): never vouched for again."""
         self._vouched.pop(sid, None)
+        if self.shared is not None:
+            self.shared.revoke(sid, 2 * VOUCH_SECONDS)
         now = time.monotonic()
         if len(self._revoked) >= 10_000:
             self._forget_old_revocations(now)

@@ -94,6 +94,14 @@ return out
 
 
 _DISCONNECTED = "return redis.call('ZREM', KEYS[1], ARGV[1])"
+_VOUCHED = "return redis.call('GET', KEYS[1])"
+_VOUCH = """
+if redis.call('GET', KEYS[1]) == '!' then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+_REVOKE = "return redis.call('SET', KEYS[1], '!', 'PX', ARGV[1])"
+REVOKED = b"!"  # a vouch key's value once its session is revoked: no process vouches for it again
 
 Call = tuple[str, list[str], list[Any], "asyncio.Future[Any]"]  # (script, keys, args, its answer)
 
@@ -111,7 +119,8 @@ class RedisPresence:
         # fallback answer while Redis is away
         self.scripts = [{name: client.register_script(source) for name, source in
                          (("add", _ADD), ("remove", _REMOVE), ("users", _USERS), ("connected", _CONNECTED),
-                          ("disconnected", _DISCONNECTED))}
+                          ("disconnected", _DISCONNECTED), ("vouched", _VOUCHED), ("vouch", _VOUCH),
+                          ("revoke", _REVOKE))}
                         for client in self.clients]  # per shard: its script objects
         # Calls are sent a pipeline at a time per shard (one round trip, one connection for a reconnect
         # storm's thousands of sockets); those made while one is in flight go with the next.
@@ -269,6 +278,34 @@ class RedisPresence:
             await self._call(user, "disconnected", [PREFIX + "u:" + user], [f"{self.node}/{conn}"])
         except (RedisError, OSError, TimeoutError):
             pass
+
+    # -- the session vouch, shared (server/auth.py VouchStore) ---------------------------------
+
+    async def vouched(self, sid: str) -> str | None:
+        """The user a process vouched for ``sid`` within the vouch window, if any."""
+        try:
+            found = await self._call(sid, "vouched", [PREFIX + "v:" + sid], [])
+        except (RedisError, OSError, TimeoutError):
+            return None
+        return None if found in (None, REVOKED) else (found.decode() if isinstance(found, bytes) else str(found))
+
+    def vouch(self, user: str, sid: str, seconds: float) -> None:
+        self._fire(sid, "vouch", [PREFIX + "v:" + sid], [user, int(seconds * 1000)])
+
+    def revoke(self, sid: str, seconds: float) -> None:
+        self._fire(sid, "revoke", [PREFIX + "v:" + sid], [int(seconds * 1000)])
+
+    def _fire(self, key: str, script: str, keys: list[str], args: list[Any]) -> None:
+        """A call whose answer nobody waits for (a failure is already logged once by _call)."""
+        async def call() -> None:
+            try:
+                await self._call(key, script, keys, args)
+            except (RedisError, OSError, TimeoutError):
+                pass
+
+        task = asyncio.create_task(call())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def nodes(self) -> list[str]:
         try:

@@ -23,6 +23,7 @@ from server.realtime.commands import Commands
 from server.realtime.connection import Connection, Transport
 from server.realtime.hub import Hub
 from server.realtime.node import Node
+from server.realtime.presence_redis import RedisPresence
 from server.rooms import Rooms
 from server.users import Users
 from settings import Settings
@@ -52,9 +53,11 @@ class Realtime:
         self._idle = asyncio.Event()  # set while no publish is in flight
         self._idle.set()
         self.accepting = True  # False once shutdown began
-        self.hub.on_detached = lambda c: auth.vouch(c.user, c.sid)  # its reconnect, seconds from now, needs no lookup
+        self.hub.on_detached = lambda c: auth.vouch(c.user, c.sid, share=True)  # its reconnect needs no lookup
         rooms.on_change = lambda room: self.node.tell("room", room=room)
         auth.on_revoke = lambda sid: self.node.tell("revoked", sid=sid)
+        if isinstance(self.node.presence, RedisPresence):  # a vouch made by one process serves every process
+            auth.shared = self.node.presence
         for op, handler in (("close_sid", self._close_sid), ("revoked", self._revoked), ("room", self._room),
                             ("close_user", self._close_user), ("close_conn", self._close_conn),
                             ("stats", self._stats), ("subscribers", self._subscribers)):

@@ -109,3 +109,25 @@ def test_memory_presence_answers_for_one_process() -> None:
                 await presence.connected("u", "2", 1)]
 
     assert asyncio.run(scenario()) == [True, False, ["u"], True, [], [("n", "1")]]
+
+
+def test_a_vouch_is_shared_by_every_process_until_the_session_is_revoked(redis: RedisProcess) -> None:
+    """A socket closing on one process vouches for its session on all; a revocation ends that for good."""
+    async def scenario() -> list[object]:
+        one, two = RedisPresence([redis.url], "n1"), RedisPresence([redis.url], "n2")
+        await one.start()
+        await two.start()
+        seen: list[object] = [await two.vouched("sid-1")]
+        one.vouch("u1", "sid-1", 30)
+        await asyncio.sleep(0.05)
+        seen.append(await two.vouched("sid-1"))
+        two.revoke("sid-1", 60)
+        await asyncio.sleep(0.05)
+        one.vouch("u1", "sid-1", 30)  # a socket of the revoked session closing late
+        await asyncio.sleep(0.05)
+        seen.append(await one.vouched("sid-1"))
+        await one.close()
+        await two.close()
+        return seen
+
+    assert asyncio.run(scenario()) == [None, "u1", None]

@@ -13,6 +13,7 @@ from typing import Any
 
 import pymongo
 import pytest
+from tornado.httpclient import HTTPClientError
 from tornado.websocket import WebSocketClosedError
 
 from server.errors import CloseCode
@@ -206,6 +207,9 @@ def test_sign_out_disconnect_the_cap_and_membership_changes_reach_every_process(
             status, _ = await _call(a.url, "POST", "/api/v1/auth/logout", {"refresh_token": alice["refresh_token"]})
             assert status in (200, 204)
             assert await alice_b.wait_closed() == CloseCode.TOKEN_INVALID
+            with pytest.raises(HTTPClientError) as refused:  # no process vouches for a signed-out session
+                await Client.connect(b.url, alice["access_token"])
+            assert refused.value.code == 401
 
             bob = await _signed_in(a.url, "bob")
             bob_a, bob_b = await Client.connect(a.url, bob["access_token"]), await Client.connect(b.url,
