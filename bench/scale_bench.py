@@ -61,8 +61,9 @@ class Server:
         if redis_url:
             env["REDIS_URL"] = redis_url
         args = ["--processes", str(processes)] if processes > 1 else []
+        self.log = open(os.path.join(env["DATA_DIR"], "server.log"), "w")  # noqa: SIM115  (its logs, for a look)
         self.proc = subprocess.Popen([sys.executable, "run.py", "--port", "0", *args], cwd=ROOT, env=env,
-                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)  # the server
+                                     stdout=subprocess.PIPE, stderr=self.log, text=True)  # the server
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
         match = _SERVING.search(line)

@@ -34,6 +34,7 @@ log = logging.getLogger("server.presence")
 PRESENCE_TTL = 10  # seconds after its last heartbeat that a process's entries stop counting (PRESENCE_TTL)
 HEARTBEAT_SECONDS: float | None = None  # how often a process renews its key; None: a third of the TTL
 NODE = PREFIX + "node:"
+PIPELINE = 256  # calls sent per pipeline at most: each stays well inside REDIS_TIMEOUT under load
 
 _ADD = """
 local others = redis.call('SMEMBERS', KEYS[2])
@@ -152,7 +153,7 @@ class RedisPresence:
         if self._sending[shard] or not self._batches[shard]:
             return
         self._sending[shard] = True
-        batch, self._batches[shard] = self._batches[shard], []
+        batch, self._batches[shard] = self._batches[shard][:PIPELINE], self._batches[shard][PIPELINE:]
         task = asyncio.create_task(self._pipeline(shard, batch))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -182,6 +183,7 @@ class RedisPresence:
         self._heartbeat = asyncio.create_task(self._beating())
 
     async def close(self) -> None:
+        self.reachable = False  # what fails from here on is the shutdown, not Redis: nothing to log
         if self._heartbeat is not None:
             self._heartbeat.cancel()
         for client in self.clients:
