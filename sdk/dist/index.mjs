@@ -781,6 +781,7 @@ var RealtimeClient = class extends Emitter {
     this.closed = true;
     this.connection.stop(1e3, "client closed");
     clearTimeout(this.tokens._timer);
+    for (const sub of this.subs.values()) clearTimeout(sub.timer);
     this._unwatch();
     for (const [, waiter] of this.waiting) waiter.reject(new SdkError("closed", "the client was closed"));
     this.waiting.clear();
@@ -816,7 +817,10 @@ var RealtimeClient = class extends Emitter {
     };
   }
   unsubscribe(channel) {
-    if (!this.subs.delete(channel)) return;
+    const sub = this.subs.get(channel);
+    if (!sub) return;
+    clearTimeout(sub.timer);
+    this.subs.delete(channel);
     delete this.seqs[channel];
     this._save("seqs");
     this.connection.command("unsubscribe", { channel }).catch(() => {
@@ -830,6 +834,7 @@ var RealtimeClient = class extends Emitter {
     this.connection.command("subscribe", args).then((reply) => {
       if (this.subs.get(sub.channel) !== sub) return;
       sub.syncing = false;
+      sub.retries = 0;
       const messages = reply.messages || [];
       if (reply.recovered === false) {
         const event = { channel: sub.channel, recovered: false, oldest: messages.length ? messages[0].seq : reply.seq + 1 };
@@ -842,8 +847,14 @@ var RealtimeClient = class extends Emitter {
     }, (error) => {
       sub.syncing = false;
       if (error.code === "disconnected") return;
-      this.subs.delete(sub.channel);
       error.channel = sub.channel;
+      if (RETRY_PUBLISH.includes(error.code)) {
+        sub.retries = (sub.retries || 0) + 1;
+        sub.timer = setTimeout(() => this.subs.get(sub.channel) === sub && !sub.syncing && this.state === "connected" && this._sync(sub), backoff(sub.retries, this.options.retryBase, this.options.reconnectMax));
+        this.emit("error", Object.assign(error, { willRetry: true }));
+        return;
+      }
+      this.subs.delete(sub.channel);
       this._call(sub, "error", error);
       this.emit("error", error);
     });

@@ -8,7 +8,7 @@ import { Emitter, Limiter, SdkError, Store, backoff, httpError, randomId, sleep 
 
 const CHANNEL = /^(room|feed|user):[A-Za-z0-9_-]{1,64}$/;
 const MAX_DATA_BYTES = 16 * 1024;
-const RETRY_PUBLISH = ["internal", "unavailable", "rate_limited", "disconnected"]; // stay queued
+const RETRY_PUBLISH = ["internal", "unavailable", "rate_limited", "disconnected"]; // stay queued, or subscribe again
 const DEFAULTS = {
   storagePrefix: "mpr:", reconnectBase: 500, reconnectMax: 30000, healthyAfter: 15000, pingInterval: 20000,
   pingTimeout: 10000, openTimeout: 15000, commandTimeout: 15000, outboxLimit: 200, publishWindow: 8,
@@ -105,6 +105,7 @@ export class RealtimeClient extends Emitter {
     this.closed = true;
     this.connection.stop(1000, "client closed");
     clearTimeout(this.tokens._timer);
+    for (const sub of this.subs.values()) clearTimeout(sub.timer);
     this._unwatch();
     for (const [, waiter] of this.waiting) waiter.reject(new SdkError("closed", "the client was closed"));
     this.waiting.clear();
@@ -144,7 +145,10 @@ export class RealtimeClient extends Emitter {
   }
 
   unsubscribe(channel) {
-    if (!this.subs.delete(channel)) return;
+    const sub = this.subs.get(channel);
+    if (!sub) return;
+    clearTimeout(sub.timer);
+    this.subs.delete(channel);
     delete this.seqs[channel];
     this._save("seqs");
     this.connection.command("unsubscribe", { channel }).catch(() => {});
@@ -159,6 +163,7 @@ export class RealtimeClient extends Emitter {
     this.connection.command("subscribe", args).then((reply) => {
       if (this.subs.get(sub.channel) !== sub) return;
       sub.syncing = false;
+      sub.retries = 0;
       const messages = reply.messages || [];
       if (reply.recovered === false) {
         const event = { channel: sub.channel, recovered: false, oldest: messages.length ? messages[0].seq : reply.seq + 1 };
@@ -171,8 +176,15 @@ export class RealtimeClient extends Emitter {
     }, (error) => {
       sub.syncing = false;
       if (error.code === "disconnected") return; // the next connection subscribes again
-      this.subs.delete(sub.channel);
       error.channel = sub.channel;
+      if (RETRY_PUBLISH.includes(error.code)) { // the server asks to try again, with backoff: the subscription stays
+        sub.retries = (sub.retries || 0) + 1;
+        sub.timer = setTimeout(() => this.subs.get(sub.channel) === sub && !sub.syncing && this.state === "connected"
+          && this._sync(sub), backoff(sub.retries, this.options.retryBase, this.options.reconnectMax));
+        this.emit("error", Object.assign(error, { willRetry: true }));
+        return;
+      }
+      this.subs.delete(sub.channel);
       this._call(sub, "error", error);
       this.emit("error", error);
     });
