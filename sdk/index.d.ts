@@ -34,6 +34,8 @@ export class SdkError extends Error {
   channel?: string;
   cid?: string;
   key?: string;
+  /** On an `error` event: the SDK tries again by itself (a subscribe answered unavailable, rate_limited, internal). */
+  willRetry?: boolean;
   constructor(code: string, message?: string, extra?: Record<string, unknown>);
 }
 
