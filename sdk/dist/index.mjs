@@ -831,6 +831,7 @@ var RealtimeClient = class extends Emitter {
     const since = this.seqs[sub.channel];
     const args = since != null ? { channel: sub.channel, since } : sub.last ? { channel: sub.channel, last: sub.last } : { channel: sub.channel };
     sub.syncing = true;
+    clearTimeout(sub.timer);
     this.connection.command("subscribe", args).then((reply) => {
       if (this.subs.get(sub.channel) !== sub) return;
       sub.syncing = false;

@@ -160,6 +160,7 @@ export class RealtimeClient extends Emitter {
     const args = since != null ? { channel: sub.channel, since } : sub.last ? { channel: sub.channel, last: sub.last }
       : { channel: sub.channel };
     sub.syncing = true;
+    clearTimeout(sub.timer); // a retry waiting is this one
     this.connection.command("subscribe", args).then((reply) => {
       if (this.subs.get(sub.channel) !== sub) return;
       sub.syncing = false;
