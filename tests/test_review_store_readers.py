@@ -95,3 +95,21 @@ def _swallow(call: Any) -> None:
         call()
     except pymongo.errors.PyMongoError:
         pass
+
+
+def test_what_a_disconnected_client_queued_behind_a_read_never_runs(store: StoreProcess) -> None:
+    """Commands a client sent behind its long read, then hung up, are not run for nobody (mongod reads no more)."""
+    admin: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(store.uri)
+    try:
+        raw = socket.create_connection(("127.0.0.1", store.port))
+        raw.sendall(_op_msg({"aggregate": "fat", "pipeline": ENDLESS, "cursor": {}, "maxTimeMS": 120_000,
+                             "$db": "rv"}, 1)
+                    + _op_msg({"aggregate": "fat", "pipeline": ENDLESS, "cursor": {}, "comment": "queued",
+                               "maxTimeMS": 120_000, "$db": "rv"}, 2))
+        assert _wait_for(lambda: len(_running(admin, "rv.fat")) == 1), "the first aggregate never ran"
+        raw.close()
+        assert _wait_for(lambda: not _running(admin, "rv.fat")), "the first read ran on after its client hung up"
+        time.sleep(0.3)  # the queued one would have started by now
+        assert not _running(admin, "rv.fat"), "the read queued behind it ran for nobody"
+    finally:
+        admin.close()
