@@ -110,6 +110,8 @@ export interface ClientOptions {
   commandTimeout?: number;
   /** Publishes waiting at most (200): past it publish() rejects with `queue_full`. */
   outboxLimit?: number;
+  /** Bytes of waiting publishes at most (900 KiB: WeChat stores 1 MB under one key): past it `queue_full`. */
+  outboxBytes?: number;
   /** Publishes in flight at once (8). */
   publishWindow?: number;
   /** Retries of HTTP calls (records, uploads) after network failures, 5xx and 429 (3). */

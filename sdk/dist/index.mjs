@@ -696,6 +696,7 @@ var DEFAULTS = {
   openTimeout: 15e3,
   commandTimeout: 15e3,
   outboxLimit: 200,
+  outboxBytes: 900 * 1024,
   publishWindow: 8,
   requestRetries: 3,
   retryBase: 500,
@@ -753,7 +754,11 @@ var RealtimeClient = class extends Emitter {
   _loadUser() {
     const user = this.user;
     this.seqs = user && this.store.get("seqs:" + user.id) || {};
-    this.outbox = (user && this.store.get("outbox:" + user.id) || []).map((entry) => ({ ...entry, sent: false }));
+    this.outbox = (user && this.store.get("outbox:" + user.id) || []).map((entry) => ({
+      ...entry,
+      sent: false,
+      size: storedSize(entry.channel, entry.cid, wellFormed(entry.data).bytes)
+    }));
     this.records = user && this.store.get("records:" + user.id) || [];
     if (user && (this.outbox.length || this.records.length)) {
       this.connection.wanted = true;
@@ -923,7 +928,8 @@ var RealtimeClient = class extends Emitter {
       if (!data || typeof data !== "object" || Array.isArray(data)) throw new SdkError("invalid_request", "data must be a JSON object");
       ({ data, bytes } = wellFormed(data));
       if (bytes > MAX_DATA_BYTES) throw new SdkError("payload_too_large", "data is limited to 16 KiB");
-      if (this.outbox.length >= this.options.outboxLimit) {
+      const queued = this.outbox.reduce((sum, entry) => sum + entry.size, 0);
+      if (this.outbox.length >= this.options.outboxLimit || queued + bytes > this.options.outboxBytes) {
         throw new SdkError("queue_full", this.outbox.length + " publishes are waiting to be sent; try again later");
       }
       if (this.closed) throw new SdkError("closed", "this client is closed");
@@ -932,7 +938,7 @@ var RealtimeClient = class extends Emitter {
       return Promise.reject(error);
     }
     const cid = options.cid || randomId(24);
-    this.outbox.push({ cid, channel, data, sent: false });
+    this.outbox.push({ cid, channel, data, sent: false, size: storedSize(channel, cid, bytes) });
     this._save("outbox");
     const promise = new Promise((resolve, reject) => this.waiting.set(cid, { resolve, reject }));
     this.connect();
@@ -1064,6 +1070,7 @@ var RealtimeClient = class extends Emitter {
     return this._fetch(method, path, body, { auth: true });
   }
 };
+var storedSize = (channel, cid, bytes) => bytes + String(channel).length + String(cid).length + 40;
 function checkChannel(channel) {
   if (typeof channel !== "string" || !CHANNEL.test(channel)) {
     throw new SdkError("invalid_request", "a channel is room:<id>, feed:<name> or user:<id>");

@@ -11,7 +11,8 @@ const MAX_DATA_BYTES = 16 * 1024;
 const RETRY_PUBLISH = ["internal", "unavailable", "rate_limited", "disconnected"]; // stay queued, or subscribe again
 const DEFAULTS = {
   storagePrefix: "mpr:", reconnectBase: 500, reconnectMax: 30000, healthyAfter: 15000, pingInterval: 20000,
-  pingTimeout: 10000, openTimeout: 15000, commandTimeout: 15000, outboxLimit: 200, publishWindow: 8,
+  pingTimeout: 10000, openTimeout: 15000, commandTimeout: 15000, outboxLimit: 200, outboxBytes: 900 * 1024,
+  publishWindow: 8,
   requestRetries: 3, retryBase: 500, autoSignIn: true,
 };
 
@@ -73,7 +74,9 @@ export class RealtimeClient extends Emitter {
   _loadUser() {
     const user = this.user;
     this.seqs = (user && this.store.get("seqs:" + user.id)) || {};
-    this.outbox = ((user && this.store.get("outbox:" + user.id)) || []).map((entry) => ({ ...entry, sent: false }));
+    this.outbox = ((user && this.store.get("outbox:" + user.id)) || []).map((entry) => ({
+      ...entry, sent: false, size: storedSize(entry.channel, entry.cid, wellFormed(entry.data).bytes),
+    }));
     this.records = (user && this.store.get("records:" + user.id)) || [];
     if (user && (this.outbox.length || this.records.length)) {
       this.connection.wanted = true;
@@ -262,7 +265,9 @@ export class RealtimeClient extends Emitter {
       if (!data || typeof data !== "object" || Array.isArray(data)) throw new SdkError("invalid_request", "data must be a JSON object");
       ({ data, bytes } = wellFormed(data));
       if (bytes > MAX_DATA_BYTES) throw new SdkError("payload_too_large", "data is limited to 16 KiB");
-      if (this.outbox.length >= this.options.outboxLimit) {
+      // The outbox is stored under one key: WeChat keeps at most 1 MB under one.
+      const queued = this.outbox.reduce((sum, entry) => sum + entry.size, 0);
+      if (this.outbox.length >= this.options.outboxLimit || queued + bytes > this.options.outboxBytes) {
         throw new SdkError("queue_full", this.outbox.length + " publishes are waiting to be sent; try again later");
       }
       if (this.closed) throw new SdkError("closed", "this client is closed");
@@ -271,7 +276,7 @@ export class RealtimeClient extends Emitter {
       return Promise.reject(error);
     }
     const cid = options.cid || randomId(24);
-    this.outbox.push({ cid, channel, data, sent: false });
+    this.outbox.push({ cid, channel, data, sent: false, size: storedSize(channel, cid, bytes) });
     this._save("outbox");
     const promise = new Promise((resolve, reject) => this.waiting.set(cid, { resolve, reject }));
     this.connect();
@@ -409,6 +414,9 @@ export class RealtimeClient extends Emitter {
     return this._fetch(method, path, body, { auth: true });
   }
 }
+
+/** The bytes an outbox entry takes in storage, its data's JSON included. */
+const storedSize = (channel, cid, bytes) => bytes + String(channel).length + String(cid).length + 40;
 
 function checkChannel(channel) {
   if (typeof channel !== "string" || !CHANNEL.test(channel)) {
