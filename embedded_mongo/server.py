@@ -174,6 +174,10 @@ class Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.commands.connections -= 1
         self.server.connections.discard(self)
+        self.queue.clear()  # what it sent behind a read is never run, as mongod ends a session whose client left
+        for op in self.server.commands.operations.all():
+            if op.connection_id == self.id:  # a read on a reader thread: nobody will read its answer
+                op.killed = True
         if self.held is not None:
             self.held.cancel()
             self.held = None

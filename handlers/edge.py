@@ -76,6 +76,13 @@ async def close_gracefully(stream: IOStream, answer: bytes, expected: int | None
         stream.close()
 
 
+def without_values(message: str) -> str:
+    """Tornado's message about a request it cannot parse, without what it quotes
+    (``Invalid header value 'Bearer eyJ...'``): it is logged, and a header's
+    value may be a token or an API key."""
+    return re.split("[\"']", message, maxsplit=1)[0].rstrip(": ") or "malformed"
+
+
 def content_length(headers: httputil.HTTPHeaders) -> int | None:
     """The declared body length; ApiError(invalid_request) for one Tornado would refuse."""
     values = {v.strip() for v in headers.get_list("Content-Length") for v in v.split(",")}
@@ -136,7 +143,7 @@ class Edge(httputil.HTTPMessageDelegate):
                 httputil.parse_request_start_line(start_line)
                 return start_line, headers
             except httputil.HTTPInputError as exc:
-                self.malformed = str(exc)
+                self.malformed = without_values(str(exc))
                 return _SYNTHETIC, httputil.HTTPHeaders({"Host": "malformed"})
 
         def read_or_answer(code: int, headers: httputil.HTTPHeaders,
@@ -183,7 +190,8 @@ class Edge(httputil.HTTPMessageDelegate):
         except ApiError as error:
             self._refuse_now(headers, error)
         except httputil.HTTPInputError as exc:  # a bad Host header, a bad query string
-            self._refuse_now(headers, ApiError("invalid_request", f"malformed HTTP request: {exc}"))
+            reason = without_values(str(exc))
+            self._refuse_now(headers, ApiError("invalid_request", f"malformed HTTP request: {reason}"))
         return None
 
     def _refuse_now(self, headers: httputil.HTTPHeaders, error: ApiError) -> None:

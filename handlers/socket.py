@@ -101,6 +101,8 @@ class SocketHandler(WebSocketHandler):
 
     def _refuse(self, exc: BaseException) -> None:
         """Answers the upgrade request with an error instead."""
+        if isinstance(exc, HTTPError) and exc.status_code < 500:  # Tornado's own refusal: a query not UTF-8, say
+            exc = ApiError(_TORNADO_CODES.get(exc.status_code, "invalid_request"), exc.log_message or "bad request")
         error = exc if isinstance(exc, ApiError) else as_api_error(exc)
         if error is None:
             log.error("upgrade failed", exc_info=exc, extra=fields(route=self.route))

@@ -34,6 +34,8 @@ export class SdkError extends Error {
   channel?: string;
   cid?: string;
   key?: string;
+  /** On an `error` event: the SDK tries again by itself (a subscribe answered unavailable, rate_limited, internal). */
+  willRetry?: boolean;
   constructor(code: string, message?: string, extra?: Record<string, unknown>);
 }
 
@@ -108,6 +110,8 @@ export interface ClientOptions {
   commandTimeout?: number;
   /** Publishes waiting at most (200): past it publish() rejects with `queue_full`. */
   outboxLimit?: number;
+  /** Bytes of waiting publishes at most (900 KiB: WeChat stores 1 MB under one key): past it `queue_full`. */
+  outboxBytes?: number;
   /** Publishes in flight at once (8). */
   publishWindow?: number;
   /** Retries of HTTP calls (records, uploads) after network failures, 5xx and 429 (3). */

@@ -696,6 +696,7 @@ var DEFAULTS = {
   openTimeout: 15e3,
   commandTimeout: 15e3,
   outboxLimit: 200,
+  outboxBytes: 900 * 1024,
   publishWindow: 8,
   requestRetries: 3,
   retryBase: 500,
@@ -753,7 +754,11 @@ var RealtimeClient = class extends Emitter {
   _loadUser() {
     const user = this.user;
     this.seqs = user && this.store.get("seqs:" + user.id) || {};
-    this.outbox = (user && this.store.get("outbox:" + user.id) || []).map((entry) => ({ ...entry, sent: false }));
+    this.outbox = (user && this.store.get("outbox:" + user.id) || []).map((entry) => ({
+      ...entry,
+      sent: false,
+      size: storedSize(entry.channel, entry.cid, wellFormed(entry.data).bytes)
+    }));
     this.records = user && this.store.get("records:" + user.id) || [];
     if (user && (this.outbox.length || this.records.length)) {
       this.connection.wanted = true;
@@ -781,6 +786,7 @@ var RealtimeClient = class extends Emitter {
     this.closed = true;
     this.connection.stop(1e3, "client closed");
     clearTimeout(this.tokens._timer);
+    for (const sub of this.subs.values()) clearTimeout(sub.timer);
     this._unwatch();
     for (const [, waiter] of this.waiting) waiter.reject(new SdkError("closed", "the client was closed"));
     this.waiting.clear();
@@ -816,7 +822,10 @@ var RealtimeClient = class extends Emitter {
     };
   }
   unsubscribe(channel) {
-    if (!this.subs.delete(channel)) return;
+    const sub = this.subs.get(channel);
+    if (!sub) return;
+    clearTimeout(sub.timer);
+    this.subs.delete(channel);
     delete this.seqs[channel];
     this._save("seqs");
     this.connection.command("unsubscribe", { channel }).catch(() => {
@@ -827,9 +836,11 @@ var RealtimeClient = class extends Emitter {
     const since = this.seqs[sub.channel];
     const args = since != null ? { channel: sub.channel, since } : sub.last ? { channel: sub.channel, last: sub.last } : { channel: sub.channel };
     sub.syncing = true;
+    clearTimeout(sub.timer);
     this.connection.command("subscribe", args).then((reply) => {
       if (this.subs.get(sub.channel) !== sub) return;
       sub.syncing = false;
+      sub.retries = 0;
       const messages = reply.messages || [];
       if (reply.recovered === false) {
         const event = { channel: sub.channel, recovered: false, oldest: messages.length ? messages[0].seq : reply.seq + 1 };
@@ -842,8 +853,14 @@ var RealtimeClient = class extends Emitter {
     }, (error) => {
       sub.syncing = false;
       if (error.code === "disconnected") return;
-      this.subs.delete(sub.channel);
       error.channel = sub.channel;
+      if (RETRY_PUBLISH.includes(error.code)) {
+        sub.retries = (sub.retries || 0) + 1;
+        sub.timer = setTimeout(() => this.subs.get(sub.channel) === sub && !sub.syncing && this.state === "connected" && this._sync(sub), backoff(sub.retries, this.options.retryBase, this.options.reconnectMax));
+        this.emit("error", Object.assign(error, { willRetry: true }));
+        return;
+      }
+      this.subs.delete(sub.channel);
       this._call(sub, "error", error);
       this.emit("error", error);
     });
@@ -911,7 +928,8 @@ var RealtimeClient = class extends Emitter {
       if (!data || typeof data !== "object" || Array.isArray(data)) throw new SdkError("invalid_request", "data must be a JSON object");
       ({ data, bytes } = wellFormed(data));
       if (bytes > MAX_DATA_BYTES) throw new SdkError("payload_too_large", "data is limited to 16 KiB");
-      if (this.outbox.length >= this.options.outboxLimit) {
+      const queued = this.outbox.reduce((sum, entry) => sum + entry.size, 0);
+      if (this.outbox.length >= this.options.outboxLimit || queued + bytes > this.options.outboxBytes) {
         throw new SdkError("queue_full", this.outbox.length + " publishes are waiting to be sent; try again later");
       }
       if (this.closed) throw new SdkError("closed", "this client is closed");
@@ -920,7 +938,7 @@ var RealtimeClient = class extends Emitter {
       return Promise.reject(error);
     }
     const cid = options.cid || randomId(24);
-    this.outbox.push({ cid, channel, data, sent: false });
+    this.outbox.push({ cid, channel, data, sent: false, size: storedSize(channel, cid, bytes) });
     this._save("outbox");
     const promise = new Promise((resolve, reject) => this.waiting.set(cid, { resolve, reject }));
     this.connect();
@@ -1052,6 +1070,7 @@ var RealtimeClient = class extends Emitter {
     return this._fetch(method, path, body, { auth: true });
   }
 };
+var storedSize = (channel, cid, bytes) => bytes + String(channel).length + String(cid).length + 40;
 function checkChannel(channel) {
   if (typeof channel !== "string" || !CHANNEL.test(channel)) {
     throw new SdkError("invalid_request", "a channel is room:<id>, feed:<name> or user:<id>");
