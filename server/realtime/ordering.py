@@ -102,6 +102,7 @@ class Orderer:
         self.waiting: dict[str, list[tuple[int, bytes]]] = {}  # channel whose start is unknown -> what arrived
         self._timers: dict[str, asyncio.TimerHandle] = {}  # channel -> its pending gap fill
         self._filling: dict[str, asyncio.Task[None]] = {}  # channel -> its running read
+        self._catch_up: set[str] = set()  # channels whose catch-up waits for their running gap read
         self.fills = 0  # messages delivered from MongoDB rather than from the broker (a metric)
         self.held = 0  # messages that arrived ahead of a missing one (a metric)
 
@@ -119,6 +120,7 @@ class Orderer:
     def stop(self, channel: str) -> None:
         self.channels.pop(channel, None)
         self.waiting.pop(channel, None)
+        self._catch_up.discard(channel)
         timer = self._timers.pop(channel, None)
         if timer is not None:
             timer.cancel()
@@ -154,7 +156,11 @@ class Orderer:
 
     def catch_up(self, channel: str) -> None:
         """Reads everything after the channel's last delivered seq (the broker was away)."""
-        if self.channels.get(channel) is not None and channel not in self._filling:
+        if self.channels.get(channel) is None:
+            return
+        if channel in self._filling:  # a gap read stops at the gap: the whole read follows it
+            self._catch_up.add(channel)
+        else:
             self._start_read(channel, whole=True)
 
     def catch_up_all(self) -> None:
@@ -169,6 +175,10 @@ class Orderer:
     def _read_done(self, channel: str, task: asyncio.Task[None]) -> None:
         if self._filling.get(channel) is task:
             del self._filling[channel]
+        if channel in self._catch_up:
+            self._catch_up.discard(channel)
+            self.catch_up(channel)
+            return
         order = self.channels.get(channel)
         if order is not None and order.gap and channel not in self._timers:  # arrived during the read
             self._timers[channel] = asyncio.get_running_loop().call_later(self.wait, self._fill, channel)

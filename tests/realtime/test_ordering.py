@@ -94,3 +94,32 @@ def test_a_channel_of_unknown_start_begins_at_its_first_message_and_others_are_d
         return delivered
 
     assert asyncio.run(scenario()) == [("feed:a", 7), ("feed:a", 8)]
+
+
+def test_a_catch_up_during_a_gap_read_reads_the_tail_after_it() -> None:
+    """The broker recovers while a gap is being filled: what was stored after that read began is read too."""
+    stored = {seq: b"m%d" % seq for seq in range(1, 4)}
+
+    async def scenario() -> list[int]:
+        delivered: list[int] = []
+        reading = asyncio.Event()
+
+        async def fetch(channel: str, after: int, limit: int) -> list[tuple[int, bytes]]:
+            found = [(s, stored[s]) for s in sorted(stored) if after < s <= after + limit]
+            reading.set()
+            await asyncio.sleep(0.01)
+            return found
+
+        orderer = Orderer(lambda channel, seq, payload: delivered.append(seq), fetch, wait=0.001)
+        orderer.serve("feed:a", 0)
+        orderer.offer("feed:a", 3, stored[3])  # 1 and 2 missing: a gap read starts
+        await reading.wait()
+        stored.update({seq: b"m%d" % seq for seq in range(4, 11)})  # published while Redis was away
+        orderer.catch_up("feed:a")  # Redis is back
+        for _ in range(300):
+            if orderer.last("feed:a") == 10 and not orderer._filling:
+                break
+            await asyncio.sleep(0.005)
+        return delivered
+
+    assert asyncio.run(scenario()) == list(range(1, 11))
