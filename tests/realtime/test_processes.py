@@ -17,6 +17,7 @@ from tornado.httpclient import HTTPClientError
 from tornado.websocket import WebSocketClosedError
 
 from server.errors import CloseCode
+from server.realtime.brokers.redis import shard_of
 from tests.helpers.redis_process import RedisProcess, require_redis
 from tests.helpers.servers import ServerProcess, call, environment, sign_in
 from tests.mongo_process import StoreProcess
@@ -71,10 +72,14 @@ async def _nothing_more(client: Client, wait: float = 0.3) -> bool:
     return False
 
 
+@pytest.mark.parametrize("shards", [1, 2])
 def test_a_subscriber_on_one_process_gets_what_another_publishes(store: StoreProcess, database: str,
-                                                                 redis: RedisProcess) -> None:
-    """A room message published on process B and a server-API publish on B reach a subscriber on A."""
-    a, b = servers = deployment(store, database, redis, 2)
+                                                                 redis: RedisProcess, shards: int) -> None:
+    """A room message published on process B and a server-API publish on B reach a subscriber on A (one Redis,
+    or two sharing the channels)."""
+    second = RedisProcess(require_redis()).start() if shards == 2 else None
+    extra = {"REDIS_URL": f"{redis.url},{second.url}"} if second else {}
+    a, b = servers = deployment(store, database, redis, 2, **extra)
     try:
         async def scenario() -> None:
             alice, bob = await _signed_in(a.url, "alice"), await _signed_in(b.url, "bob")
@@ -96,12 +101,18 @@ def test_a_subscriber_on_one_process_gets_what_another_publishes(store: StorePro
             assert status == 200
             pushed = (await on_a.push())["message"]
             assert (pushed["channel"], pushed["seq"]) == ("feed:news", 1)
+            other = next(f"feed:n{i}" for i in range(100) if shard_of(f"feed:n{i}", 2) != shard_of("feed:news", 2))
+            assert "result" in await on_a.call("subscribe", channel=other)  # on the other Redis, if two
+            await _call(b.url, "POST", "/api/v1/server/publish", {"channel": other, "data": {"n": 2}}, api_key=True)
+            assert (await on_a.push())["message"]["channel"] == other
             on_a.close()
             on_b.close()
 
         asyncio.run(scenario())
     finally:
         stop(servers)
+        if second is not None:
+            second.stop()
 
 
 def test_three_processes_publishing_into_one_channel_one_delayed_deliver_1_to_n_in_order(
