@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from server.errors import ApiError, CloseCode
 from server.logs import fields
-from server.protocol import Command, FrameError, encode_error, encode_result, encode_subscribe_result, parse
+from server.protocol import Command, encode_error, encode_result, encode_subscribe_result, parse
 from server.realtime.connection import RATE_PER_SECOND, Connection
 from server.storage import as_api_error
 
@@ -60,7 +60,7 @@ class Commands:
             return
         try:
             command = parse(frame, self.realtime.settings.recovery_max)
-        except FrameError as exc:
+        except ApiError as exc:
             if self._admit(exc.command_id):
                 connection.send(encode_error(exc.command_id, exc.code, exc.message))
             return
@@ -98,7 +98,7 @@ class Commands:
             result = await self._perform(command)
             if result is not None:
                 connection.send(encode_result(command.id, result))
-        except (FrameError, ApiError) as exc:
+        except ApiError as exc:
             connection.send(encode_error(command.id, exc.code, exc.message))
         except Exception as exc:
             error = as_api_error(exc)
@@ -240,7 +240,7 @@ class Commands:
 
     async def op_presence(self, command: Command) -> dict[str, Any]:
         channel = command.args["channel"]
-        if not channel.startswith("room:"):
+        if channel.kind != "room":
             raise ApiError("invalid_request", "presence is kept for room channels")
         await self._readable(channel)
         users = await self.realtime.hub.present(channel)

@@ -60,7 +60,7 @@ class Connection:
         self.sid = sid  # the session (refresh-token family) of its token
         self.transport = transport  # the socket
         self.holder = holder  # the hub
-        self.channels: dict[str, int] = {}  # subscribed channel -> last seq delivered
+        self.channels: dict[str, int] = {}  # subscribed channel (a Channel) -> last seq delivered
         self.buffering: dict[str, list[tuple[int, bytes]]] = {}  # channel -> live frames held during a replay
         self.tokens = RATE_BURST  # the rate limiter's bucket
         self.refilled = time.monotonic()  # when the bucket was last filled

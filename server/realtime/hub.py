@@ -25,6 +25,7 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
+from server.channels import Channel
 from server.errors import CloseCode
 from server.logs import fields
 from server.metrics import Metrics
@@ -110,7 +111,7 @@ class Hub:
 
     def unregister(self, connection: Connection) -> None:
         for channel in list(connection.channels):
-            self.unsubscribe(connection, channel)
+            self.unsubscribe(connection, Channel.parse(channel))  # the keys are Channels already: no re-parse
         connections = self.by_user.get(connection.user, [])
         if connection in connections:
             connections.remove(connection)
@@ -151,11 +152,11 @@ class Hub:
 
     # -- subscriptions ------------------------------------------------------------------
 
-    async def subscribe(self, connection: Connection, channel: str) -> None:
+    async def subscribe(self, connection: Connection, channel: Channel) -> None:
         """Adds ``connection`` to ``channel``'s subscribers once the channel is served.
         In a room, a user new to it anywhere is announced (``join``) to the others
         first."""
-        room = channel.startswith("room:")
+        room = channel.kind == "room"
         try:
             if room:
                 users = self.rooms_here.setdefault(channel, {})
@@ -173,7 +174,7 @@ class Hub:
         if connection.closed:  # closed while waiting: it was unregistered without this channel
             self.unsubscribe(connection, channel)
 
-    def unsubscribe(self, connection: Connection, channel: str) -> None:
+    def unsubscribe(self, connection: Connection, channel: Channel) -> None:
         connection.channels.pop(channel, None)
         subscribers = self.subscribers.get(channel)
         if subscribers is None or connection not in subscribers:
@@ -182,7 +183,7 @@ class Hub:
         if not subscribers:
             del self.subscribers[channel]
         self.node.release(channel)
-        if channel.startswith("room:"):
+        if channel.kind == "room":
             self._left_room(channel, connection.user)
 
     def _left_room(self, channel: str, user: str) -> None:

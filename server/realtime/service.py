@@ -12,6 +12,7 @@ from typing import Any
 from bson import ObjectId
 
 from server.auth import Auth, Principal
+from server.channels import Channel
 from server.content import ContentCheck
 from server.errors import ApiError, CloseCode
 from server.messages import Messages, Published
@@ -82,7 +83,7 @@ class Realtime:
         self.hub.register(connection)
         return Commands(self, connection)
 
-    async def publish(self, channel: str, sender: str, data: dict[str, Any], cid: str | None) -> Published:
+    async def publish(self, channel: Channel, sender: str, data: dict[str, Any], cid: str | None) -> Published:
         """Checks (rooms, with CONTENT_CHECK=on), stores, then fans out; a retried
         cid returns the first answer and delivers nothing."""
         if not self.accepting:
@@ -90,7 +91,7 @@ class Realtime:
         self.in_flight += 1
         self._idle.clear()
         try:
-            if self.content is not None and channel.startswith("room:") and sender != "server":
+            if self.content is not None and channel.kind == "room" and sender != "server":
                 user = await self.users.get(ObjectId(sender))
                 await self.content.check(data, str(user["openid"]) if user else "")
             return await self.messages.publish(
@@ -128,9 +129,9 @@ class Realtime:
         closed = self.hub.close_user(user, CloseCode.DISCONNECTED, "disconnected by the server")
         return closed + sum(int(answer or 0) for _, answer in await self.node.ask("close_user", user=user))
 
-    async def present(self, channel: str) -> list[str]:
+    async def present(self, channel: Channel) -> list[str]:
         """A room's users, or a channel's subscribed users, over every process."""
-        if channel.startswith("room:"):
+        if channel.kind == "room":
             return await self.hub.present(channel)
         users = set(self.hub.subscribed_users(channel))
         for _, answer in await self.node.ask("subscribers", channel=channel):
