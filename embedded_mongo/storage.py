@@ -165,13 +165,20 @@ class Store:
     def _fetch(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
         """Rows of one read statement; a statement stopped by the operation's
         limits raises the operation's error."""
-        try:
-            return self._reads().execute(sql, params).fetchall()
-        except sqlite3.OperationalError as exc:
-            checkpoint()  # interrupted by killOp or maxTimeMS: that error, not SQLite's
-            if "no such table" in str(exc):
-                raise MongoError(175, "the collection was dropped while the query ran") from None
-            raise
+        for attempt in range(2):
+            try:
+                return self._reads().execute(sql, params).fetchall()
+            except sqlite3.OperationalError as exc:
+                checkpoint()  # interrupted by killOp or maxTimeMS: that error, not SQLite's
+                if "no such table" not in str(exc):
+                    raise
+                # The catalog (shared with the writer) names a collection whose table this
+                # reader's snapshot lacks: created by a write not yet committed (it holds
+                # nothing yet, as mongod would answer), committed since (read it again),
+                # or dropped while the query ran.
+                if self._depth > 0 and attempt == 1:
+                    return []
+        raise MongoError(175, "the collection was dropped while the query ran")
 
     def sync(self) -> None:
         """Forces what is committed to stable storage (``j: true``, ``fsync``)."""

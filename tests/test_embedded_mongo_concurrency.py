@@ -201,3 +201,17 @@ def test_reads_never_see_half_a_write(clients) -> None:
     counts.append(reader.conc.batches.count_documents({"i": {"$gte": 0}}))
     assert all(n % 100 == 0 for n in counts), counts
     assert counts[-1] == 3000
+
+
+def test_a_collection_being_created_reads_as_empty_not_dropped(clients) -> None:
+    """A read racing the first insert (which creates the collection) sees nothing or the committed batch, never 175."""
+    reader, writer = clients
+    seen: set[int] = set()
+    for round_ in range(40):
+        name = f"fresh{round_}"
+        thread, outcome = _in_thread(lambda name=name: writer.conc[name].insert_many([{"i": i} for i in range(200)]))
+        while thread.is_alive():
+            seen.add(reader.conc[name].count_documents({"i": {"$gte": 0}}))
+        thread.join()
+        assert "error" not in outcome
+    assert seen <= {0, 200}
