@@ -730,6 +730,7 @@ var DEFAULTS = {
   commandTimeout: 15e3,
   outboxLimit: 200,
   outboxBytes: 900 * 1024,
+  recordsBytes: 900 * 1024,
   publishWindow: 8,
   requestRetries: 3,
   retryBase: 500,
@@ -792,7 +793,7 @@ var RealtimeClient = class extends Emitter {
       sent: false,
       size: storedSize(entry.channel, entry.cid, wellFormed(entry.data).bytes)
     }));
-    this.records = user && this.store.get("records:" + user.id) || [];
+    this.records = (user && this.store.get("records:" + user.id) || []).map((entry) => ({ ...entry, size: recordSize(entry) }));
     if (user && (this.outbox.length || this.records.length)) {
       this.connection.wanted = true;
       setTimeout(() => this._resendRecords(), 0);
@@ -803,7 +804,7 @@ var RealtimeClient = class extends Emitter {
     const user = this.user;
     if (!user) return;
     if (what === "outbox") this.store.set("outbox:" + user.id, this.outbox.map(({ cid, channel, data }) => ({ cid, channel, data })));
-    else if (what === "records") this.store.set("records:" + user.id, this.records);
+    else if (what === "records") this.store.set("records:" + user.id, this.records.map(({ key, kind, body }) => ({ key, kind, body })));
     else this.store.set("seqs:" + user.id, this.seqs);
   }
   // -- the connection -------------------------------------------------------------------
@@ -1057,6 +1058,11 @@ var RealtimeClient = class extends Emitter {
   async createRecord(kind, object, options = {}) {
     if (!this.user) throw new SdkError("signed_out", "sign in first");
     const entry = { key: options.key || randomId(32), kind, body: object };
+    entry.size = recordSize(entry);
+    const queued = this.records.reduce((sum, r) => sum + r.size, 0);
+    if (queued + entry.size > this.options.recordsBytes) {
+      throw new SdkError("queue_full", this.records.length + " records are waiting to be sent; try again later");
+    }
     this.records.push(entry);
     this._save("records");
     return this._sendRecord(entry);
@@ -1103,6 +1109,7 @@ var RealtimeClient = class extends Emitter {
     return this._fetch(method, path, body, { auth: true });
   }
 };
+var recordSize = ({ key, kind, body }) => wellFormed({ key, kind, body }).bytes + 8;
 var storedSize = (channel, cid, bytes) => bytes + String(channel).length + String(cid).length + 40;
 function checkChannel(channel) {
   if (typeof channel !== "string" || !CHANNEL.test(channel)) {
