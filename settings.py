@@ -60,6 +60,9 @@ class Settings:
     recovery_max: int = 300  # messages a subscribe with `since` replays at most
     max_connections: int | None = None  # open descriptors that may hold connections; None: from the limit
     listen_backlog: int = 4096  # connections the kernel queues before accept (capped by net.core.somaxconn)
+    # A spent refresh token presented again this soon, its successor unused, is a retry
+    # whose answer was lost: it refreshes instead of revoking the session (docs/api.md).
+    refresh_reuse_grace: float = 30.0  # seconds; 0 turns the grace off
     extra: dict[str, Any] = field(default_factory=dict, compare=False)  # overrides from the command line
 
     @property
@@ -204,6 +207,8 @@ def load(env: Mapping[str, str], **overrides: Any) -> Settings:
                                  "a whole number from 1 to 1073741824"),
         "listen_backlog": _cast(env, "LISTEN_BACKLOG", 4096, _whole(1, 65535), "a whole number from 1 to 65535"),
     }
+    values["refresh_reuse_grace"] = _cast(env, "REFRESH_REUSE_GRACE", 30.0, _seconds(0, 3600),
+                                          "a number of seconds from 0 to 3600")
     values.update({k: v for k, v in overrides.items() if v is not None})
     if (values["tls_cert"] is None) != (values["tls_key"] is None):
         missing = "TLS_KEY" if values["tls_key"] is None else "TLS_CERT"
