@@ -1,4 +1,4 @@
-"""Starts the server: ``python run.py [--host H] [--port P]``.
+"""Starts the server: ``python run.py [--host H] [--port P] [--processes N]``.
 
 Loads the settings, raises the descriptor limit and sets the connection ceiling
 (server/listener.py), starts the embedded store as a child process when no
@@ -29,6 +29,7 @@ from server.app import Services, tune_gc
 from server.listener import Ceilings, Gate, listening_sockets, raise_descriptor_limit
 from server.logs import configure, fields
 from server.records import SchemaFileError
+from server.supervisor import supervise
 
 log = logging.getLogger("run")
 DRAIN_SECONDS = 10.0  # how long in-flight requests may take to finish at shutdown
@@ -105,8 +106,9 @@ async def shut_down(server: HTTPServer, services: Services) -> None:
     await asyncio.wait_for(server.close_all_connections(), DRAIN_SECONDS)
 
 
-async def serve(config: settings_module.Settings, ceilings: Ceilings) -> int:
-    """Serves until SIGTERM/SIGINT or the child store's death; the exit code."""
+async def serve(config: settings_module.Settings, ceilings: Ceilings, reuse_port: bool = False) -> int:
+    """Serves until SIGTERM/SIGINT or the child store's death; the exit code.
+    ``reuse_port``: a worker of ``--processes``, sharing the port (server/supervisor.py)."""
     child: ChildStore | None = None
     mongo_uri = config.mongo_uri
     if mongo_uri is None:
@@ -117,7 +119,7 @@ async def serve(config: settings_module.Settings, ceilings: Ceilings) -> int:
     try:
         await services.start()
         tune_gc()
-        server, port = listen(config, app, ceilings)
+        server, port = listen(config, app, ceilings, reuse_port)
         scheme = "https" if config.tls else "http"
         print(f"serving on {scheme}://{config.host}:{port}/ ({config.app_env} mode)", flush=True)
         exit_code = await wait_for_stop(child)
@@ -134,7 +136,9 @@ def arguments() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Serve the real-time server.")
     parser.add_argument("--host", help="address to listen on (HOST, default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port to listen on (PORT, default 8888; 0 picks a free one)")
-    parser.add_argument("--processes", type=int, default=1, help="worker processes sharing the port")
+    parser.add_argument("--processes", type=int, default=1,
+                        help="worker processes sharing the port (needs REDIS_URL; see docs/scaling.md)")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # started by the supervisor
     return parser
 
 
@@ -153,11 +157,9 @@ def main(argv: list[str] | None = None) -> int:
     except settings_module.SettingsError as exc:
         return fail(str(exc), 2)
     if args.processes != 1:
-        if not config.redis_url:
-            return fail("--processes needs REDIS_URL: processes share fan-out through Redis", 2)
-        return fail("--processes needs the Redis broker, which this version does not have yet", 2)
+        return supervise(config, args.processes)
     try:
-        return asyncio.run(serve(config, ceilings))
+        return asyncio.run(serve(config, ceilings, reuse_port=args.worker))
     except SchemaFileError as exc:
         return fail(f"SCHEMAS_DIR: {exc}", 2)
     except RuntimeError as exc:

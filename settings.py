@@ -39,7 +39,7 @@ class Settings:
     data_dir: str = "./data"  # the embedded store's files and the development secret
     mongo_uri: str | None = None  # a real MongoDB; None starts the embedded store
     mongo_db: str = "miniprogram"  # database name
-    redis_url: str | None = None  # Redis for fan-out between processes
+    redis_url: str | None = None  # Redis for fan-out between processes: one URL, or several comma-separated
     jwt_secret: str = ""  # HS256 key of access tokens
     access_token_ttl: int = 7200  # seconds an access token lives
     refresh_token_ttl: int = 30 * 86400  # seconds a refresh token lives
@@ -60,6 +60,10 @@ class Settings:
     recovery_max: int = 300  # messages a subscribe with `since` replays at most
     max_connections: int | None = None  # open descriptors that may hold connections; None: from the limit
     listen_backlog: int = 4096  # connections the kernel queues before accept (capped by net.core.somaxconn)
+    # Several processes (docs/scaling.md).
+    redis_timeout: float = 2.0  # seconds any Redis call may take
+    presence_ttl: int = 10  # seconds after which a dead process's presence entries and sockets stop counting
+    redis_publish_delay: float = 0.0  # tests only: holds this process's Redis publishes back (reordering)
     # A spent refresh token presented again this soon, its successor unused, is a retry
     # whose answer was lost: it refreshes instead of revoking the session (docs/api.md).
     refresh_reuse_grace: float = 30.0  # seconds; 0 turns the grace off
@@ -144,6 +148,16 @@ def _url(schemes: tuple[str, ...]) -> Callable[[str], str]:
     return check
 
 
+def _redis_urls(raw: str) -> str:
+    """REDIS_URL: one redis:// (rediss://, unix://) URL or several, comma-separated."""
+    urls = [url.strip() for url in raw.split(",")]
+    if not all(urls):
+        raise ValueError(raw)
+    for url in urls:
+        _url(("redis", "rediss", "unix"))(url)
+    return ",".join(urls)
+
+
 def _development_secret(data_dir: str) -> str:
     """A JWT secret made once and kept in the data directory, so that tokens
     survive restarts in development."""
@@ -177,7 +191,7 @@ def load(env: Mapping[str, str], **overrides: Any) -> Settings:
         "data_dir": data_dir,
         "mongo_uri": _cast(env, "MONGO_URI", None, _url(("mongodb", "mongodb+srv")), "a mongodb:// URI"),
         "mongo_db": _text(env, "MONGO_DB", "miniprogram"),
-        "redis_url": _cast(env, "REDIS_URL", None, _url(("redis", "rediss", "unix")), "a redis:// URL"),
+        "redis_url": _cast(env, "REDIS_URL", None, _redis_urls, "a redis:// URL, or several separated by commas"),
         "access_token_ttl": _cast(env, "ACCESS_TOKEN_TTL", 7200, _whole(1, YEAR),
                                   f"a whole number of seconds from 1 to {YEAR} (a year)"),
         "refresh_token_ttl": _cast(env, "REFRESH_TOKEN_TTL", 30 * 86400, _whole(1, 10 * YEAR),
@@ -206,9 +220,15 @@ def load(env: Mapping[str, str], **overrides: Any) -> Settings:
         "max_connections": _cast(env, "MAX_CONNECTIONS", None, _whole(1, 1 << 30),
                                  "a whole number from 1 to 1073741824"),
         "listen_backlog": _cast(env, "LISTEN_BACKLOG", 4096, _whole(1, 65535), "a whole number from 1 to 65535"),
+        # Several processes (docs/scaling.md).
+        "redis_timeout": _cast(env, "REDIS_TIMEOUT", 2.0, _seconds(0.05, 60), "a number of seconds from 0.05 to 60"),
+        "presence_ttl": _cast(env, "PRESENCE_TTL", 10, _whole(1, 3600), "a whole number of seconds from 1 to 3600"),
+        "redis_publish_delay": _cast(env, "REDIS_PUBLISH_DELAY", 0.0, _seconds(0, 5),
+                                     "a number of seconds from 0 to 5 (tests only)"),
+        # Refresh tokens presented again after a lost answer (docs/api.md).
+        "refresh_reuse_grace": _cast(env, "REFRESH_REUSE_GRACE", 30.0, _seconds(0, 3600),
+                                     "a number of seconds from 0 to 3600"),
     }
-    values["refresh_reuse_grace"] = _cast(env, "REFRESH_REUSE_GRACE", 30.0, _seconds(0, 3600),
-                                          "a number of seconds from 0 to 3600")
     values.update({k: v for k, v in overrides.items() if v is not None})
     if (values["tls_cert"] is None) != (values["tls_key"] is None):
         missing = "TLS_KEY" if values["tls_key"] is None else "TLS_CERT"

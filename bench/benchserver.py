@@ -41,7 +41,7 @@ def _serve(ready: Any, port_out: Any, data_dir: str, env: dict[str, str], discar
         if discard:
             app.add_handlers(r".*", [(r"/bench/discard", Discard)])
         if baseline:  # as before the reconnect work: every replay from MongoDB, every token looked up, CPython's GC
-            from server.recent import Recent
+            from server.realtime.recent import Recent
 
             services.realtime.hub.recent = Recent(0)
             services.auth.vouch = lambda user_id, sid: None  # type: ignore[method-assign]

@@ -23,10 +23,10 @@ from handlers.server_api import BroadcastHandler, DisconnectHandler, PresenceHan
 from handlers.socket import SocketHandler
 from handlers.uploads import RECORDS_MAX_BYTES, FileHandler, FilesHandler, RecordsHandler
 from server.app import Services
-from server.broker import Broker
 from server.errors import ApiError
 from server.files import FORM_OVERHEAD
 from server.logs import fields, redact_text
+from server.realtime.brokers.base import Broker
 from server.storage import Storage
 from server.wechat import WeChatClient
 from settings import Settings

@@ -34,13 +34,17 @@ class HealthHandler(BaseHandler):
 class ReadyHandler(BaseHandler):
     """GET /readyz: 200 while this process takes work: not shutting down, and a
     ping sent through the request path's own connection pool came back within
-    2 s (docs/api.md says what that does and does not show)."""
+    2 s (docs/api.md says what that does and does not show), and the broker
+    reaches the other processes (with REDIS_URL: never green while deliveries
+    to them are paused)."""
 
     async def get(self) -> None:
         if self.services.stopping:
             raise ApiError("unavailable", "the server is shutting down")
         if not await self.services.storage.ping():
             raise ApiError("unavailable", "the database is not answering")
+        if not self.services.realtime.broker_up:
+            raise ApiError("unavailable", "the broker (Redis) is not answering: deliveries to other processes pause")
         self.write_json({"status": "ready"})
 
 

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import hmac
-import time
 from typing import Any
 
 from handlers.base import BaseHandler
 from server.channels import PATTERN, Channel
-from server.errors import ApiError, CloseCode
+from server.errors import ApiError
 from server.protocol import check_cid, check_data
 from server.validation import body_schema
 
@@ -63,29 +62,24 @@ class BroadcastHandler(ServerApiHandler):
 
 
 class DisconnectHandler(ServerApiHandler):
-    """POST /api/v1/server/disconnect {"user_id"}: that user's sockets close with 4000."""
+    """POST /api/v1/server/disconnect {"user_id"}: that user's sockets close with 4000, in every process."""
 
     async def post(self) -> None:
         user = self.json_body(_DISCONNECT)["user_id"]
-        closed = self.services.realtime.hub.close_user(user, CloseCode.DISCONNECTED, "disconnected by the server")
-        self.write_json({"closed": closed})
+        self.write_json({"closed": await self.services.realtime.disconnect(user)})
 
 
 class PresenceHandler(ServerApiHandler):
-    """GET /api/v1/server/presence?channel= -> {users, count}."""
+    """GET /api/v1/server/presence?channel= -> {users, count}, over every process."""
 
     async def get(self) -> None:
         channel = Channel.parse(self.get_query_argument("channel", "", strip=False))
-        hub = self.services.realtime.hub
-        if channel.kind == "room":
-            users = hub.present(channel)
-        else:
-            users = sorted({s.user for s in hub.subscribers.get(channel, {})})
+        users = await self.services.realtime.present(channel)
         self.write_json({"users": users, "count": len(users)})
 
 
 class StatsHandler(ServerApiHandler):
-    """GET /api/v1/server/stats."""
+    """GET /api/v1/server/stats: the deployment's sums, and each process's figures."""
 
     async def get(self) -> None:
-        self.write_json(self.services.realtime.stats(time.time() - self.services.started_at))
+        self.write_json(await self.services.realtime.deployment_stats())

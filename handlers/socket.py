@@ -1,9 +1,10 @@
 """GET /ws: the WebSocket endpoint. Checks the upgrade and authenticates before
-it, then moves frames between the socket and its ``server.session.Session``.
+it, then moves frames between the socket and its connection's commands
+(``server.realtime.commands.Commands``).
 
 Every answer before the upgrade (a plain GET, a bad token, the server shutting
 down) is an error in the contract's JSON shape. After it, frames are handed to
-the session as they arrive, without waiting for their commands.
+the commands as they arrive, without waiting for them to finish.
 
 Private parts of Tornado 6 this relies on (tests/test_ws_hardening.py covers
 each): WebSocketProtocol13's ``_handle_message``, ``_frame_compressed``,
@@ -30,7 +31,7 @@ from handlers.base import bearer_token
 from server.auth import Principal
 from server.errors import ApiError, CloseCode
 from server.logs import fields
-from server.session import Session
+from server.realtime.commands import Commands
 from server.storage import as_api_error
 
 if TYPE_CHECKING:
@@ -59,13 +60,13 @@ class _Protocol(WebSocketProtocol13):
 
 
 class SocketHandler(WebSocketHandler):
-    """One WebSocket connection; the transport of a Session."""
+    """One WebSocket connection; the transport of a ``Connection``."""
 
     def initialize(self, services: Services, route: str) -> None:
         self.services = services  # everything the connection calls into
         self.route = route  # for logs and metrics
         self.principal: Principal | None = None  # who connected
-        self.session: Session | None = None  # the protocol state, once open
+        self.commands: Commands | None = None  # the connection's state and commands, once open
         self._stream: Any = None  # the connection's IOStream, once open
         self._socket: socket.socket | None = None  # its socket when plain TCP: frames are written to it directly
         self._ends: deque[int] = deque()  # where the stream's unwritten writes end: each a frame boundary
@@ -139,20 +140,20 @@ class SocketHandler(WebSocketHandler):
         stream = getattr(self.ws_connection, "stream", None)
         self._stream = stream  # the connection's IOStream, for send_frame and pending
         self._socket = None if stream is None or isinstance(stream, SSLIOStream) else stream.socket  # plain TCP
-        self.session = self.services.realtime.open(self.principal, self)
+        self.commands = self.services.realtime.open(self.principal, self)
 
     def on_message(self, message: str | bytes) -> None:
-        if self.session is not None:
-            self.session.receive(message)  # returns at once: the next frame is read meanwhile
+        if self.commands is not None:
+            self.commands.receive(message)  # returns at once: the next frame is read meanwhile
 
     def on_close(self) -> None:
-        if self.session is not None:
-            self.session.detach()
+        if self.commands is not None:
+            self.commands.connection.detach()
 
     def refuse_frame(self, code: int, reason: str) -> None:
         """Closes the connection for a frame the protocol refuses."""
-        if self.session is not None:
-            self.session.close(code, reason)
+        if self.commands is not None:
+            self.commands.connection.close(code, reason)
         else:
             self.close(code, reason)
 

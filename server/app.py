@@ -12,13 +12,12 @@ from collections.abc import Awaitable, Callable
 from tornado.httpclient import AsyncHTTPClient
 
 from server.auth import Auth
-from server.broker import Broker, InProcessBroker
 from server.content import ContentCheck
-from server.errors import CloseCode
 from server.files import Files
 from server.messages import Messages
 from server.metrics import Metrics
 from server.realtime import Realtime
+from server.realtime.brokers.base import Broker
 from server.records import Records, load_schemas
 from server.rooms import Rooms
 from server.storage import Storage
@@ -30,7 +29,8 @@ from settings import Settings
 class Services:
     """Everything handlers call into, built once per application."""
 
-    def __init__(self, settings: Settings, storage: Storage, wechat: WeChatClient, broker: Broker) -> None:
+    def __init__(self, settings: Settings, storage: Storage, wechat: WeChatClient,
+                 broker: Broker | None = None) -> None:
         self.settings = settings  # the configuration
         self.storage = storage  # motor and the database
         self.users = Users(storage)  # the users collection
@@ -46,10 +46,9 @@ class Services:
         self.on_session_end: list[Callable[[str], Awaitable[None]]] = []  # called with a sid on logout
         self.on_shutdown: list[Callable[[], Awaitable[None]]] = []  # called when the server stops
         self.rooms = Rooms(storage)  # rooms and channel permissions
-        self.broker = broker  # fan-out between processes
-        self.realtime = Realtime(settings, broker, Messages(storage), self.rooms, self.auth, self.users,
-                                 ContentCheck(wechat) if settings.content_check else None,
-                                 self.metrics)  # publishing and the connections
+        self.realtime = Realtime(settings, Messages(storage), self.rooms, self.auth, self.users,
+                                 ContentCheck(wechat) if settings.content_check else None, self.metrics,
+                                 broker)  # publishing, the connections, the other processes (REDIS_URL)
         self.records = Records(storage, load_schemas(settings.schemas_dir))  # JSON records of each kind
         self.files = Files(storage, settings.file_max_bytes, settings.file_types)  # the GridFS bucket
         self.on_session_end.append(self._close_session_sockets)
@@ -69,16 +68,17 @@ class Services:
             storage = Storage(uri, settings.mongo_db)
         wechat = wechat or WeChatClient(settings.wechat_api_base, settings.wechat_appid, settings.wechat_secret,
                                         http)
-        return cls(settings, storage, wechat, broker or InProcessBroker())
+        return cls(settings, storage, wechat, broker)
 
     async def start(self) -> None:
-        """Waits for the database, creates the contract's indexes, starts the broker."""
+        """Waits for the database, creates the contract's indexes, joins the
+        other processes (the broker: with Redis down it starts and catches up later)."""
         await self.storage.wait_until_ready()
         await self.storage.ensure_indexes()
-        await self.broker.start()
+        await self.realtime.start()
 
     async def _close_session_sockets(self, sid: str) -> None:
-        self.realtime.hub.close_sid(sid, CloseCode.TOKEN_INVALID, "signed out")
+        self.realtime.sign_out(sid)  # in every process
 
     async def shutdown(self) -> None:
         """Runs the shutdown hooks (the real-time hub closes its sockets here)."""
@@ -87,7 +87,7 @@ class Services:
             await hook()
 
     async def close(self) -> None:
-        await self.broker.close()
+        await self.realtime.close()
         self.storage.close()
 
     def track_request(self, delta: int) -> None:
@@ -114,6 +114,8 @@ class Services:
         hub = self.realtime.hub
         self.metrics.ws_connections.set(hub.connection_count())
         self.metrics.ws_subscriptions.set(hub.subscription_count())
+        self.metrics.broker_up.set(1 if self.realtime.broker_up else 0)
+        self.metrics.messages_filled.set(self.realtime.node.orderer.fills)
 
 
 GC_THRESHOLDS = (50_000, 20, 10)  # CPython's are (700, 10, 10) (3.11): see tune_gc

@@ -18,8 +18,9 @@ import hashlib
 import re
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import jwt
 from bson import ObjectId
@@ -38,6 +39,19 @@ MAX_ACCESS_TOKEN = 4096  # characters
 VERIFIED_TOKENS = 50_000  # access tokens whose signature check is remembered (a reconnect presents it again)
 REFRESH_REUSE_GRACE = 30.0  # seconds (the default of settings.refresh_reuse_grace)
 VOUCH_SECONDS = 30.0  # a session checked (or connected) this recently needs no lookup to open a socket
+
+
+class VouchStore(Protocol):
+    """Vouches shared by the processes of a deployment (Redis): a reconnect that lands
+    on another process than its last socket's needs no lookup either."""
+
+    async def vouched(self, sid: str) -> str | None:
+        """The user some process vouched for ``sid`` within the window, if any."""
+
+    def vouch(self, user: str, sid: str, seconds: float) -> None: ...
+
+    def revoke(self, sid: str, seconds: float) -> None:
+        """``sid`` is revoked: no process vouches for it again (for ``seconds``)."""
 
 
 @dataclass(frozen=True)
@@ -67,6 +81,8 @@ class Auth:
         # sid -> (user id, monotonic time until which a socket may open without the two lookups).
         self._vouched: dict[str, tuple[str, float]] = {}
         self._revoked: dict[str, float] = {}  # sid -> when this process revoked it (never vouched again)
+        self.on_revoke: Callable[[str], None] | None = None  # told a sid revoked here (other processes forget it)
+        self.shared: VouchStore | None = None  # the other processes' vouches (with Redis)
         self._verified: dict[str, Principal] = {}  # access token -> its principal: the signature is checked once
 
     # -- access tokens ---------------------------------------------------------------
@@ -118,6 +134,9 @@ class Auth:
             known = self._vouched.get(principal.sid)
             if known is not None and known[0] == principal.user_id and known[1] > time.monotonic():
                 return principal
+            if (self.shared is not None and principal.sid not in self._revoked
+                    and await self.shared.vouched(principal.sid) == principal.user_id):
+                return principal
         if await self._users.get(ObjectId(principal.user_id)) is None:
             raise ApiError("unauthorized", "the user of this token no longer exists")
         if await self.session_revoked(principal.sid):
@@ -125,9 +144,10 @@ class Auth:
         self.vouch(principal.user_id, principal.sid)
         return principal
 
-    def vouch(self, user_id: str, sid: str) -> None:
+    def vouch(self, user_id: str, sid: str, share: bool = False) -> None:
         """Trusts ``sid`` for VOUCH_SECONDS more (checked now, or its socket just
-        closed), unless this process revoked it."""
+        closed), unless this process revoked it; with ``share``, every process
+        does (through ``shared``, unless some process revoked it)."""
         now = time.monotonic()
         if sid in self._revoked:
             return
@@ -135,10 +155,22 @@ class Auth:
             self._vouched = {k: v for k, v in self._vouched.items() if v[1] > now}
             self._forget_old_revocations(now)
         self._vouched[sid] = (user_id, now + VOUCH_SECONDS)
+        if share and self.shared is not None:  # a socket closed: its reconnect may land on another process
+            self.shared.vouch(user_id, sid, VOUCH_SECONDS)
 
     def _forget_old_revocations(self, now: float) -> None:
         """Revocations older than any vouch that could still be alive are not needed."""
         self._revoked = {k: t for k, t in self._revoked.items() if t > now - 2 * VOUCH_SECONDS}
+
+    def forget_session(self, sid: str) -> None:
+        """``sid`` was revoked (here or by another process): never vouched for again."""
+        self._vouched.pop(sid, None)
+        if self.shared is not None:
+            self.shared.revoke(sid, 2 * VOUCH_SECONDS)
+        now = time.monotonic()
+        if len(self._revoked) >= 10_000:
+            self._forget_old_revocations(now)
+        self._revoked[sid] = now
 
     async def session_revoked(self, sid: str) -> bool:
         return await self._tokens.find_one({"family": sid, "revoked_at": {"$ne": None}}, {"_id": 1}) is not None
@@ -218,9 +250,7 @@ class Auth:
         return str(found["family"])
 
     async def revoke_family(self, family: str) -> None:
-        self._vouched.pop(family, None)
-        now = time.monotonic()
-        if len(self._revoked) >= 10_000:
-            self._forget_old_revocations(now)
-        self._revoked[family] = now
+        self.forget_session(family)
         await self._tokens.update_many({"family": family, "revoked_at": None}, {"$set": {"revoked_at": utcnow()}})
+        if self.on_revoke is not None:  # once stored: another process's next lookup sees the revocation
+            self.on_revoke(family)

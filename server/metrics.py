@@ -32,5 +32,10 @@ class Metrics:
         self.ws_command_latency = Histogram("ws_command_duration_seconds", "WebSocket command latency, by op",
                                             ["op"], buckets=LATENCY_BUCKETS, registry=self.registry)
 
+        self.broker_up = Gauge("broker_up", "1 while messages reach the other processes (Redis answers); "
+                               "always 1 with one process", registry=self.registry)
+        self.messages_filled = Gauge("messages_filled_from_store", "Messages of other processes read from "
+                                     "MongoDB (a gap, or a catch-up after Redis was away)", registry=self.registry)
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -29,8 +29,6 @@ MAX_ID = SEQ_MAX  # command ids are integers JavaScript can hold
 HISTORY_LIMIT = 100  # the most messages a history call returns
 OPS = ("ping", "subscribe", "unsubscribe", "publish", "history", "presence", "refresh")
 
-FrameError = ApiError  # the name session.py still catches; one error type now
-
 
 @dataclass
 class Command:

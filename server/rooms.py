@@ -5,14 +5,16 @@ members. ``feed:<name>``: anyone reads, only the server API publishes.
 ``user:<id>``: only that user reads, only the server API publishes.
 
 Permission checks remember a room's readers for ACCESS_SECONDS: a member added
-or removed through this process counts at once; a change made by another
-process or directly in MongoDB counts within ACCESS_SECONDS.
+or removed through any process counts at once (``on_change`` tells the other
+processes, which ``forget`` the room); a change made directly in MongoDB counts
+within ACCESS_SECONDS.
 """
 
 from __future__ import annotations
 
 import secrets
 import time
+from collections.abc import Callable
 from typing import Any
 
 from pymongo.errors import DuplicateKeyError
@@ -39,6 +41,7 @@ class Rooms:
         # room id -> (monotonic expiry, public, members): the permission checks of every publish and subscribe
         # read this instead of MongoDB; member changes made here forget the room at once.
         self._access: dict[str, tuple[float, bool, frozenset[str]]] = {}
+        self.on_change: Callable[[str], None] | None = None  # told a room id whose members changed here
 
     async def create(self, owner: str, name: str, is_public: bool) -> dict[str, Any]:
         room = {"_id": secrets.token_hex(8), "name": name, "owner": owner, "public": is_public,
@@ -88,7 +91,7 @@ class Rooms:
         if len(room.get("members", [])) >= MAX_ROOM_MEMBERS:
             raise ApiError("conflict", f"a room holds at most {MAX_ROOM_MEMBERS} members")
         await self._rooms.update_one({"_id": room_id}, {"$addToSet": {"members": member}})
-        self._access.pop(room_id, None)
+        self._changed(room_id)
         return await self.get(room_id) or room
 
     async def remove_member(self, room_id: str, user: str, member: str) -> dict[str, Any]:
@@ -101,8 +104,17 @@ class Rooms:
         elif room.get("owner") == user:
             raise ApiError("invalid_request", "the owner cannot leave their room")
         await self._rooms.update_one({"_id": room_id}, {"$pull": {"members": member}})
-        self._access.pop(room_id, None)
+        self._changed(room_id)
         return await self.get(room_id) or room
+
+    def _changed(self, room_id: str) -> None:
+        self.forget(room_id)
+        if self.on_change is not None:
+            self.on_change(room_id)
+
+    def forget(self, room_id: str) -> None:
+        """The room's members changed: the next check reads them again."""
+        self._access.pop(room_id, None)
 
     # -- permissions --------------------------------------------------------------
 

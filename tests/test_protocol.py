@@ -8,7 +8,6 @@ import pytest
 
 from server.errors import ApiError
 from server.protocol import (
-    FrameError,
     encode_error,
     encode_message_push,
     encode_presence_push,
@@ -85,11 +84,6 @@ def test_binary_frames_are_refused() -> None:
     """A binary frame is not a command."""
     with pytest.raises(ApiError):
         parse(b'{"id": 1, "op": "ping"}', 300)
-
-
-def test_frame_error_is_the_one_api_error() -> None:
-    """FrameError is only another name of ApiError, so session code catching either catches both."""
-    assert FrameError is ApiError
 
 
 def test_a_refusal_names_the_path_and_the_command() -> None:

@@ -31,7 +31,8 @@ def test_development_needs_nothing_and_keeps_its_secret(tmp_path) -> None:
 
 @pytest.mark.parametrize("name, value", [
     ("PORT", "eighty"), ("PORT", "70000"), ("APP_ENV", "staging"), ("MONGO_URI", "http://db:27017"),
-    ("REDIS_URL", "localhost:6379"), ("ACCESS_TOKEN_TTL", "-5"), ("CONTENT_CHECK", "maybe"),
+    ("REDIS_URL", "localhost:6379"), ("REDIS_URL", "redis://a:1,,redis://b:2"), ("REDIS_URL", "redis://a:1,b:2"),
+    ("REDIS_TIMEOUT", "0"), ("PRESENCE_TTL", "0.5"), ("ACCESS_TOKEN_TTL", "-5"), ("CONTENT_CHECK", "maybe"),
     ("BEHIND_PROXY", "perhaps"), ("FILE_MAX_BYTES", "10MB"), ("FILE_TYPES", "jpeg,exe"),
     ("WS_PING_INTERVAL", "0"), ("WS_MAX_PER_USER", "many"), ("RECOVERY_MAX", "1.5"),
     ("WECHAT_API_BASE", "ftp://x"), ("JWT_SECRET", "short"), ("TLS_CERT", "/nonexistent/cert.pem"),
@@ -94,6 +95,7 @@ NUMERIC: dict[str, tuple[type, float, float]] = {
     "WS_MAX_MESSAGE_BYTES": (int, 1, 16 << 20), "WS_MAX_PER_USER": (int, 1, 1_000_000),
     "RECOVERY_MAX": (int, 1, 10_000),
     "MAX_CONNECTIONS": (int, 1, 1 << 30), "LISTEN_BACKLOG": (int, 1, 65535),
+    "REDIS_TIMEOUT": (float, 0.05, 60), "PRESENCE_TTL": (int, 1, 3600), "REDIS_PUBLISH_DELAY": (float, 0, 5),
 }
 _NUMBERS = st.one_of(st.text(), st.integers().map(str), st.floats().map(repr), st.decimals().map(str),
                      st.sampled_from(["1e400", "inf", "-inf", "nan", "1_000", "²", "٣", "0x10", " 7 ", "+5", "1e3"]))
@@ -116,3 +118,22 @@ def test_a_numeric_setting_is_within_its_bounds_or_refused(tmp_path_factory, nam
         return
     assert isinstance(value, kind) and not isinstance(value, bool)
     assert math.isfinite(value) and low <= value <= high
+
+
+@settings_profile(max_examples=200, deadline=None, derandomize=True)
+@given(raw=st.one_of(st.text(max_size=60), st.lists(st.sampled_from(
+    ["redis://a:1", "rediss://b:2/0", "unix://c", "redis://", "x", " ", "", "http://d:3"]), max_size=4).map(",".join)))
+def test_redis_url_is_every_server_or_refused(tmp_path_factory, raw: str) -> None:
+    """REDIS_URL: each comma-separated part is a redis://, rediss:// or unix:// URL with a host, or the whole
+    setting is refused with one line naming REDIS_URL."""
+    try:
+        value = settings.load({"DATA_DIR": str(tmp_path_factory.getbasetemp()), "REDIS_URL": raw}).redis_url
+    except settings.SettingsError as error:
+        assert "REDIS_URL" in str(error) and "\n" not in str(error)
+        return
+    if not raw.strip():
+        assert value is None
+        return
+    assert value is not None
+    for url in value.split(","):
+        assert url.split("://")[0] in ("redis", "rediss", "unix") and url.split("://")[1]

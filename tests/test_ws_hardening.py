@@ -16,7 +16,7 @@ import pytest
 import websockets
 from tornado.httpclient import HTTPClientError
 
-import server.session
+import server.realtime.commands
 from server.errors import CloseCode
 from tests.mongo_process import StoreProcess
 from tests.ws_client import RawSocket
@@ -154,7 +154,7 @@ async def test_a_command_on_a_stalled_database_answers_unavailable(api, login, c
                                                                   monkeypatch) -> None:
     """A command the stopped store cannot answer replies unavailable after COMMAND_SECONDS; once the store
     is back, a retry with the same cid stores the message once."""
-    monkeypatch.setattr(server.session, "COMMAND_SECONDS", 1.0, raising=False)
+    monkeypatch.setattr(server.realtime.commands, "COMMAND_SECONDS", 1.0, raising=False)
     alice = await login("alice")
     channel = await _room(api, alice["access_token"])
     a = await connect(alice["access_token"])
@@ -209,7 +209,7 @@ async def test_commands_in_flight_are_bounded_and_each_gets_one_reply(api, login
     alice = await login("alice")
     channel = await _room(api, alice["access_token"])
     a = await connect(alice["access_token"])
-    count = getattr(server.session, "MAX_IN_FLIGHT", 32) + 4
+    count = getattr(server.realtime.commands, "MAX_IN_FLIGHT", 32) + 4
     async with stalled(store):
         for n in range(1, count + 1):
             await a.send_raw(json.dumps({"id": n, "op": "history", "channel": channel}))

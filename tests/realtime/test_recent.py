@@ -1,11 +1,11 @@
-"""The recent-messages cache (server/recent.py): what it may answer, and when it must say it cannot."""
+"""The recent-messages cache (server/realtime/recent.py): what it may answer, and when it must say it cannot."""
 
 from __future__ import annotations
 
 import json
 
 from server.protocol import encode_message_push
-from server.recent import Recent
+from server.realtime.recent import Recent
 
 
 def _push(channel: str, seq: int) -> bytes:

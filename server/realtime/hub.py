@@ -1,0 +1,262 @@
+"""The hub: this process's connections, their subscriptions, and fan-out to them.
+
+A message published here goes to the node (``Node.published``), which delivers
+it to this process and sends it to the others; a message of a served channel
+from anywhere reaches ``deliver`` once, in seq order. ``deliver`` queues the
+same pre-built WebSocket frame for each local subscriber without awaiting
+anyone (``Connection.deliver``); at the end of the loop turn each connection's
+queued frames go out with one write (``flush``): a batch of publishes stored
+together (group commit) costs one system call per subscriber, not one per
+message. A connection whose unsent bytes pass ``SEND_BUFFER_BYTES`` is closed
+with 4009, so a client that does not read costs a bounded amount of memory.
+
+Presence goes through the node's ``Presence``: a user's first local socket in a
+room asks whether they are new anywhere (``join``), their last local one
+whether they are gone everywhere (``leave``); those calls run one at a time, in
+order. ``WS_MAX_PER_USER`` is decided here with one process, over every
+process with Redis (the oldest socket anywhere closes with 4010).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+from server.channels import Channel
+from server.errors import CloseCode
+from server.logs import fields
+from server.metrics import Metrics
+from server.protocol import encode_presence_push, text_frame
+from server.realtime.node import Node
+from server.realtime.recent import Recent
+
+if TYPE_CHECKING:
+    from server.realtime.connection import Connection
+
+log = logging.getLogger("server.hub")
+
+
+class Hub:
+    """Connections and subscriptions of this process."""
+
+    def __init__(self, node: Node, metrics: Metrics, max_per_user: int, recovery_max: int = 300) -> None:
+        self.node = node  # broker, ordering, presence and control: the rest of the deployment
+        self.metrics = metrics  # connection and delivery figures
+        self.max_per_user = max_per_user  # WS_MAX_PER_USER
+        self.subscribers: dict[str, dict[Connection, None]] = {}  # channel -> its local connections, in order
+        self.by_user: dict[str, list[Connection]] = {}  # user id -> their connections, oldest first
+        self.by_id: dict[str, Connection] = {}  # connection id -> connection (control messages name them)
+        self.rooms_here: dict[str, dict[str, int]] = {}  # room channel -> user -> local subscribed connections
+        self.connections = 0  # open connections, kept as they come and go
+        self.delivered = 0  # frames written to connections
+        self.published = 0  # messages published through this process
+        self.recent = Recent(recovery_max)  # each served channel's newest messages, for replays
+        self._queued: list[Connection] = []  # connections with frames to write at the end of this loop turn
+        self._ids = itertools.count(1)  # connection ids
+        self._presence = asyncio.Lock()  # presence calls, one at a time, in order
+        self._tasks: set[asyncio.Future[Any]] = set()  # presence and cap calls running
+        self.on_detached: Callable[[Connection], None] | None = None  # told when a connection is gone (auth vouch)
+        node.bind(self)
+
+    def next_id(self) -> str:
+        return str(next(self._ids))
+
+    def _spawn(self, work: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Future[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:  # presence answers locally when Redis fails
+            log.warning("a presence call failed", extra=fields(error=repr(task.exception())))
+
+    # -- connections ----------------------------------------------------------------
+
+    @property
+    def all(self) -> Iterable[Connection]:
+        return [c for connections in self.by_user.values() for c in connections]
+
+    def connection_count(self) -> int:
+        return self.connections
+
+    def subscription_count(self) -> int:
+        return sum(len(s) for s in self.subscribers.values())
+
+    def register(self, connection: Connection) -> None:
+        """Adds a connection; a user's sockets beyond the limit close, oldest first (4010)."""
+        connections = self.by_user.setdefault(connection.user, [])
+        connections.append(connection)
+        self.by_id[connection.id] = connection
+        self.connections += 1
+        if self.node.delivers_all:  # one process: decided here and now
+            while len(connections) > self.max_per_user:
+                oldest = connections.pop(0)
+                self.connections -= 1
+                oldest.close(CloseCode.REPLACED, "replaced by a newer connection")
+        else:
+            self._spawn(self._cap(connection))
+
+    async def _cap(self, connection: Connection) -> None:
+        """The per-user cap over every process: the oldest beyond it close, wherever they are."""
+        closing = await self.node.presence.connected(connection.user, connection.id, self.max_per_user)
+        for node, conn in closing:
+            if node == self.node.node:
+                self.close_connection(conn, CloseCode.REPLACED, "replaced by a newer connection")
+            else:
+                self.node.tell("close_conn", node=node, conn=conn)
+
+    def unregister(self, connection: Connection) -> None:
+        for channel in list(connection.channels):
+            self.unsubscribe(connection, Channel.parse(channel))  # the keys are Channels already: no re-parse
+        connections = self.by_user.get(connection.user, [])
+        if connection in connections:
+            connections.remove(connection)
+            self.connections -= 1
+            if not self.node.delivers_all:
+                self._spawn(self.node.presence.disconnected(connection.user, connection.id))
+        if not connections:
+            self.by_user.pop(connection.user, None)
+        self.by_id.pop(connection.id, None)
+
+    def detached(self, connection: Connection) -> None:
+        """A connection closed (from either side): forgotten here."""
+        self.unregister(connection)
+        if self.on_detached is not None:
+            self.on_detached(connection)
+
+    def close_connection(self, conn: str, code: int, reason: str) -> bool:
+        connection = self.by_id.get(conn)
+        if connection is not None:
+            connection.close(code, reason)
+        return connection is not None
+
+    def close_user(self, user: str, code: int, reason: str) -> int:
+        connections = list(self.by_user.get(user, []))
+        for connection in connections:
+            connection.close(code, reason)
+        return len(connections)
+
+    def close_sid(self, sid: str, code: int, reason: str) -> int:
+        closing = [c for c in self.all if c.sid == sid]
+        for connection in closing:
+            connection.close(code, reason)
+        return len(closing)
+
+    def close_all(self, code: int, reason: str) -> None:
+        for connection in list(self.all):
+            connection.close(code, reason)
+
+    # -- subscriptions ------------------------------------------------------------------
+
+    async def subscribe(self, connection: Connection, channel: Channel) -> None:
+        """Adds ``connection`` to ``channel``'s subscribers once the channel is served.
+        In a room, a user new to it anywhere is announced (``join``) to the others
+        first."""
+        room = channel.kind == "room"
+        try:
+            if room:
+                users = self.rooms_here.setdefault(channel, {})
+                users[connection.user] = users.get(connection.user, 0) + 1
+                if users[connection.user] == 1:
+                    async with self._presence:
+                        if await self.node.presence.add(channel, connection.user):
+                            self.node.push(channel, encode_presence_push("join", channel, connection.user))
+            await self.node.acquire(channel)
+        except BaseException:
+            if room:
+                self._left_room(channel, connection.user)
+            raise
+        self.subscribers.setdefault(channel, {})[connection] = None
+        if connection.closed:  # closed while waiting: it was unregistered without this channel
+            self.unsubscribe(connection, channel)
+
+    def unsubscribe(self, connection: Connection, channel: Channel) -> None:
+        connection.channels.pop(channel, None)
+        subscribers = self.subscribers.get(channel)
+        if subscribers is None or connection not in subscribers:
+            return
+        del subscribers[connection]
+        if not subscribers:
+            del self.subscribers[channel]
+        self.node.release(channel)
+        if channel.kind == "room":
+            self._left_room(channel, connection.user)
+
+    def _left_room(self, channel: str, user: str) -> None:
+        users = self.rooms_here.get(channel)
+        if users is not None and user in users:
+            users[user] -= 1
+            if users[user] == 0:
+                del users[user]
+                if not users:
+                    del self.rooms_here[channel]
+                self._spawn(self._leave(channel, user))
+
+    async def _leave(self, channel: str, user: str) -> None:
+        async with self._presence:
+            if self.rooms_here.get(channel, {}).get(user):
+                return  # back meanwhile
+            if await self.node.presence.remove(channel, user):
+                self.node.push(channel, encode_presence_push("leave", channel, user))
+
+    async def present(self, channel: str) -> list[str]:
+        """A room's users over every process."""
+        return await self.node.presence.users(channel)
+
+    def subscribed_users(self, channel: str) -> list[str]:
+        """Users with a local connection subscribed to ``channel``."""
+        return sorted({c.user for c in self.subscribers.get(channel, {})})
+
+    # -- fan-out ----------------------------------------------------------------------------
+
+    def publish(self, channel: str, payload: bytes, seq: int) -> None:
+        """Sends a stored message's push (encoded once) to its channel, everywhere."""
+        self.published += 1
+        self.metrics.messages_published.inc()
+        self.node.published(channel, seq, payload)
+
+    def deliver(self, channel: str, seq: int, payload: bytes) -> None:
+        """The node's hand-off (in seq order for messages; seq 0 for presence):
+        writes the push to every local subscriber."""
+        if seq:
+            self.recent.add(channel, seq, payload)
+        subscribers = self.subscribers.get(channel)
+        if not subscribers:
+            return
+        frame = text_frame(payload)  # the whole WebSocket frame, once for every subscriber
+        delivered = 0
+        for connection in list(subscribers):
+            if connection.deliver(channel, frame, seq):
+                delivered += 1
+        self.delivered += delivered
+        self.metrics.messages_delivered.inc(delivered)
+
+    def forget(self, channel: str) -> None:
+        """The node stopped serving ``channel``: its recent messages would go stale."""
+        self.recent.forget(channel)
+
+    def queued(self, connection: Connection) -> None:
+        """``connection`` has frames to write: they go out together once the
+        current callbacks are done (``flush``), in the order queued."""
+        if not self._queued:
+            asyncio.get_running_loop().call_soon(self.flush)
+        self._queued.append(connection)
+
+    def flush(self) -> None:
+        queued, self._queued = self._queued, []
+        for connection in queued:
+            try:
+                connection.flush()
+            except Exception:  # one broken connection must not stall the others' writes
+                log.exception("write failed", extra=fields(user=connection.user))
+                connection.outbox = None
+                connection.close(CloseCode.INTERNAL, "the server could not write to this connection")
+
+    def log_close(self, connection: Connection, code: int, reason: str) -> None:
+        self.metrics.ws_closed.labels(str(code)).inc()
+        log.info("socket closed by server", extra=fields(user=connection.user, close_code=int(code), reason=reason))
+

@@ -1,0 +1,240 @@
+"""This process as one node of the deployment: the broker, the per-channel
+order, presence and the control messages between processes, behind the few
+calls the hub makes (as centrifuge's ``Node``).
+
+The hub acquires a channel when a local socket subscribes and releases it when
+one leaves. A channel is *served* from its first acquire until ``LINGER``
+seconds after its last release: the broker subscribes to it, and every message
+of it, published here or elsewhere, reaches ``Local.deliver`` once, in seq
+order (``Orderer``). Lingering keeps a channel's recent messages complete for
+a reconnect storm and spares Redis subscribe churn.
+
+With the memory broker there is no other process: every message published here
+is delivered at once, channel served or not (``Messages`` hands them over in
+seq order), so the replay cache sees every message.
+
+Control messages (JSON) go to every other process: ``tell`` sends one, ``ask``
+sends one and gathers every live process's answer (bounded by
+``ASK_SECONDS``). Handlers are registered by op with ``on``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+import ujson
+
+from server.logs import fields
+from server.realtime.brokers.base import Broker
+from server.realtime.ordering import Fetch, Orderer
+from server.realtime.presence import Presence
+
+log = logging.getLogger("server.node")
+
+LINGER = 30.0  # seconds a channel stays served after its last local subscriber left
+ASK_SECONDS = 1.0  # how long ``ask`` waits for the other processes' answers
+
+Handler = Callable[[dict[str, Any]], Any]  # a control message -> its answer (for ask), may be awaitable
+
+
+class Local(Protocol):
+    """What the node needs of this process's hub."""
+
+    def deliver(self, channel: str, seq: int, payload: bytes) -> None:
+        """A push payload for the local subscribers of ``channel`` (seq 0: not a message)."""
+
+    def forget(self, channel: str) -> None:
+        """``channel`` is no longer served: its recent messages would go stale."""
+
+
+class Node:
+    """The broker, ordering, presence and control of this process."""
+
+    def __init__(self, broker: Broker, presence: Presence, fetch: Fetch,
+                 last_seq: Callable[[str], Awaitable[int]]) -> None:
+        self.broker = broker  # fan-out to the other processes
+        self.presence = presence  # rooms' users and sockets over processes
+        self.last_seq = last_seq  # a channel's newest stored seq (MongoDB): where serving starts
+        self.local: Local | None = None  # this process's hub, once bound
+        self.orderer = Orderer(self._deliver, fetch)  # per-channel seq order for messages from other processes
+        self.delivers_all = broker.state()["kind"] == "memory"  # one process: it sees every message
+        self.users: dict[str, int] = {}  # served channel -> local subscriptions
+        self._opening: dict[str, asyncio.Future[None]] = {}  # channel -> its broker subscribe and start read
+        self._lingering: dict[str, asyncio.TimerHandle] = {}  # released channel -> when it stops being served
+        self._handlers: dict[str, Handler] = {}  # control op -> handler
+        self._asks: dict[str, tuple[asyncio.Queue[Any], set[str]]] = {}  # ask id -> (answers, who answered)
+        self._ids = itertools.count(1)  # ask ids
+        self._tasks: set[asyncio.Future[Any]] = set()  # control handlers and unsubscribes running
+        self.on("answer", self._answer)
+
+    @property
+    def node(self) -> str:
+        return self.broker.node
+
+    def bind(self, local: Local) -> None:
+        self.local = local
+
+    async def start(self) -> None:
+        await self.broker.start(self)
+        await self.presence.start()
+
+    async def close(self) -> None:
+        for timer in self._lingering.values():
+            timer.cancel()
+        for channel in list(self.orderer.channels):
+            self.orderer.stop(channel)
+        await self.presence.close()
+        await self.broker.close()
+
+    # -- channels -------------------------------------------------------------------------
+
+    async def acquire(self, channel: str) -> None:
+        """A local socket subscribes to ``channel``: returns once the channel is served."""
+        self.users[channel] = self.users.get(channel, 0) + 1
+        timer = self._lingering.pop(channel, None)
+        if timer is not None:
+            timer.cancel()
+        if self.delivers_all:
+            return
+        opening = self._opening.get(channel)
+        if opening is None:
+            if self.orderer.last(channel) is not None:
+                return  # served already (lingering)
+            opening = self._opening[channel] = asyncio.ensure_future(self._open(channel))
+            opening.add_done_callback(lambda _: self._opening.pop(channel, None))
+        try:
+            await asyncio.shield(opening)
+        except BaseException:
+            self.release(channel)
+            raise
+
+    async def _open(self, channel: str) -> None:
+        await self.broker.subscribe(channel)
+        # Subscribed first, then read: a message stored after this read is published after the
+        # subscribe took effect, so it arrives (or its gap is filled); one stored before is counted here.
+        last = await self.last_seq(channel)
+        self.orderer.serve(channel, last)
+
+    def release(self, channel: str) -> None:
+        """A local socket left ``channel``."""
+        count = self.users.get(channel, 0) - 1
+        if count > 0:
+            self.users[channel] = count
+            return
+        self.users.pop(channel, None)
+        if channel not in self._lingering and not self.delivers_all:
+            self._lingering[channel] = asyncio.get_running_loop().call_later(LINGER, self._stop, channel)
+
+    def _stop(self, channel: str) -> None:
+        self._lingering.pop(channel, None)
+        if self.users.get(channel) or self.delivers_all:  # one process: every message reaches it anyway
+            return
+        if self.local is not None:
+            self.local.forget(channel)
+        self.orderer.stop(channel)
+        self._spawn(self.broker.unsubscribe(channel))
+
+    # -- messages ---------------------------------------------------------------------------
+
+    def published(self, channel: str, seq: int, payload: bytes) -> None:
+        """A message stored by this process (called in seq order): delivered here, sent to the others."""
+        if self.delivers_all:
+            self._deliver(channel, seq, payload)
+        else:
+            self.orderer.offer(channel, seq, payload)
+        self.broker.publish(channel, seq, payload)
+
+    def push(self, channel: str, payload: bytes) -> None:
+        """A push outside the message order (join, leave), here and everywhere."""
+        self._deliver(channel, 0, payload)
+        self.broker.publish(channel, 0, payload)
+
+    def _deliver(self, channel: str, seq: int, payload: bytes) -> None:
+        if self.local is not None:
+            self.local.deliver(channel, seq, payload)
+
+    # -- BrokerEvents ---------------------------------------------------------------------
+
+    def on_message(self, channel: str, seq: int, payload: bytes) -> None:
+        if seq == 0:
+            if channel in self.users:
+                self._deliver(channel, 0, payload)
+        else:
+            self.orderer.offer(channel, seq, payload)
+
+    def on_recovered(self, channels: list[str]) -> None:
+        for channel in channels:
+            self.orderer.catch_up(channel)
+
+    def on_control(self, data: bytes) -> None:
+        try:
+            message = ujson.loads(data)
+            handler = self._handlers[message["op"]]
+        except (ValueError, KeyError, TypeError):
+            log.warning("an unknown control message; ignored", extra=fields(size=len(data)))
+            return
+        self._spawn(self._run(handler, message))
+
+    def _spawn(self, work: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, handler: Handler, message: dict[str, Any]) -> None:
+        try:
+            result = handler(message)
+            if asyncio.iscoroutine(result):
+                result = await result
+        except Exception:
+            log.exception("a control message failed", extra=fields(op=message.get("op")))
+            return
+        if "ask" in message and message["op"] != "answer":
+            self.tell("answer", ask=message["ask"], node=self.node, result=result)
+
+    # -- control ------------------------------------------------------------------------------
+
+    def on(self, op: str, handler: Handler) -> None:
+        self._handlers[op] = handler
+
+    def tell(self, op: str, **values: Any) -> None:
+        """Sends a control message to every other process."""
+        self.broker.publish_control(ujson.dumps({"op": op, **values}).encode())
+
+    async def ask(self, op: str, **values: Any) -> list[tuple[str, Any]]:
+        """Sends a control message; returns every other live process's (node, answer)
+        that came within ASK_SECONDS."""
+        expected = set(await self.presence.nodes()) - {self.node}
+        if not expected or not self.broker.up:
+            return []
+        ask = f"{self.node}-{next(self._ids)}"
+        answers: asyncio.Queue[Any] = asyncio.Queue()
+        self._asks[ask] = (answers, set())
+        self.tell(op, ask=ask, **values)
+        gathered: list[tuple[str, Any]] = []
+        deadline = asyncio.get_running_loop().time() + ASK_SECONDS
+        try:
+            while expected - {node for node, _ in gathered}:
+                remaining = deadline - asyncio.get_running_loop().time()
+                if remaining <= 0:
+                    break
+                try:
+                    gathered.append(await asyncio.wait_for(answers.get(), remaining))
+                except TimeoutError:
+                    break
+        finally:
+            del self._asks[ask]
+        return gathered
+
+    def _answer(self, message: dict[str, Any]) -> None:
+        waiting = self._asks.get(message.get("ask", ""))
+        if waiting is not None and message["node"] not in waiting[1]:
+            waiting[1].add(message["node"])
+            waiting[0].put_nowait((message["node"], message.get("result")))
+
+    def state(self) -> dict[str, Any]:
+        return {**self.broker.state(), "node": self.node, "channels_served": len(self.orderer.channels),
+                "filled_from_mongodb": self.orderer.fills}
