@@ -64,6 +64,9 @@ class Settings:
     redis_timeout: float = 2.0  # seconds any Redis call may take
     presence_ttl: int = 10  # seconds after which a dead process's presence entries and sockets stop counting
     redis_publish_delay: float = 0.0  # tests only: holds this process's Redis publishes back (reordering)
+    # A spent refresh token presented again this soon, its successor unused, is a retry
+    # whose answer was lost: it refreshes instead of revoking the session (docs/api.md).
+    refresh_reuse_grace: float = 30.0  # seconds; 0 turns the grace off
     extra: dict[str, Any] = field(default_factory=dict, compare=False)  # overrides from the command line
 
     @property
@@ -222,6 +225,9 @@ def load(env: Mapping[str, str], **overrides: Any) -> Settings:
         "presence_ttl": _cast(env, "PRESENCE_TTL", 10, _whole(1, 3600), "a whole number of seconds from 1 to 3600"),
         "redis_publish_delay": _cast(env, "REDIS_PUBLISH_DELAY", 0.0, _seconds(0, 5),
                                      "a number of seconds from 0 to 5 (tests only)"),
+        # Refresh tokens presented again after a lost answer (docs/api.md).
+        "refresh_reuse_grace": _cast(env, "REFRESH_REUSE_GRACE", 30.0, _seconds(0, 3600),
+                                     "a number of seconds from 0 to 3600"),
     }
     values.update({k: v for k, v in overrides.items() if v is not None})
     if (values["tls_cert"] is None) != (values["tls_key"] is None):

@@ -166,10 +166,21 @@ def run(args: argparse.Namespace) -> None:
             list(admin.miniprogram.messages.aggregate([{"$group": {"_id": "$from", "n": {"$sum": 1}}}]))
             times["group"] = time.perf_counter() - started
 
+        def scans() -> None:  # --admins at once: as many long reads as the store keeps reader threads
+            others = [threading.Thread(target=lambda: (
+                admin.miniprogram.messages.count_documents({"data.text": {"$regex": "zzz"}}),
+                list(admin.miniprogram.messages.aggregate([{"$group": {"_id": "$from", "n": {"$sum": 1}}}]))))
+                for _ in range(args.admins - 1)]
+            for other in others:
+                other.start()
+            scan()
+            for other in others:
+                other.join()
+
         stop, peak = threading.Event(), [0]
         sampler = threading.Thread(target=_peak_rss, args=(store_pid, stop, peak))
         sampler.start()
-        scanning = threading.Thread(target=scan)
+        scanning = threading.Thread(target=scans)
         scanning.start()
         stop_pings.clear()
         pinger = threading.Thread(target=_pings, args=(store_uri, stop_pings, busy_pings))
@@ -182,7 +193,8 @@ def run(args: argparse.Namespace) -> None:
         quiet_pings.sort()
         busy_pings.sort()
         ratio = (busy[int(len(busy) * 0.99)] / quiet[int(len(quiet) * 0.99)]) if busy and quiet else float("nan")
-        print(f"admin scan over {args.docs} messages: count_documents(regex) {times.get('count', 0):.1f} s, "
+        print(f"admin scan ({args.admins} at once) over {args.docs} messages: "
+              f"count_documents(regex) {times.get('count', 0):.1f} s, "
               f"$group over all {times.get('group', 0):.1f} s", flush=True)
         print(f"publish ack without the admin: p50 {ms(quiet, 0.5)} ms p99 {ms(quiet, 0.99)} ms ({len(quiet)} acks); "
               f"during the admin's queries: p50 {ms(busy, 0.5)} ms p99 {ms(busy, 0.99)} ms ({len(busy)} acks); "

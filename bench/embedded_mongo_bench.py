@@ -201,6 +201,8 @@ if __name__ == "__main__":
                         help="publish p99 through the server while an admin scans --docs messages")
     parser.add_argument("--sort-too", action="store_true", help="--admin-scan: then an unindexed sort of them all")
     parser.add_argument("--data-dir", help="--admin-scan: keep (or reuse) the loaded store here")
+    parser.add_argument("--admins", type=int, default=1,
+                        help="--admin-scan: admins scanning at once (4 takes every reader thread the store keeps)")
     parser.add_argument("--rooms", type=int, default=20, help="--admin-scan: rooms publishing (default 20)")
     parser.add_argument("--per-room", type=int, default=5, help="--admin-scan: users per room (default 5)")
     parser.add_argument("--rate", type=float, default=2.0, help="--admin-scan: messages/s per user (default 2)")

@@ -24,7 +24,10 @@ def _serve(argv: list[str]) -> int:
     parser.add_argument("--blocking-memory-limit", type=int, default=100 * 1024 * 1024, metavar="BYTES",
                         help="memory one blocking stage ($group, $sort without an index) may hold before it "
                              "spills to disk, or fails with allowDiskUse: false (default 100 MiB, as mongod)")
-    parser.add_argument("--reader-threads", type=int, default=4, help="reads that run at once (default 4)")
+    parser.add_argument("--reader-threads", type=int, default=4,
+                        help="reader threads kept (default 4); more start while long reads hold them all")
+    parser.add_argument("--reader-threads-max", type=int, default=32,
+                        help="reader threads at most, long reads or not (default 32)")
     parser.add_argument("--switch-interval-ms", type=float, default=0.5,
                         help="how long a busy reader thread keeps the GIL from the event loop (default 0.5 ms)")
     args = parser.parse_args(argv)
@@ -34,7 +37,7 @@ def _serve(argv: list[str]) -> int:
     try:
         server = Server(args.dbpath, args.host, args.port, args.ttl_interval, args.enable_test_commands,
                         max(args.blocking_memory_limit, 1), max(args.reader_threads, 1),
-                        max(args.switch_interval_ms, 0.01) / 1000.0)
+                        max(args.switch_interval_ms, 0.01) / 1000.0, max(args.reader_threads_max, 1))
     except LockedError as exc:
         print(f"embedded_mongo: {exc}", file=sys.stderr, flush=True)
         return 1

@@ -28,9 +28,9 @@ from .cursors import Cursors
 from .engine import Engine, bind_pipeline, bind_variables, compile_filter, evaluate_variables
 from .errors import CloseConnection, MongoError, type_mismatch
 from .operations import Interrupted, Operation, Operations, checkpoint
-from .pipeline import Pipeline
+from .pipeline import Pipeline, simple_lookup
 from .query import Match, choose, execute, find_index, parse_sort
-from .spill import DEFAULT_LIMIT, SPILLS
+from .spill import DEFAULT_LIMIT, PYTHON_OVERHEAD, SPILLS, limits, over_limit
 from .storage import Collection, Store, decode, encode_document
 from .wire import MAX_BSON_BYTES, MAX_MESSAGE_BYTES, Request
 
@@ -710,16 +710,32 @@ class Commands:
         docs, rest = self._pipeline_input(db, name, stages)
         if body.get("explain"):
             return {"stages": stages}
-        others = {}
-        for other in _pipeline_collections(stages):
-            coll = self.store.get(db, other)
-            others[other] = [m.doc for m in execute(self.store, coll, {})] if coll else []
-        results = Pipeline(self.engine, self.engine.pipeline_database(others)).run(docs, rest)
+        others = self._whole_collections(db, [s for s in stages if not _chunked_lookup(s)])
+
+        def find(other: str, query: dict[str, Any]) -> Iterator[dict[str, Any]]:
+            return (m.doc for m in execute(self.store, self.store.get(db, other), query))
+
+        results = Pipeline(self.engine, self.engine.pipeline_database(others), find).run(docs, rest)
         if output is not None:
             self._write_output(db, output, list(results))
             results = iter(())
         namespace = f"{db}.{name}" if name else f"{db}.$cmd.aggregate"
         return {"cursor": self.cursors.first_batch(namespace, results, _doc(body, "cursor").get("batchSize"))}
+
+    def _whole_collections(self, db: str, stages: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+        """The collections that $graphLookup, $unionWith and $lookup with a pipeline
+        read, loaded whole, within the memory limit of a blocking stage (292 past it)."""
+        limit, _ = limits()
+        used = 0
+        others: dict[str, list[dict[str, Any]]] = {}
+        for other in _pipeline_collections(stages):
+            others[other] = []
+            for match in execute(self.store, self.store.get(db, other), {}):
+                others[other].append(match.doc)
+                used += len(match.raw) * PYTHON_OVERHEAD
+                if used > limit:
+                    raise over_limit("$lookup", limit, can_spill=False)
+        return others
 
     @staticmethod
     def _pushed(stages: list[dict[str, Any]]) -> int:
@@ -1104,6 +1120,11 @@ def _options(spec: dict[str, Any]) -> dict[str, Any]:
 
 def _same_index(a: dict[str, Any], b: dict[str, Any]) -> bool:
     return list(a["key"].items()) == list(b["key"].items()) and _options(a) == _options(b)
+
+
+def _chunked_lookup(stage: Any) -> bool:
+    """A top-level $lookup the pipeline runs chunk by chunk (reading only what it joins)."""
+    return isinstance(stage, dict) and "$lookup" in stage and simple_lookup(stage["$lookup"])
 
 
 def _pipeline_collections(stages: list[Any]) -> set[str]:

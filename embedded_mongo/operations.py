@@ -28,6 +28,12 @@ _CURRENT: ContextVar[Operation | None] = ContextVar("operation", default=None)
 _LOOP_BUSY = 0.002  # seconds after the event loop last had work during which a reader yields to it
 _YIELD = 0.001  # seconds a reader sleeps at a checkpoint while the loop has work
 _loop_seen = [0.0]  # when the event loop last had work (monotonic)
+LONG_READ = 0.005  # seconds after which a read counts as long: it steps aside while short ones wait or run
+_MOST_WAIT = 0.02  # seconds a long read waits at one checkpoint for short ones: it still moves on under many
+_short = [0]  # reads waiting for a reader thread, or running for less than LONG_READ
+_short_lock = threading.Lock()  # guards _short and _no_short
+_no_short = threading.Event()  # set while _short is 0
+_counted = threading.local()  # .short: this reader thread's read still counts in _short
 _SHOWN_FIELDS = 2_000  # characters of a command's repr shown per value in currentOp
 
 
@@ -149,12 +155,41 @@ def checkpoint() -> None:
     """Raises if the operation in progress was killed or ran out of time; on a
     reader thread, first sleeps a moment if the event loop has work (so the loop
     has the GIL to itself for it, instead of fighting for it at every system
-    call)."""
+    call), or if the read has run LONG_READ and short reads wait or run (they
+    have the GIL first: an admin's scans never slow the chat's finds)."""
     op = _CURRENT.get()
     if op is not None:
-        if op.yields and time.monotonic() - _loop_seen[0] < _LOOP_BUSY:
-            time.sleep(_YIELD)
+        if op.yields:
+            now = time.monotonic()
+            if now - _loop_seen[0] < _LOOP_BUSY:
+                time.sleep(_YIELD)
+            elif now - op.started > LONG_READ:
+                short_read_over()
+                if _short[0] > 0:  # woken when none is left (no polling: a waking thread takes the GIL)
+                    _no_short.wait(_MOST_WAIT)
         op.check()
+
+
+def short_read_queued() -> None:
+    """A read was handed to the reader threads: it counts as short until it has run LONG_READ."""
+    with _short_lock:
+        _short[0] += 1
+        _no_short.clear()
+
+
+def short_read_started() -> None:
+    """On the reader thread that picked the read up: the count is now this thread's to drop."""
+    _counted.short = True
+
+
+def short_read_over() -> None:
+    """This thread's read finished or has run LONG_READ: it no longer counts as short."""
+    if getattr(_counted, "short", False):
+        _counted.short = False
+        with _short_lock:
+            _short[0] -= 1
+            if _short[0] <= 0:
+                _no_short.set()
 
 
 def loop_busy() -> None:

@@ -10,16 +10,23 @@ once, counted against the same limit: past it the pipeline fails with 292, as
 the store cannot spill those. Everything is lazy: a cursor's ``getMore`` pulls
 the next documents through the stages, and each chunk is a checkpoint for
 ``killOp`` and ``maxTimeMS``.
+
+A ``$lookup`` on ``localField``/``foreignField`` reads, for each chunk, only the
+foreign documents that chunk can join (``foreignField: {$in: [its local
+values]}``, which the foreign collection's index on ``foreignField`` serves), and
+what it holds counts against the same limit: past it, 292 (a join is not spilled).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from itertools import islice
 from typing import Any
 
 import bson
+from mongomock.helpers import get_value_by_dot
 
+from . import keys
 from .engine import Engine
 from .errors import MongoError
 from .group import CHUNK, group, streamable
@@ -32,6 +39,7 @@ PER_DOCUMENT = {"$match", "$project", "$addFields", "$set", "$replaceRoot", "$un
                 "$redact"}
 
 Docs = Iterable[dict[str, Any]]
+Find = Callable[[str, dict[str, Any]], Iterable[dict[str, Any]]]  # (collection, query) -> its documents
 
 
 def _encode(doc: dict[str, Any]) -> bytes:
@@ -54,9 +62,10 @@ def _count_argument(stage: str, value: Any) -> int:
 class Pipeline:
     """Runs the stages of one aggregate over a stream of documents."""
 
-    def __init__(self, engine: Engine, database: Any) -> None:
+    def __init__(self, engine: Engine, database: Any, find: Find | None = None) -> None:
         self.engine = engine  # expressions, accumulators and per-document stages
-        self.database = database  # the collections $lookup and friends read
+        self.database = database  # the collections $lookup and friends read, loaded whole
+        self.find = find  # queries a collection of the database: what a simple $lookup reads, chunk by chunk
 
     def run(self, docs: Docs, stages: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         stream: Iterator[dict[str, Any]] = iter(docs)
@@ -66,6 +75,8 @@ class Pipeline:
 
     def _stage(self, stream: Iterator[dict[str, Any]], stage: dict[str, Any]) -> Iterator[dict[str, Any]]:
         op, spec = next(iter(stage.items()))
+        if op == "$lookup" and self.find is not None and simple_lookup(spec):
+            return self._lookup(stream, stage)
         if op in PER_DOCUMENT:
             return self._per_chunk(stream, stage)
         if op == "$limit":
@@ -87,6 +98,28 @@ class Pipeline:
         while chunk := list(islice(stream, CHUNK)):
             checkpoint()
             yield from self.engine.run_stages(chunk, [stage], self.database)
+
+    def _lookup(self, stream: Iterator[dict[str, Any]], stage: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        """A $lookup on localField/foreignField, one chunk at a time: the foreign
+        documents the chunk's local values can match, held within the memory limit."""
+        assert self.find is not None
+        spec = stage["$lookup"]
+        limit, _ = limits()
+        while chunk := list(islice(stream, CHUNK)):
+            checkpoint()
+            values = _local_values(chunk, spec["localField"])
+            query = {spec["foreignField"]: {"$in": values}} if values is not None else {}
+            foreign: list[dict[str, Any]] = []
+            used = 0
+            for doc in self.find(spec["from"], query):
+                foreign.append(doc)
+                used += len(_encode(doc)) * PYTHON_OVERHEAD
+                if used > limit:
+                    raise over_limit("$lookup", limit, can_spill=False)
+                if len(foreign) % CHUNK == 0:
+                    checkpoint()
+            database = self.engine.pipeline_database({spec["from"]: foreign})
+            yield from self.engine.run_stages(chunk, [stage], database)
 
     @staticmethod
     def _count(stream: Iterator[dict[str, Any]], name: Any) -> Iterator[dict[str, Any]]:
@@ -122,3 +155,26 @@ class Pipeline:
             if len(held) % CHUNK == 0:
                 checkpoint()
         yield from self.engine.run_stages(held, [stage], self.database)
+
+
+def simple_lookup(spec: Any) -> bool:
+    """A $lookup joining on localField/foreignField only (no pipeline, no let)."""
+    return (isinstance(spec, dict) and set(spec) == {"from", "localField", "foreignField", "as"}
+            and all(isinstance(spec[k], str) for k in spec) and not spec["foreignField"].startswith("$"))
+
+
+def _local_values(chunk: list[dict[str, Any]], field: str) -> list[Any] | None:
+    """The distinct values a chunk's documents look up (an array: each element;
+    missing: null), as the engine's $lookup matches them; None when one cannot be
+    put in an $in (an operator document): then the whole foreign collection."""
+    found: dict[bytes, Any] = {}
+    for doc in chunk:
+        try:
+            value = get_value_by_dot(doc, field)
+        except KeyError:
+            value = None
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, dict) and any(str(k).startswith("$") for k in item):
+                return None
+            found.setdefault(keys.encode(item), item)
+    return list(found.values())

@@ -3,9 +3,10 @@
 Messages are read and written on an asyncio event loop. Writes (and every
 command that is not a plain read) run on the loop, one at a time, through the
 store's one writing connection: they stay serialised and durable. Reads
-(``commands.READS``) run on a small pool of reader threads, each with its own
-SQLite connection, so a long scan by one client never holds up the others'
-commands; each connection's commands still run one after another, in order.
+(``commands.READS``) run on reader threads (``readers.ReaderPool``: a few, and
+more while long reads hold them all), each with its own SQLite connection, so a
+long scan by one client never holds up the others' commands, reads included;
+each connection's commands still run one after another, in order.
 Why threads and not cooperative yielding or a reader process: docs/embedded-mongo.md.
 """
 
@@ -17,19 +18,19 @@ import logging
 import os
 import struct
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from typing import IO, Any
 
 from .commands import Commands
 from .engine import compile_filter
 from .errors import CloseConnection, MongoError, ProtocolError
 from .operations import loop_busy
+from .readers import MOST_THREADS, ReaderPool
 from .spill import DEFAULT_LIMIT
 from .storage import Store
 from .wire import HEADER, OP_MSG, Request, encode_reply, parse_header, parse_message
 
 log = logging.getLogger("embedded_mongo")
-READER_THREADS = 4  # reads running at once; more wait for a thread
+READER_THREADS = 4  # reader threads kept; more start (up to MOST_THREADS) while long reads hold them all
 SWITCH_INTERVAL = 0.0005  # seconds a thread holds the GIL while another waits (CPython's default: 0.005)
 
 
@@ -76,7 +77,7 @@ class Server:
 
     def __init__(self, dbpath: str, host: str = "127.0.0.1", port: int = 27017, ttl_interval: float = 60.0,
                  test_commands: bool = False, memory_limit: int = DEFAULT_LIMIT, readers: int = READER_THREADS,
-                 switch_interval: float = SWITCH_INTERVAL) -> None:
+                 switch_interval: float = SWITCH_INTERVAL, most_readers: int = MOST_THREADS) -> None:
         os.makedirs(dbpath, exist_ok=True)
         self.dbpath = dbpath  # where the SQLite file and the lock live
         self.host = host  # address to listen on
@@ -87,7 +88,7 @@ class Server:
         self.store = Store(dbpath, compile_filter)  # documents and indexes
         self.commands = Commands(self.store, port, test_commands, memory_limit)  # command dispatch
         self.commands.idle_connections = self._clients
-        self.readers = ThreadPoolExecutor(readers, thread_name_prefix="reader")  # where reads run
+        self.readers = ReaderPool(readers, most_readers, on_exit=self.store.close_reader)  # where reads run
         # The reader threads hold the GIL while they decode and match documents; a
         # short switch interval hands it back to the event loop sooner.
         sys.setswitchinterval(switch_interval)

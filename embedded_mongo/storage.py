@@ -146,6 +146,17 @@ class Store:
             self._readers.clear()
         self._db.close()
 
+    def close_reader(self) -> None:
+        """Closes this thread's reader connection (a reader thread that exits)."""
+        reader: sqlite3.Connection | None = getattr(self._local, "db", None)
+        if reader is None:
+            return
+        self._local.db = None
+        with self._readers_lock:
+            if reader in self._readers:
+                self._readers.remove(reader)
+        reader.close()
+
     def _reads(self) -> sqlite3.Connection:
         """The connection a read on this thread uses: the writer's own on the
         writer's thread (it sees its transaction), else the thread's reader."""

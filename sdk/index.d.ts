@@ -112,6 +112,8 @@ export interface ClientOptions {
   outboxLimit?: number;
   /** Bytes of waiting publishes at most (900 KiB: WeChat stores 1 MB under one key): past it `queue_full`. */
   outboxBytes?: number;
+  /** Bytes of records waiting for an answer at most (900 KiB, one storage key too): past it createRecord() rejects with `queue_full`. */
+  recordsBytes?: number;
   /** Publishes in flight at once (8). */
   publishWindow?: number;
   /** Retries of HTTP calls (records, uploads) after network failures, 5xx and 429 (3). */

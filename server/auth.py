@@ -4,6 +4,11 @@ A sign-in starts a session: a refresh-token *family* whose id is the ``sid`` of
 every access token it issues. Each refresh spends the refresh token it was given
 and issues the next one of the family; presenting a spent one again means it was
 stolen, and the whole family is revoked. Only a token's SHA-256 is stored.
+
+One exception, for a refresh whose answer was lost on the way (a Mini Program's
+"interrupted"): within ``reuse_grace`` seconds of its spending, a spent token whose
+successor has not been used yet is refreshed again: the unused successor is spent
+and a fresh pair issued (Auth0's "reuse interval"). docs/api.md weighs the risk.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ _REFRESH_TOKEN = re.compile(r"[A-Za-z0-9_-]{32,128}")  # whole (fullmatch)
 _SID = re.compile(r"[A-Za-z0-9_-]{16,64}")  # whole (fullmatch)
 MAX_ACCESS_TOKEN = 4096  # characters
 VERIFIED_TOKENS = 50_000  # access tokens whose signature check is remembered (a reconnect presents it again)
+REFRESH_REUSE_GRACE = 30.0  # seconds (the default of settings.refresh_reuse_grace)
 VOUCH_SECONDS = 30.0  # a session checked (or connected) this recently needs no lookup to open a socket
 
 
@@ -64,12 +70,14 @@ def token_hash(token: str) -> str:
 class Auth:
     """Issues and checks tokens; keeps refresh tokens in ``refresh_tokens``."""
 
-    def __init__(self, storage: Storage, users: Users, secret: str, access_ttl: int, refresh_ttl: int) -> None:
+    def __init__(self, storage: Storage, users: Users, secret: str, access_ttl: int, refresh_ttl: int,
+                 reuse_grace: float = REFRESH_REUSE_GRACE) -> None:
         self._tokens = storage["refresh_tokens"]  # {_id, user_id, family, token_hash, created_at, expires_at, ...}
         self._users = users  # to check the token's user still exists
         self._secret = secret  # HS256 key
         self.access_ttl = access_ttl  # seconds
         self.refresh_ttl = refresh_ttl  # seconds
+        self.reuse_grace = reuse_grace  # seconds a spent token may be presented again (its answer lost)
         # sid -> (user id, monotonic time until which a socket may open without the two lookups).
         self._vouched: dict[str, tuple[str, float]] = {}
         self._revoked: dict[str, float] = {}  # sid -> when this process revoked it (never vouched again)
@@ -174,12 +182,14 @@ class Auth:
         family = secrets.token_urlsafe(18)
         return await self._issue_pair(user, family)
 
-    async def _issue_pair(self, user: dict[str, Any], family: str) -> dict[str, Any]:
+    async def _issue_pair(self, user: dict[str, Any], family: str, parent: Any = None) -> dict[str, Any]:
+        """A new pair of ``family``; ``parent`` is the _id of the refresh token spent for it."""
         refresh = secrets.token_urlsafe(32)
         now = utcnow()
         await self._tokens.insert_one({
             "user_id": user["_id"], "family": family, "token_hash": token_hash(refresh), "created_at": now,
             "expires_at": now + datetime.timedelta(seconds=self.refresh_ttl), "spent_at": None, "revoked_at": None,
+            "parent": parent,
         })
         return {
             "access_token": self.issue_access(str(user["_id"]), family),
@@ -208,14 +218,28 @@ class Auth:
                 raise ApiError("unauthorized", "the refresh token is not valid")
             if existing.get("revoked_at") is not None:
                 raise ApiError("unauthorized", "this session has been signed out")
-            if existing.get("spent_at") is not None:
+            if existing.get("spent_at") is None:
+                raise ApiError("token_expired", "the refresh token has expired; sign in again")
+            if not await self._spend_unused_successor(existing, now):
                 await self.revoke_family(existing["family"])
                 raise ApiError("token_reused", "this refresh token was already used; the session is revoked")
-            raise ApiError("token_expired", "the refresh token has expired; sign in again")
+            spent = existing
         user = await self._users.get(spent["user_id"])
         if user is None:
             raise ApiError("unauthorized", "the user of this token no longer exists")
-        return await self._issue_pair(user, spent["family"])
+        return await self._issue_pair(user, spent["family"], spent["_id"])
+
+    async def _spend_unused_successor(self, spent: dict[str, Any], now: datetime.datetime) -> bool:
+        """Whether ``spent`` (presented again) is a retry of a refresh whose answer was
+        lost: spent less than ``reuse_grace`` ago, and the pair its refresh issued not
+        used since. That successor is then spent (it is never to be used) and True."""
+        if now - spent["spent_at"] > datetime.timedelta(seconds=self.reuse_grace):
+            return False
+        successor = await self._tokens.find_one_and_update(
+            {"family": spent["family"], "parent": spent["_id"], "spent_at": None, "revoked_at": None,
+             "expires_at": {"$gt": now}},
+            {"$set": {"spent_at": now, "superseded": True}})
+        return successor is not None
 
     async def logout(self, token: Any) -> str:
         """Revokes the session of ``token``; returns its sid."""

@@ -15,7 +15,10 @@ from urllib.parse import unquote
 MAX_HEADER_BYTES = 16 * 1024  # of one part's headers
 MAX_PREAMBLE_BYTES = 64 * 1024  # before the first boundary
 _BCHARS = r"\-0-9A-Za-z'()+_,./:=?"  # RFC 2046's boundary characters (and a space, inside quotes, never last)
-_BOUNDARY = re.compile(rf'boundary=(?:"([{_BCHARS} ]{{0,69}}[{_BCHARS}])"|([{_BCHARS}]{{1,70}}))[ \t]*(?:;|\Z)', re.I)
+_BOUNDARY = re.compile(rf"[{_BCHARS} ]{{0,69}}[{_BCHARS}]")
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110's token
+_QUOTED = re.compile(r'"((?:[\t \x21\x23-\x5b\x5d-\x7e\x80-\xff]|\\[\t\x20-\x7e\x80-\xff])*)"')  # quoted-string
+_OWS = re.compile(r"[ \t]*")  # optional white space: always matches
 _PARAM = re.compile(r';\s*([A-Za-z0-9_*.-]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^;\s]*))')
 
 
@@ -33,14 +36,54 @@ class Part:
     headers: dict[str, str] = field(default_factory=dict)  # all its headers, lower-cased names
 
 
+def _ows(text: str, at: int) -> int:
+    match = _OWS.match(text, at)
+    return match.end() if match else at
+
+
+def media_type_params(content_type: str) -> tuple[str, dict[str, str]]:
+    """A Content-Type's lower-cased ``type/subtype`` and its parameters, as RFC 9110
+    §5.6.6 gives them: names lower-cased, quoted values unescaped; MultipartError if
+    it does not parse or a parameter is given twice."""
+    at = _ows(content_type, 0)
+    kind = _TOKEN.match(content_type, at)
+    slash = kind.end() if kind else at
+    subtype = _TOKEN.match(content_type, slash + 1) if content_type[slash:slash + 1] == "/" else None
+    if kind is None or subtype is None:
+        raise MultipartError("the Content-Type is not a media type")
+    params: dict[str, str] = {}
+    at = subtype.end()
+    while True:
+        at = _ows(content_type, at)
+        if at == len(content_type):
+            return f"{kind.group()}/{subtype.group()}".lower(), params
+        if content_type[at] != ";":
+            raise MultipartError("the Content-Type's parameters do not parse")
+        at = _ows(content_type, at + 1)
+        name = _TOKEN.match(content_type, at)
+        if name is None:  # an empty parameter (";;" or a trailing ";") is allowed
+            continue
+        if content_type[name.end():name.end() + 1] != "=":
+            raise MultipartError("a Content-Type parameter has no value")
+        value = _QUOTED.match(content_type, name.end() + 1) or _TOKEN.match(content_type, name.end() + 1)
+        if value is None:
+            raise MultipartError("a Content-Type parameter's value is neither a token nor a quoted string")
+        text = re.sub(r"\\(.)", r"\1", value.group(1)) if value.group().startswith('"') else value.group()
+        if name.group().lower() in params:
+            raise MultipartError(f"the Content-Type gives {name.group().lower()!r} twice")
+        params[name.group().lower()] = text
+        at = value.end()
+
+
 def boundary_of(content_type: str) -> bytes:
     """The boundary of a ``multipart/form-data`` Content-Type header."""
-    if not content_type.lower().startswith("multipart/form-data"):
+    kind, params = media_type_params(content_type)
+    if kind != "multipart/form-data":
         raise MultipartError("the body must be multipart/form-data")
-    match = _BOUNDARY.search(content_type)
-    if match is None:
+    boundary = params.get("boundary")
+    if boundary is None or _BOUNDARY.fullmatch(boundary) is None:
         raise MultipartError("the multipart Content-Type has no boundary of 1 to 70 RFC 2046 characters")
-    return (match.group(1) or match.group(2)).encode("latin-1")
+    return boundary.encode("latin-1")
 
 
 def _params(value: str) -> dict[str, str]:

@@ -164,6 +164,50 @@ async def test_refresh_rotates_and_reuse_revokes_the_family(api, login, client, 
 
 
 @pytest.mark.gen_test
+async def test_a_refresh_retried_after_its_answer_was_lost_refreshes(api, login) -> None:
+    """A spent token presented again at once, its successor unused (the answer was lost),
+    gets a fresh pair of the same session; the lost pair is spent; the session goes on."""
+    first = await login("alice")
+    status, lost, _ = await api("POST", "/api/v1/auth/refresh", {"refresh_token": first["refresh_token"]})
+    assert status == 200  # the answer never reached the client
+    status, retried, _ = await api("POST", "/api/v1/auth/refresh", {"refresh_token": first["refresh_token"]})
+    assert status == 200, retried
+    assert retried["refresh_token"] not in (lost["refresh_token"], first["refresh_token"])
+    assert jwt.decode(retried["access_token"], options={"verify_signature": False})["sid"] == \
+        jwt.decode(first["access_token"], options={"verify_signature": False})["sid"]
+    status, again, _ = await api("POST", "/api/v1/auth/refresh", {"refresh_token": first["refresh_token"]})
+    assert status == 200  # a second retry in the window supersedes the first retry's pair
+    status, onward, _ = await api("POST", "/api/v1/auth/refresh", {"refresh_token": again["refresh_token"]})
+    assert status == 200
+    assert (await api("GET", "/api/v1/me", token=onward["access_token"]))[0] == 200
+
+
+@pytest.mark.gen_test
+async def test_a_superseded_pair_presented_later_is_reuse(api, login) -> None:
+    """The lost pair, spent by the retry, presented afterwards is token_reused: the session is revoked."""
+    first = await login("alice")
+    _, lost, _ = await api("POST", "/api/v1/auth/refresh", {"refresh_token": first["refresh_token"]})
+    _, retried, _ = await api("POST", "/api/v1/auth/refresh", {"refresh_token": first["refresh_token"]})
+    status, body, _ = await api("POST", "/api/v1/auth/refresh", {"refresh_token": lost["refresh_token"]})
+    assert (status, body["error"]["code"]) == (401, "token_reused")
+    assert (await api("POST", "/api/v1/auth/refresh", {"refresh_token": retried["refresh_token"]}))[0] == 401
+    assert (await api("GET", "/api/v1/me", token=retried["access_token"]))[0] == 401
+
+
+@pytest.mark.gen_test
+async def test_a_spent_token_presented_after_the_grace_is_reuse(api, login, client, environ) -> None:
+    """Past REFRESH_REUSE_GRACE (30 s) since its spending, a spent token is reuse even if its successor is unused."""
+    first = await login("alice")
+    _, lost, _ = await api("POST", "/api/v1/auth/refresh", {"refresh_token": first["refresh_token"]})
+    long_ago = datetime.datetime.now(datetime.UTC) - datetime.timedelta(seconds=31)
+    client[environ["MONGO_DB"]].refresh_tokens.update_many({"spent_at": {"$ne": None}},
+                                                           {"$set": {"spent_at": long_ago}})
+    status, body, _ = await api("POST", "/api/v1/auth/refresh", {"refresh_token": first["refresh_token"]})
+    assert (status, body["error"]["code"]) == (401, "token_reused")
+    assert (await api("POST", "/api/v1/auth/refresh", {"refresh_token": lost["refresh_token"]}))[0] == 401
+
+
+@pytest.mark.gen_test
 async def test_expired_refresh_token(api, login, client, environ) -> None:
     """A refresh token past its expiry is token_expired and is not spent."""
     tokens = await login("alice")

@@ -105,3 +105,41 @@ def test_any_content_type_gives_a_boundary_or_multipart_error(content_type: str)
     except MultipartError:
         return
     assert 1 <= len(boundary) <= 70 and all(chr(c) in BCHARS + " " for c in boundary)
+
+
+TOKENS = st.text(st.sampled_from("!#$%&'*+.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ-"),
+                 min_size=1, max_size=12)
+QUOTABLE = st.text(st.characters(min_codepoint=0x20, max_codepoint=0xFF, exclude_characters="\x7f"), max_size=30)
+DECOYS = st.lists(st.tuples(
+    st.one_of(TOKENS, st.sampled_from(["xboundary", "boundary-x", "x-boundary", "name", "charset"])),
+    st.one_of(QUOTABLE.map(_quoted), TOKENS, BOUNDARIES.map(lambda b: _quoted(f"; boundary={b}")))),
+    max_size=4, unique_by=lambda p: p[0].lower())
+
+
+def _value(boundary: str, quote: bool) -> str:
+    bare = all(c not in boundary for c in "'()/:=?,")  # bchars outside RFC 9110's token must be quoted
+    return boundary if bare and not quote else _quoted(boundary)
+
+
+@PROPERTY
+@given(BOUNDARIES.filter(lambda b: not b.endswith(" ")), DECOYS, st.integers(0, 4), st.booleans(),
+       st.sampled_from(["multipart/form-data", "Multipart/Form-Data"]), st.sampled_from([";", " ; ", ";\t", ";;"]))
+def test_the_boundary_is_the_boundary_parameter_whatever_else_is_there(
+        boundary: str, decoys: list[tuple[str, str]], position: int, quote: bool, kind: str, sep: str) -> None:
+    """Other parameters (xboundary=, a quoted value holding "boundary=", in any order) never
+    give the boundary: only the parameter named boundary does."""
+    params = [(n, v) for n, v in decoys if n.lower() != "boundary"]
+    params.insert(position % (len(params) + 1), ("boundary", _value(boundary, quote)))
+    content_type = kind + "".join(f"{sep}{n}={v}" for n, v in params)
+    assert boundary_of(content_type) == boundary.encode()
+
+
+def test_a_boundary_given_twice_or_only_inside_another_parameter_is_refused() -> None:
+    """A second boundary parameter, or "boundary=" only inside xboundary or a quoted value, is MultipartError."""
+    for content_type in ["multipart/form-data; boundary=a; boundary=b", "multipart/form-data; xboundary=evil",
+                         'multipart/form-data; name="; boundary=evil"']:
+        try:
+            boundary_of(content_type)
+        except MultipartError:
+            continue
+        raise AssertionError(f"{content_type!r} gave a boundary")

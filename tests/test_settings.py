@@ -23,6 +23,7 @@ def test_development_needs_nothing_and_keeps_its_secret(tmp_path) -> None:
     assert (first.access_token_ttl, first.refresh_token_ttl, first.recovery_max) == (7200, 2592000, 300)
     assert first.file_max_bytes == 10 * 1024 * 1024 and first.ws_max_message_bytes == 65536
     assert first.max_connections is None and first.listen_backlog == 4096
+    assert first.refresh_reuse_grace == 30.0
     assert len(first.jwt_secret) >= 32
     assert stat.S_IMODE(os.stat(tmp_path / "jwt_secret").st_mode) == 0o600
     assert settings.load({"DATA_DIR": str(tmp_path)}).jwt_secret == first.jwt_secret
@@ -38,6 +39,7 @@ def test_development_needs_nothing_and_keeps_its_secret(tmp_path) -> None:
     ("MAX_CONNECTIONS", "0"), ("MAX_CONNECTIONS", "lots"), ("LISTEN_BACKLOG", "0"), ("LISTEN_BACKLOG", "70000"),
     ("LISTEN_BACKLOG", "1e3"), ("WS_PING_INTERVAL", "inf"), ("WS_PING_INTERVAL", "1e-10"),
     ("ACCESS_TOKEN_TTL", "1" + "0" * 30), ("REFRESH_TOKEN_TTL", "100000000000"),
+    ("REFRESH_REUSE_GRACE", "-1"), ("REFRESH_REUSE_GRACE", "3601"), ("REFRESH_REUSE_GRACE", "nan"),
 ])
 def test_bad_values_name_the_variable(tmp_path, name: str, value: str) -> None:
     """Each malformed value stops loading with one line that names the variable."""

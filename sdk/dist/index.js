@@ -167,19 +167,28 @@ var Tokens = class {
   stale() {
     return !this.current || Date.now() >= this.current.expiresAt - this.margin();
   }
-  /** Signs in: with `dev` (a name) through dev login, otherwise the platform's wx.login code. */
+  /** Signs in: with `dev` (a name) through dev login, otherwise the platform's wx.login code.
+   * Retried after network failures, 5xx and 429; a wx.login code is single-use (a retry
+   * after a lost answer would present a spent one), so each attempt asks for a new one. */
   async signIn(options = {}) {
     const client = this.client;
-    let path, body;
-    if (options.dev) {
-      [path, body] = ["/api/v1/auth/dev", { name: options.dev }];
-    } else {
-      if (!client.platform.login) throw new SdkError("no_login", "this platform has no wx.login: pass {dev} or a code");
-      [path, body] = ["/api/v1/auth/wechat", { code: options.code || await client.platform.login() }];
+    if (!options.dev && !options.code && !client.platform.login) {
+      throw new SdkError("no_login", "this platform has no wx.login: pass {dev} or a code");
     }
-    const answer = await client._fetch("POST", path, body, { retries: 2 });
-    this.keep(answer);
-    return answer.user;
+    for (let attempt = 0; ; attempt++) {
+      const [path, body] = options.dev ? ["/api/v1/auth/dev", { name: options.dev }] : ["/api/v1/auth/wechat", { code: options.code || await client.platform.login() }];
+      let answer;
+      try {
+        answer = await client._fetch("POST", path, body);
+      } catch (error) {
+        const again = error.code === "network" || error.status >= 500 || error.status === 429;
+        if (!again || attempt >= 2) throw error;
+        await sleep(backoff(attempt, client.options.retryBase, 1e4));
+        continue;
+      }
+      this.keep(answer);
+      return answer.user;
+    }
   }
   keep(answer) {
     const previous = this.current;
@@ -730,6 +739,7 @@ var DEFAULTS = {
   commandTimeout: 15e3,
   outboxLimit: 200,
   outboxBytes: 900 * 1024,
+  recordsBytes: 900 * 1024,
   publishWindow: 8,
   requestRetries: 3,
   retryBase: 500,
@@ -792,7 +802,7 @@ var RealtimeClient = class extends Emitter {
       sent: false,
       size: storedSize(entry.channel, entry.cid, wellFormed(entry.data).bytes)
     }));
-    this.records = user && this.store.get("records:" + user.id) || [];
+    this.records = (user && this.store.get("records:" + user.id) || []).map((entry) => ({ ...entry, size: recordSize(entry) }));
     if (user && (this.outbox.length || this.records.length)) {
       this.connection.wanted = true;
       setTimeout(() => this._resendRecords(), 0);
@@ -803,7 +813,7 @@ var RealtimeClient = class extends Emitter {
     const user = this.user;
     if (!user) return;
     if (what === "outbox") this.store.set("outbox:" + user.id, this.outbox.map(({ cid, channel, data }) => ({ cid, channel, data })));
-    else if (what === "records") this.store.set("records:" + user.id, this.records);
+    else if (what === "records") this.store.set("records:" + user.id, this.records.map(({ key, kind, body }) => ({ key, kind, body })));
     else this.store.set("seqs:" + user.id, this.seqs);
   }
   // -- the connection -------------------------------------------------------------------
@@ -1057,6 +1067,11 @@ var RealtimeClient = class extends Emitter {
   async createRecord(kind, object, options = {}) {
     if (!this.user) throw new SdkError("signed_out", "sign in first");
     const entry = { key: options.key || randomId(32), kind, body: object };
+    entry.size = recordSize(entry);
+    const queued = this.records.reduce((sum, r) => sum + r.size, 0);
+    if (queued + entry.size > this.options.recordsBytes) {
+      throw new SdkError("queue_full", this.records.length + " records are waiting to be sent; try again later");
+    }
     this.records.push(entry);
     this._save("records");
     return this._sendRecord(entry);
@@ -1103,6 +1118,7 @@ var RealtimeClient = class extends Emitter {
     return this._fetch(method, path, body, { auth: true });
   }
 };
+var recordSize = ({ key, kind, body }) => wellFormed({ key, kind, body }).bytes + 8;
 var storedSize = (channel, cid, bytes) => bytes + String(channel).length + String(cid).length + 40;
 function checkChannel(channel) {
   if (typeof channel !== "string" || !CHANNEL.test(channel)) {

@@ -1,6 +1,6 @@
 // Tokens: sign-in, refresh before expiry (one refresh at a time), sign-out.
 
-import { SdkError } from "./util.mjs";
+import { SdkError, backoff, sleep } from "./util.mjs";
 
 const AUTH_FAILURES = ["unauthorized", "token_expired", "token_reused"];
 
@@ -26,19 +26,29 @@ export class Tokens {
     return !this.current || Date.now() >= this.current.expiresAt - this.margin();
   }
 
-  /** Signs in: with `dev` (a name) through dev login, otherwise the platform's wx.login code. */
+  /** Signs in: with `dev` (a name) through dev login, otherwise the platform's wx.login code.
+   * Retried after network failures, 5xx and 429; a wx.login code is single-use (a retry
+   * after a lost answer would present a spent one), so each attempt asks for a new one. */
   async signIn(options = {}) {
     const client = this.client;
-    let path, body;
-    if (options.dev) {
-      [path, body] = ["/api/v1/auth/dev", { name: options.dev }];
-    } else {
-      if (!client.platform.login) throw new SdkError("no_login", "this platform has no wx.login: pass {dev} or a code");
-      [path, body] = ["/api/v1/auth/wechat", { code: options.code || (await client.platform.login()) }];
+    if (!options.dev && !options.code && !client.platform.login) {
+      throw new SdkError("no_login", "this platform has no wx.login: pass {dev} or a code");
     }
-    const answer = await client._fetch("POST", path, body, { retries: 2 });
-    this.keep(answer);
-    return answer.user;
+    for (let attempt = 0; ; attempt++) {
+      const [path, body] = options.dev ? ["/api/v1/auth/dev", { name: options.dev }]
+        : ["/api/v1/auth/wechat", { code: options.code || (await client.platform.login()) }];
+      let answer;
+      try {
+        answer = await client._fetch("POST", path, body);
+      } catch (error) {
+        const again = error.code === "network" || error.status >= 500 || error.status === 429;
+        if (!again || attempt >= 2) throw error;
+        await sleep(backoff(attempt, client.options.retryBase, 10000));
+        continue;
+      }
+      this.keep(answer);
+      return answer.user;
+    }
   }
 
   keep(answer) {

@@ -12,7 +12,7 @@ const RETRY_PUBLISH = ["internal", "unavailable", "rate_limited", "disconnected"
 const DEFAULTS = {
   storagePrefix: "mpr:", reconnectBase: 500, reconnectMax: 30000, healthyAfter: 15000, pingInterval: 20000,
   pingTimeout: 10000, openTimeout: 15000, commandTimeout: 15000, outboxLimit: 200, outboxBytes: 900 * 1024,
-  publishWindow: 8,
+  recordsBytes: 900 * 1024, publishWindow: 8,
   requestRetries: 3, retryBase: 500, autoSignIn: true,
 };
 
@@ -77,7 +77,7 @@ export class RealtimeClient extends Emitter {
     this.outbox = ((user && this.store.get("outbox:" + user.id)) || []).map((entry) => ({
       ...entry, sent: false, size: storedSize(entry.channel, entry.cid, wellFormed(entry.data).bytes),
     }));
-    this.records = (user && this.store.get("records:" + user.id)) || [];
+    this.records = ((user && this.store.get("records:" + user.id)) || []).map((entry) => ({ ...entry, size: recordSize(entry) }));
     if (user && (this.outbox.length || this.records.length)) {
       this.connection.wanted = true;
       setTimeout(() => this._resendRecords(), 0);
@@ -89,7 +89,7 @@ export class RealtimeClient extends Emitter {
     const user = this.user;
     if (!user) return;
     if (what === "outbox") this.store.set("outbox:" + user.id, this.outbox.map(({ cid, channel, data }) => ({ cid, channel, data })));
-    else if (what === "records") this.store.set("records:" + user.id, this.records);
+    else if (what === "records") this.store.set("records:" + user.id, this.records.map(({ key, kind, body }) => ({ key, kind, body })));
     else this.store.set("seqs:" + user.id, this.seqs);
   }
 
@@ -368,6 +368,12 @@ export class RealtimeClient extends Emitter {
   async createRecord(kind, object, options = {}) {
     if (!this.user) throw new SdkError("signed_out", "sign in first");
     const entry = { key: options.key || randomId(32), kind, body: object };
+    entry.size = recordSize(entry);
+    // The queue is stored under one key: WeChat keeps at most 1 MB under one.
+    const queued = this.records.reduce((sum, r) => sum + r.size, 0);
+    if (queued + entry.size > this.options.recordsBytes) {
+      throw new SdkError("queue_full", this.records.length + " records are waiting to be sent; try again later");
+    }
     this.records.push(entry);
     this._save("records");
     return this._sendRecord(entry);
@@ -414,6 +420,9 @@ export class RealtimeClient extends Emitter {
     return this._fetch(method, path, body, { auth: true });
   }
 }
+
+/** The bytes a records-queue entry takes in storage (its JSON, in UTF-8). */
+const recordSize = ({ key, kind, body }) => wellFormed({ key, kind, body }).bytes + 8;
 
 /** The bytes an outbox entry takes in storage, its data's JSON included. */
 const storedSize = (channel, cid, bytes) => bytes + String(channel).length + String(cid).length + 40;
