@@ -35,7 +35,7 @@ class Services:
         self.storage = storage  # motor and the database
         self.users = Users(storage)  # the users collection
         self.auth = Auth(storage, self.users, settings.jwt_secret, settings.access_token_ttl,
-                         settings.refresh_token_ttl)  # tokens and sessions
+                         settings.refresh_token_ttl, settings.refresh_reuse_grace)  # tokens and sessions
         self.wechat = wechat  # WeChat's server API
         self.metrics = Metrics()  # this app's Prometheus registry
         self.started_at = time.time()  # for uptime
