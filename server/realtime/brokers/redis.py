@@ -268,6 +268,8 @@ class _Shard:
             while self.queue and self.up and self._client is not None:
                 if delay:
                     await asyncio.sleep(delay)
+                    if not self.up or self._client is None:
+                        break  # the connection was lost meanwhile: sent once the shard is back
                 batch = [self.queue[i] for i in range(min(BATCH, len(self.queue)))]
                 pipe = self._client.pipeline(transaction=False)
                 for name, data in batch:
