@@ -11,7 +11,9 @@ where the scripts meet them, and never counted.
 
 When Redis is away the answers fall back to this process's own entries (logged
 once); when it comes back empty (restarted), the heartbeat finds this process's
-key gone and writes its entries again.
+key gone and writes its entries again; when it comes back with its data (a stall,
+a partition shorter than the TTL), the heartbeat writes them again and sends the
+removals that failed, so no one who left stays listed.
 """
 
 from __future__ import annotations
@@ -130,6 +132,9 @@ class RedisPresence:
         self._tasks: set[asyncio.Task[None]] = set()  # pipelines being sent
         self.reachable = True  # False while Redis calls fail (logged once per outage)
         self._heartbeat: asyncio.Task[None] | None = None  # renews this process's key
+        self._stale = False  # a call failed: Redis may miss what this process changed meanwhile (resent)
+        self._unsent_leaves: set[tuple[str, str]] = set()  # (channel, user) whose remove failed: sent when back
+        self._unsent_closes: set[tuple[str, str]] = set()  # (user, conn) whose disconnected failed: sent when back
 
     def _shard(self, key: str) -> int:
         return shard_of(key, len(self.clients))
@@ -215,6 +220,9 @@ class RedisPresence:
         if not self.reachable and all([await self._alive(c) for c in self.clients]):
             self.reachable = True
             log.warning("presence: redis is back")
+        if self.reachable and self._stale:  # Redis was away but kept this process's key (a stall, a partition)
+            self._stale = False
+            await self._rewrite()
 
     async def _alive(self, client: Redis) -> bool:
         try:
@@ -223,17 +231,31 @@ class RedisPresence:
             return False
 
     async def _rewrite(self) -> None:
-        """This process's entries, written again (no join is pushed for them)."""
+        """This process's entries, written again, and the removals that failed
+        (no join or leave is pushed for them). Each is checked against the local
+        state just before it is queued, so a call made meanwhile is sent after it."""
         try:
+            for channel, user in list(self._unsent_leaves):
+                if user not in self.local.rooms.get(channel, ()):
+                    await self._call(channel, "remove", [PREFIX + "p:" + channel, f"{PREFIX}pu:{channel}:{user}"],
+                                     [user, self.node, NODE])
+                self._unsent_leaves.discard((channel, user))
+            for user, conn in list(self._unsent_closes):
+                if conn not in self.local.sockets.get(user, ()):
+                    await self._call(user, "disconnected", [PREFIX + "u:" + user], [f"{self.node}/{conn}"])
+                self._unsent_closes.discard((user, conn))
             for channel, users in list(self.local.rooms.items()):
                 for user in list(users):
-                    await self._call(channel, "add", [PREFIX + "p:" + channel, f"{PREFIX}pu:{channel}:{user}"],
-                                     [user, self.node, NODE])
+                    if user in self.local.rooms.get(channel, ()):
+                        await self._call(channel, "add", [PREFIX + "p:" + channel, f"{PREFIX}pu:{channel}:{user}"],
+                                         [user, self.node, NODE])
             for user, conns in list(self.local.sockets.items()):
                 for conn in list(conns):
-                    await self._call(user, "connected", [PREFIX + "u:" + user], [f"{self.node}/{conn}", 10**9, NODE])
+                    if conn in self.local.sockets.get(user, ()):
+                        await self._call(user, "connected", [PREFIX + "u:" + user],
+                                         [f"{self.node}/{conn}", 10**9, NODE])
         except (RedisError, OSError, TimeoutError):
-            pass  # the next heartbeat tries again
+            self._stale = True  # the next heartbeat tries again
 
     # -- Presence --------------------------------------------------------------------------
 
@@ -243,7 +265,10 @@ class RedisPresence:
             return bool(await self._call(channel, "add", [PREFIX + "p:" + channel, f"{PREFIX}pu:{channel}:{user}"],
                                          [user, self.node, NODE]))
         except (RedisError, OSError, TimeoutError):
+            self._stale = True
             return first_here
+        finally:
+            self._unsent_leaves.discard((channel, user))
 
     async def remove(self, channel: str, user: str) -> bool:
         last_here = await self.local.remove(channel, user)
@@ -251,6 +276,8 @@ class RedisPresence:
             return bool(await self._call(channel, "remove", [PREFIX + "p:" + channel,
                                                              f"{PREFIX}pu:{channel}:{user}"], [user, self.node, NODE]))
         except (RedisError, OSError, TimeoutError):
+            self._stale = True
+            self._unsent_leaves.add((channel, user))
             return last_here
 
     async def users(self, channel: str) -> list[str]:
@@ -266,6 +293,7 @@ class RedisPresence:
         try:
             found = await self._call(user, "connected", [PREFIX + "u:" + user], [f"{self.node}/{conn}", limit, NODE])
         except (RedisError, OSError, TimeoutError):
+            self._stale = True
             sockets = self.local.sockets.get(user, [])
             return [(self.node, c) for c in sockets[:max(0, len(sockets) - limit)]]
         closing = []
@@ -279,7 +307,8 @@ class RedisPresence:
         try:
             await self._call(user, "disconnected", [PREFIX + "u:" + user], [f"{self.node}/{conn}"])
         except (RedisError, OSError, TimeoutError):
-            pass
+            self._stale = True
+            self._unsent_closes.add((user, conn))
 
     # -- the session vouch, shared (server/auth.py VouchStore) ---------------------------------
 
