@@ -24,6 +24,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.retry import Retry
 
@@ -140,6 +141,10 @@ class RedisPresence:
         return shard_of(key, len(self.clients))
 
     async def _call(self, key: str, script: str, keys: list[str], args: list[Any]) -> Any:
+        if not self.reachable:  # known down: fail at once, not after REDIS_TIMEOUT each (the heartbeat
+            # finds Redis back, then rewrites this process's entries and sends what failed meanwhile)
+            self._stale = True
+            raise RedisConnectionError("redis is unreachable; presence answers for this process only")
         shard = self._shard(key)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._batches[shard].append((script, keys, args, future))
