@@ -64,6 +64,7 @@ class Settings:
     redis_timeout: float = 2.0  # seconds any Redis call may take
     presence_ttl: int = 10  # seconds after which a dead process's presence entries and sockets stop counting
     redis_publish_delay: float = 0.0  # tests only: holds this process's Redis publishes back (reordering)
+    position_check: float = 15.0  # seconds between checks of quiet served channels against MongoDB; 0: off
     # A spent refresh token presented again this soon, its successor unused, is a retry
     # whose answer was lost: it refreshes instead of revoking the session (docs/api.md).
     refresh_reuse_grace: float = 30.0  # seconds; 0 turns the grace off
@@ -225,6 +226,8 @@ def load(env: Mapping[str, str], **overrides: Any) -> Settings:
         "presence_ttl": _cast(env, "PRESENCE_TTL", 10, _whole(1, 3600), "a whole number of seconds from 1 to 3600"),
         "redis_publish_delay": _cast(env, "REDIS_PUBLISH_DELAY", 0.0, _seconds(0, 5),
                                      "a number of seconds from 0 to 5 (tests only)"),
+        "position_check": _cast(env, "POSITION_CHECK", 15.0, _seconds(0, 3600),
+                                "a number of seconds from 0 to 3600 (0 turns the check off)"),
         # Refresh tokens presented again after a lost answer (docs/api.md).
         "refresh_reuse_grace": _cast(env, "REFRESH_REUSE_GRACE", 30.0, _seconds(0, 3600),
                                      "a number of seconds from 0 to 3600"),

@@ -37,6 +37,7 @@ log = logging.getLogger("server.node")
 
 LINGER = 30.0  # seconds a channel stays served after its last local subscriber left
 ASK_SECONDS = 1.0  # how long ``ask`` waits for the other processes' answers
+POSITION_CHECKS = 500  # quiet channels compared with MongoDB per round at most (the next round goes on)
 
 Handler = Callable[[dict[str, Any]], Any]  # a control message -> its answer (for ask), may be awaitable
 
@@ -55,7 +56,7 @@ class Node:
     """The broker, ordering, presence and control of this process."""
 
     def __init__(self, broker: Broker, presence: Presence, fetch: Fetch,
-                 last_seq: Callable[[str], Awaitable[int]]) -> None:
+                 last_seq: Callable[[str], Awaitable[int]], position_check: float = 0.0) -> None:
         self.broker = broker  # fan-out to the other processes
         self.presence = presence  # rooms' users and sockets over processes
         self.last_seq = last_seq  # a channel's newest stored seq (MongoDB): where serving starts
@@ -69,6 +70,10 @@ class Node:
         self._asks: dict[str, tuple[asyncio.Queue[Any], set[str]]] = {}  # ask id -> (answers, who answered)
         self._ids = itertools.count(1)  # ask ids
         self._tasks: set[asyncio.Future[Any]] = set()  # control handlers and unsubscribes running
+        self.position_check = position_check  # seconds between checks of quiet channels (0: none)
+        self._delivered_at: dict[str, float] = {}  # served channel -> loop time of its last delivered message
+        self._checker: asyncio.Task[None] | None = None  # the position check
+        self._check_from = 0  # where the next position check round starts among the served channels
         self.on("answer", self._answer)
 
     @property
@@ -81,8 +86,12 @@ class Node:
     async def start(self) -> None:
         await self.broker.start(self)
         await self.presence.start()
+        if not self.delivers_all and self.position_check > 0:
+            self._checker = asyncio.get_running_loop().create_task(self._check_positions())
 
     async def close(self) -> None:
+        if self._checker is not None:
+            self._checker.cancel()
         for timer in self._lingering.values():
             timer.cancel()
         for channel in list(self.orderer.channels):
@@ -136,7 +145,38 @@ class Node:
         if self.local is not None:
             self.local.forget(channel)
         self.orderer.stop(channel)
+        self._delivered_at.pop(channel, None)
         self._spawn(self.broker.unsubscribe(channel))
+
+    async def _check_positions(self) -> None:
+        """Every ``position_check`` seconds, each served channel that delivered nothing
+        meanwhile is compared with MongoDB's newest seq, and caught up if behind: a
+        message whose publisher died before sending it to Redis reaches this process
+        although no later message of its channel opens a gap. A busy channel needs no
+        check (its next message shows the gap)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self.position_check)
+            quiet_since = loop.time() - self.position_check
+            served = list(self.orderer.channels)
+            start = self._check_from % len(served) if served else 0
+            quiet = [channel for channel in served[start:] + served[:start]
+                     if self._delivered_at.get(channel, 0.0) <= quiet_since][:POSITION_CHECKS]
+            self._check_from = start + len(quiet)
+            for channel in quiet:
+                last = self.orderer.last(channel)
+                if last is None:  # stopped serving meanwhile
+                    continue
+                try:
+                    newest = await self.last_seq(channel)
+                except Exception as exc:  # the database is away: the next round tries again
+                    log.warning("position check failed", extra=fields(channel=channel, error=repr(exc)))
+                    break
+                current = self.orderer.last(channel)  # it may have moved during the read
+                if current is not None and newest > current:
+                    log.info("position check: channel behind; catching up",
+                             extra=fields(channel=channel, last=last, newest=newest))
+                    self.orderer.catch_up(channel)
 
     # -- messages ---------------------------------------------------------------------------
 
@@ -154,6 +194,8 @@ class Node:
         self.broker.publish(channel, 0, payload)
 
     def _deliver(self, channel: str, seq: int, payload: bytes) -> None:
+        if seq:
+            self._delivered_at[channel] = asyncio.get_running_loop().time()
         if self.local is not None:
             self.local.deliver(channel, seq, payload)
 

@@ -41,7 +41,8 @@ class Realtime:
         broker = broker or make_broker(settings.redis_url, settings.redis_timeout, settings.redis_publish_delay)
         self.node = Node(broker, make_presence(settings.redis_url, broker.node, settings.redis_timeout,
                                                settings.presence_ttl),
-                         self._stored_after, messages.last_seq)  # the other processes: broker, order, presence
+                         self._stored_after, messages.last_seq,
+                         settings.position_check)  # the other processes: broker, order, presence
         self.hub = Hub(self.node, metrics, settings.ws_max_per_user, settings.recovery_max)  # connections, fan-out
         self.messages = messages  # stored messages
         self.rooms = rooms  # rooms and permissions
