@@ -5,12 +5,7 @@ order, however the processes' publishes interleave and through Redis restarts.""
 from __future__ import annotations
 
 import asyncio
-import uuid
-from collections.abc import Iterator
 from typing import Any
-
-import pymongo
-import pytest
 
 from server.messages import Messages
 from server.protocol import encode_message_push
@@ -18,7 +13,7 @@ from server.realtime.brokers.redis import RedisBroker
 from server.realtime.node import Node
 from server.realtime.presence_redis import RedisPresence
 from server.storage import Storage
-from tests.helpers.redis_process import RedisProcess, require_redis
+from tests.helpers.redis_process import RedisProcess
 from tests.mongo_process import StoreProcess
 
 
@@ -37,20 +32,6 @@ class Local:
 
     def forget(self, channel: str) -> None:
         return None
-
-
-@pytest.fixture
-def redis() -> Iterator[RedisProcess]:
-    process = RedisProcess(require_redis()).start()
-    yield process
-    process.stop()
-
-
-@pytest.fixture
-def database(store: StoreProcess, client: pymongo.MongoClient) -> Iterator[str]:
-    name = f"n_{uuid.uuid4().hex[:10]}"
-    yield name
-    client.drop_database(name)
 
 
 async def _node(uri: str, database: str, redis_url: str, delay: float = 0.0) -> tuple[Node, Messages, Local, Storage]:

@@ -5,30 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import uuid
-from collections.abc import Iterator
 
-import pymongo
-import pytest
-
-from tests.helpers.redis_process import RedisProcess, require_redis
+from tests.helpers.redis_process import RedisProcess
 from tests.helpers.servers import ServerProcess, call, environment, sign_in
 from tests.mongo_process import StoreProcess
 from tests.ws_client import Client
-
-
-@pytest.fixture
-def redis() -> Iterator[RedisProcess]:
-    process = RedisProcess(require_redis()).start()
-    yield process
-    process.stop()
-
-
-@pytest.fixture
-def database(store: StoreProcess, client: pymongo.MongoClient) -> Iterator[str]:
-    name = f"pc_{uuid.uuid4().hex[:10]}"
-    yield name
-    client.drop_database(name)
 
 
 def test_a_message_its_publisher_never_sent_to_redis_reaches_a_quiet_channels_subscribers(

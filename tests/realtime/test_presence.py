@@ -3,21 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 
 import pytest
 
 from server.realtime import presence_redis
 from server.realtime.presence import MemoryPresence
 from server.realtime.presence_redis import RedisPresence
-from tests.helpers.redis_process import RedisProcess, require_redis
-
-
-@pytest.fixture
-def redis() -> Iterator[RedisProcess]:
-    process = RedisProcess(require_redis()).start()
-    yield process
-    process.stop()
+from tests.helpers.redis_process import RedisProcess
 
 
 def test_join_and_leave_are_once_per_user_over_processes(redis: RedisProcess) -> None:

@@ -7,11 +7,8 @@ import asyncio
 import os
 import signal
 import time
-import uuid
-from collections.abc import Iterator
 from typing import Any
 
-import pymongo
 import pytest
 from tornado.httpclient import HTTPClientError
 from tornado.websocket import WebSocketClosedError
@@ -22,20 +19,6 @@ from tests.helpers.redis_process import RedisProcess, require_redis
 from tests.helpers.servers import ServerProcess, call, environment, sign_in
 from tests.mongo_process import StoreProcess
 from tests.ws_client import Client
-
-
-@pytest.fixture
-def redis() -> Iterator[RedisProcess]:
-    process = RedisProcess(require_redis()).start()
-    yield process
-    process.stop()
-
-
-@pytest.fixture
-def database(store: StoreProcess, client: pymongo.MongoClient) -> Iterator[str]:
-    name = f"mp_{uuid.uuid4().hex[:10]}"
-    yield name
-    client.drop_database(name)
 
 
 def deployment(store: StoreProcess, database: str, redis: RedisProcess | None, count: int,

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 
-import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -29,13 +27,6 @@ class Events:
 
     def on_recovered(self, channels: list[str]) -> None:
         self.recovered.append(sorted(channels))
-
-
-@pytest.fixture
-def redis() -> Iterator[RedisProcess]:
-    process = RedisProcess(require_redis()).start()
-    yield process
-    process.stop()
 
 
 async def _until(check, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]

@@ -3,20 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
-
-import pytest
 
 from server.realtime.brokers.redis import RedisBroker
-from tests.helpers.redis_process import RedisProcess, require_redis
+from tests.helpers.redis_process import RedisProcess
 from tests.realtime.test_redis_broker import Events
-
-
-@pytest.fixture
-def redis() -> Iterator[RedisProcess]:
-    process = RedisProcess(require_redis()).start()
-    yield process
-    process.stop()
 
 
 def test_the_writer_survives_a_connection_lost_while_it_holds_a_publish_back(redis: RedisProcess) -> None:

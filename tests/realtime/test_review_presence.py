@@ -5,19 +5,9 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from collections.abc import Iterator
-
-import pytest
 
 from server.realtime.presence_redis import RedisPresence
-from tests.helpers.redis_process import RedisProcess, require_redis
-
-
-@pytest.fixture
-def redis() -> Iterator[RedisProcess]:
-    process = RedisProcess(require_redis()).start()
-    yield process
-    process.stop()
+from tests.helpers.redis_process import RedisProcess
 
 
 def test_a_leave_made_while_redis_stalled_leaves_no_ghost_once_it_answers_again(redis: RedisProcess) -> None:
