@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import platform
 import re
@@ -42,6 +41,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench import benchserver
 from bench.harness import API_KEY, Generators, ms, publish_at, sign_in
 from bench.loadgen import PAD
+from bench.storm_bench import publish
 from embedded_mongo.launcher import ChildStore
 from tests.helpers.redis_process import RedisProcess
 
@@ -159,30 +159,17 @@ def fanout(label: str, server: Server, redis: RedisProcess | None, args: argpars
     return figures
 
 
-async def publish(base: str, count: int) -> int:
-    from tornado.httpclient import AsyncHTTPClient
-
-    http = AsyncHTTPClient()
-    headers = {"X-API-Key": API_KEY, "Content-Type": "application/json"}
-    seq = 0
-    for n in range(count):
-        reply = await http.fetch(base + "/api/v1/server/publish", method="POST", headers=headers,
-                                 body=json.dumps({"channel": CHANNEL, "data": {"t": time.time(), "n": n, "pad": PAD}}))
-        seq = json.loads(reply.body)["seq"]
-    return seq
-
-
 def storm(label: str, server: Server, args: argparse.Namespace) -> None:
     users = (args.storm + 4) // 5
     tokens = asyncio.run(sign_in(server.base, users, "storm"))
-    asyncio.run(publish(server.base, 10))
+    asyncio.run(publish(server.base, 10, CHANNEL))
     url = server.base.replace("http", "ws", 1) + "/ws"
     generators = Generators(url, tokens, "ours", args.storm, args.storm_workers, [CHANNEL], 600, 1)
     try:
         opened, _ = generators.ready()
         generators.gather("drop", 60)
         time.sleep(2)
-        last = asyncio.run(publish(server.base, args.missed))
+        last = asyncio.run(publish(server.base, args.missed, CHANNEL))
         cpu0 = server.cpu()
         answers = generators.gather(("reconnect", last), 600)
         cpu = server.cpu() - cpu0

@@ -40,8 +40,8 @@ CHANNEL = "feed:storm"
 PER_USER = 5  # the contract's WS_MAX_PER_USER
 
 
-async def publish(base: str, count: int) -> int:
-    """Publishes ``count`` messages one after another; returns the last seq."""
+async def publish(base: str, count: int, channel: str = CHANNEL) -> int:
+    """Publishes ``count`` messages to ``channel`` one after another; returns the last seq."""
     from tornado.httpclient import AsyncHTTPClient
 
     http = AsyncHTTPClient()
@@ -49,7 +49,7 @@ async def publish(base: str, count: int) -> int:
     seq = 0
     for n in range(count):
         reply = await http.fetch(base + "/api/v1/server/publish", method="POST", headers=headers,
-                                 body=json.dumps({"channel": CHANNEL, "data": {"t": time.time(), "n": n, "pad": PAD}}))
+                                 body=json.dumps({"channel": channel, "data": {"t": time.time(), "n": n, "pad": PAD}}))
         seq = json.loads(reply.body)["seq"]
     return seq
 
