@@ -65,23 +65,29 @@ class MetricsHandler(BaseHandler):
         self.finish(self.services.metrics.render())
 
 
-class DemoHandler(BaseHandler):
+class DevFileHandler(BaseHandler):
+    """A file served in development mode only (``not_found`` otherwise)."""
+
+    path: str  # the file
+    content_type: str  # its media type
+
+    async def get(self) -> None:
+        if not self.services.settings.dev_login:
+            raise ApiError("not_found", f"no such endpoint: {self.request.path}")
+        self.set_header("Content-Type", self.content_type)
+        with open(self.path, "rb") as served:
+            self.finish(served.read())
+
+
+class DemoHandler(DevFileHandler):
     """GET /: a page to try the server from a browser (development mode only)."""
 
-    async def get(self) -> None:
-        if not self.services.settings.dev_login:
-            raise ApiError("not_found", "no such endpoint: /")
-        self.set_header("Content-Type", "text/html; charset=utf-8")
-        with open(DEMO_PAGE, "rb") as page:
-            self.finish(page.read())
+    path = DEMO_PAGE
+    content_type = "text/html; charset=utf-8"
 
 
-class SdkModuleHandler(BaseHandler):
+class SdkModuleHandler(DevFileHandler):
     """GET /sdk/index.mjs: the SDK's ES module, which the demo page imports (development mode only)."""
 
-    async def get(self) -> None:
-        if not self.services.settings.dev_login:
-            raise ApiError("not_found", "no such endpoint: /sdk/index.mjs")
-        self.set_header("Content-Type", "text/javascript; charset=utf-8")
-        with open(SDK_MODULE, "rb") as module:
-            self.finish(module.read())
+    path = SDK_MODULE
+    content_type = "text/javascript; charset=utf-8"
