@@ -163,10 +163,6 @@ class Orderer:
         else:
             self._start_read(channel, whole=True)
 
-    def catch_up_all(self) -> None:
-        for channel in list(self.channels):
-            self.catch_up(channel)
-
     def _start_read(self, channel: str, whole: bool) -> None:
         task = asyncio.get_running_loop().create_task(self._read(channel, whole))
         self._filling[channel] = task
