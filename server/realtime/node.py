@@ -29,6 +29,7 @@ from typing import Any, Protocol
 import ujson
 
 from server.logs import fields
+from server.protocol import encode_presence_push
 from server.realtime.brokers.base import Broker
 from server.realtime.ordering import Fetch, Orderer
 from server.realtime.presence import Presence
@@ -75,6 +76,7 @@ class Node:
         self._checker: asyncio.Task[None] | None = None  # the position check
         self._check_from = 0  # where the next position check round starts among the served channels
         self.on("answer", self._answer)
+        presence.bind(self._left)
 
     @property
     def node(self) -> str:
@@ -193,6 +195,10 @@ class Node:
         self._deliver(channel, 0, payload)
         self.broker.publish(channel, 0, payload)
 
+    def _left(self, channel: str, user: str) -> None:
+        """A dead process held ``user``'s last socket in room ``channel``: their leave, as a live one's."""
+        self.push(channel, encode_presence_push("leave", channel, user))
+
     def _deliver(self, channel: str, seq: int, payload: bytes) -> None:
         if seq:
             self._delivered_at[channel] = asyncio.get_running_loop().time()
@@ -276,6 +282,12 @@ class Node:
         if waiting is not None and message["node"] not in waiting[1]:
             waiting[1].add(message["node"])
             waiting[0].put_nowait((message["node"], message.get("result")))
+
+    async def users_anywhere(self, summed: int) -> int:
+        """Distinct users with a socket in the deployment; ``summed`` (the processes'
+        own figures added up) when presence does not know (one process, Redis down)."""
+        count = await self.presence.user_count()
+        return summed if count is None else count
 
     def state(self) -> dict[str, Any]:
         return {**self.broker.state(), "node": self.node, "channels_served": len(self.orderer.channels),

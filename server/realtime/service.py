@@ -151,9 +151,10 @@ class Realtime:
                            "filled_from_mongodb": self.node.orderer.fills}}
 
     async def deployment_stats(self) -> dict[str, Any]:
-        """Every process's figures and their sums (``users``: each process's distinct users, summed)."""
+        """Every process's figures and their sums (``users``: distinct users over the deployment)."""
         processes = [self.stats()] + [answer for _, answer in await self.node.ask("stats") if answer]
         total: dict[str, Any] = {key: sum(p[key] for p in processes) for key in STATS_KEYS}
+        total["users"] = await self.node.users_anywhere(total["users"])
         total["uptime"] = processes[0]["uptime"]
         total["processes"] = processes
         return total

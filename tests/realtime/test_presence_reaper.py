@@ -1,0 +1,111 @@
+"""The live-node set, the reaper of a dead process's presence and the deployment's distinct users
+(server/realtime/presence_redis.py) against a real redis-server."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import redis as redis_client
+
+from server.realtime import presence_redis
+from server.realtime.presence_redis import RedisPresence
+from tests.helpers.redis_process import RedisProcess, require_redis
+
+
+def _commands(url: str) -> dict[str, int]:
+    """How many times each Redis command ran (INFO commandstats)."""
+    stats = redis_client.Redis.from_url(url).info("commandstats")
+    return {name.removeprefix("cmdstat_"): int(value["calls"]) for name, value in stats.items()}
+
+
+def test_a_node_that_stops_heart_beating_drops_out_of_nodes_within_the_ttl(redis: RedisProcess,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """nodes() lists both processes, then only the one still beating once the other's TTL passed; no SCAN runs."""
+    monkeypatch.setattr(presence_redis, "HEARTBEAT_SECONDS", 0.2)
+
+    async def scenario() -> tuple[list[str], list[str]]:
+        dead, alive = RedisPresence([redis.url], "dead", ttl=1), RedisPresence([redis.url], "alive", ttl=1)
+        await dead.start()
+        await alive.start()
+        before = await alive.nodes()
+        assert dead._heartbeat is not None
+        dead._heartbeat.cancel()  # as if killed (or stopped): its score ages
+        await asyncio.sleep(1.3)
+        after = await alive.nodes()
+        await alive.close()
+        return before, after
+
+    before, after = asyncio.run(scenario())
+    assert before == ["alive", "dead"]
+    assert after == ["alive"]
+    assert "scan" not in _commands(redis.url)
+
+
+def test_the_reaper_pushes_one_leave_per_user_left_only_on_a_dead_node_and_empties_its_entries(
+        redis: RedisProcess, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A dead node's room users with no socket elsewhere are announced gone once (by one survivor of two); a user
+    also on a live node is not; its index, sockets and distinct users are gone from Redis."""
+    monkeypatch.setattr(presence_redis, "HEARTBEAT_SECONDS", 0.2)
+
+    async def scenario() -> tuple[list[tuple[str, str]], list[str], int | None, int | None, list[bytes]]:
+        dead = RedisPresence([redis.url], "dead", ttl=1)
+        survivors = [RedisPresence([redis.url], f"s{i}", ttl=1) for i in range(2)]
+        left: list[tuple[str, str]] = []
+        for survivor in survivors:
+            survivor.bind(lambda channel, user: left.append((channel, user)))
+        for presence in (dead, *survivors):
+            await presence.start()
+        for user in ("ghost", "both"):
+            await dead.add("room:a", user)
+            await dead.connected(user, "1", 5)
+        await dead.add("room:b", "ghost")
+        await survivors[0].add("room:a", "both")
+        await survivors[0].connected("both", "7", 5)
+        counted_before = await survivors[1].user_count()
+        assert dead._heartbeat is not None
+        dead._heartbeat.cancel()
+        for _ in range(40):  # the TTL, then a heartbeat: bounded guard
+            await asyncio.sleep(0.1)
+            if len(left) >= 2 and not survivors[0]._reaping and not survivors[1]._reaping:
+                break
+        await asyncio.sleep(0.3)  # a second leave would come now
+        users = await survivors[1].users("room:a")
+        counted_after = await survivors[1].user_count()
+        for survivor in survivors:
+            await survivor.close()
+        direct = redis_client.Redis.from_url(redis.url)
+        keys = sorted(direct.keys("mp:*")) + direct.zrange("mp:nodes", 0, -1)
+        return sorted(left), users, counted_before, counted_after, keys
+
+    left, users, counted_before, counted_after, keys = asyncio.run(scenario())
+    assert left == [("room:a", "ghost"), ("room:b", "ghost")]
+    assert users == ["both"]
+    assert (counted_before, counted_after) == (2, 1)
+    assert not [k for k in keys if b"dead" in k and not k.startswith(b"mp:node:")]  # index, claim, node score
+
+
+def test_distinct_users_count_a_user_once_over_processes_and_shards(redis: RedisProcess) -> None:
+    """user_count: a user with sockets on two processes counts once, over two Redis shards; gone at their last."""
+    second = RedisProcess(require_redis()).start()
+    try:
+        async def scenario() -> list[int | None]:
+            urls = [redis.url, second.url]
+            one, two = RedisPresence(urls, "n1"), RedisPresence(urls, "n2")
+            await one.start()
+            await two.start()
+            for n, presence in enumerate((one, two)):
+                for user in ("u1", "u2", "u3", "u4"):
+                    await presence.connected(user, str(n), 5)
+            counts = [await one.user_count()]
+            await one.disconnected("u1", "0")
+            counts.append(await two.user_count())
+            await two.disconnected("u1", "1")
+            counts.append(await two.user_count())
+            await one.close()
+            await two.close()
+            return counts
+
+        assert asyncio.run(scenario()) == [4, 4, 3]
+    finally:
+        second.stop()
