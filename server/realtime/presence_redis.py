@@ -16,6 +16,7 @@ a node's on every shard):
   its room entries (``<channel> <user>``) and sockets (``<conn> <user>``), so
   its entries are found without a SCAN when it dies;
 - ``mp:reap:<node>``: the claim of the process removing a dead node's entries.
+- ``mp:v:<sid>``: the shared session vouch (``!`` once revoked).
 
 Each step is one Lua script (presence_lua.py), so two processes adding the
 same user at once push one ``join``. A dead node's entries never count, and are
