@@ -256,7 +256,7 @@ class Node:
         """Sends a control message; returns every other live process's (node, answer)
         that came within ASK_SECONDS."""
         expected = set(await self.presence.nodes()) - {self.node}
-        if not expected or not self.broker.up:
+        if not expected or not self.broker.control_up:
             return []
         ask = f"{self.node}-{next(self._ids)}"
         answers: asyncio.Queue[Any] = asyncio.Queue()

@@ -92,7 +92,8 @@ class RedisPresence:
         self._batches: list[list[Call]] = [[] for _ in urls]  # per shard: calls waiting to be sent
         self._sending = [False] * len(urls)  # per shard: a pipeline in flight
         self._tasks: set[asyncio.Future[Any]] = set()  # pipelines being sent, reaps running
-        self.reachable = True  # False while Redis calls fail (logged once per outage)
+        self.down: set[int] = set()  # shards whose calls failed, until a heartbeat answers (logged once)
+        self.closing = False  # close() began: calls fail at once, silently
         self._heartbeat: asyncio.Task[None] | None = None  # renews this process's key
         self._stale = False  # a call failed: Redis may miss what this process changed meanwhile (resent)
         self._unsent_leaves: set[tuple[str, str]] = set()  # (channel, user) whose remove failed: sent when back
@@ -101,6 +102,11 @@ class RedisPresence:
         self.on_leave: Callable[[str, str], None] | None = None  # told (channel, user) a dead node's reap took
         # out of a room: their leave
 
+    @property
+    def reachable(self) -> bool:
+        """Every shard answers."""
+        return not self.down and not self.closing
+
     def bind(self, on_leave: Callable[[str, str], None]) -> None:
         self.on_leave = on_leave
 
@@ -108,8 +114,8 @@ class RedisPresence:
         return shard_of(key, len(self.clients))
 
     async def _call(self, shard: int, script: str, keys: list[str], args: list[Any]) -> Any:
-        if not self.reachable:  # known down: fail at once, not after REDIS_TIMEOUT each (the heartbeat
-            # finds Redis back, then rewrites this process's entries and sends what failed meanwhile)
+        if shard in self.down or self.closing:  # known down: fail at once, not after REDIS_TIMEOUT each (the
+            # heartbeat finds it back, then rewrites this process's entries and sends what failed meanwhile)
             self._stale = True
             raise RedisConnectionError("redis is unreachable; presence answers for this process only")
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
@@ -119,11 +125,14 @@ class RedisPresence:
         try:
             return await future  # answered within REDIS_TIMEOUT: the pipeline carries the timeout
         except (RedisError, OSError, TimeoutError) as exc:
-            if self.reachable:
-                self.reachable = False
-                log.error("presence: redis is unreachable; answering for this process only",
-                          extra=fields(error=repr(exc)))
+            self._unreachable(shard, exc)
             raise
+
+    def _unreachable(self, shard: int, exc: BaseException) -> None:
+        if shard not in self.down and not self.closing:
+            self.down.add(shard)
+            log.error("presence: redis is unreachable; answering for this process only",
+                      extra=fields(shard=shard, error=repr(exc)))
 
     def _send(self, shard: int) -> None:
         if self._sending[shard] or not self._batches[shard]:
@@ -162,7 +171,7 @@ class RedisPresence:
         self._heartbeat = asyncio.create_task(self._beating())
 
     async def close(self) -> None:
-        self.reachable = False  # what fails from here on is the shutdown, not Redis: nothing to log
+        self.closing = True  # what fails from here on is the shutdown, not Redis: nothing to log
         if self._heartbeat is not None:
             self._heartbeat.cancel()
         for shard, client in enumerate(self.clients):
@@ -188,29 +197,21 @@ class RedisPresence:
                     self.scripts[shard]["beat"](keys=[NODE + self.node, NODES], args=[self.node, self.ttl]),
                     self.timeout)
             except (RedisError, OSError, TimeoutError) as exc:
-                if self.reachable:
-                    self.reachable = False
-                    log.error("presence: redis is unreachable", extra=fields(error=repr(exc)))
+                self._unreachable(shard, exc)
                 continue
+            if shard in self.down:
+                self.down.discard(shard)
+                log.warning("presence: redis is back", extra=fields(shard=shard))
             if not existed:
                 await self._rewrite()
             for node in dead:
                 self._reap_later(shard, _text(node))
-        if not self.reachable and all([await self._alive(c) for c in self.clients]):
-            self.reachable = True
-            log.warning("presence: redis is back")
-        if self.reachable and self._stale:  # Redis was away but kept this process's key (a stall, a partition)
+        if self._stale and not self.down:  # Redis was away but kept this process's key (a stall, a partition)
             self._stale = False
             await self._rewrite()
 
-    async def _alive(self, client: Redis) -> bool:
-        try:
-            return bool(await asyncio.wait_for(client.exists(NODE + self.node), self.timeout))
-        except (RedisError, OSError, TimeoutError):
-            return False
-
     def _reap_later(self, shard: int, dead: str) -> None:
-        if dead != self.node and (shard, dead) not in self._reaping and self.reachable:
+        if dead != self.node and (shard, dead) not in self._reaping and shard not in self.down:
             self._reaping.add((shard, dead))
             self._spawn(self._reap(shard, dead))
 
@@ -256,26 +257,35 @@ class RedisPresence:
     async def _rewrite(self) -> None:
         """This process's entries, written again, and the removals that failed
         (no join or leave is pushed for them). Each is checked against the local
-        state just before it is queued, so a call made meanwhile is sent after it."""
+        state just before it is queued, so a call made meanwhile is sent after it.
+        What fails (a shard still down) is tried again by a later heartbeat."""
+        for channel, user in list(self._unsent_leaves):
+            if user not in self.local.rooms.get(channel, ()) and not await self._sent(
+                    self._room_call("remove", channel, user)):
+                continue
+            self._unsent_leaves.discard((channel, user))
+        for user, conn in list(self._unsent_closes):
+            if conn not in self.local.sockets.get(user, ()) and not await self._sent(
+                    self._socket_call("disconnected", user, conn)):
+                continue
+            self._unsent_closes.discard((user, conn))
+        for channel, users in list(self.local.rooms.items()):
+            for user in list(users):
+                if user in self.local.rooms.get(channel, ()):
+                    await self._sent(self._room_call("add", channel, user))
+        for user, conns in list(self.local.sockets.items()):
+            for conn in list(conns):
+                if conn in self.local.sockets.get(user, ()):
+                    await self._sent(self._socket_call("connected", user, conn, 10**9))
+
+    async def _sent(self, call: Any) -> bool:
+        """Awaits a call of the rewrite; False (and stale: retried) if it failed."""
         try:
-            for channel, user in list(self._unsent_leaves):
-                if user not in self.local.rooms.get(channel, ()):
-                    await self._room_call("remove", channel, user)
-                self._unsent_leaves.discard((channel, user))
-            for user, conn in list(self._unsent_closes):
-                if conn not in self.local.sockets.get(user, ()):
-                    await self._socket_call("disconnected", user, conn)
-                self._unsent_closes.discard((user, conn))
-            for channel, users in list(self.local.rooms.items()):
-                for user in list(users):
-                    if user in self.local.rooms.get(channel, ()):
-                        await self._room_call("add", channel, user)
-            for user, conns in list(self.local.sockets.items()):
-                for conn in list(conns):
-                    if conn in self.local.sockets.get(user, ()):
-                        await self._socket_call("connected", user, conn, 10**9)
+            await call
         except (RedisError, OSError, TimeoutError):
-            self._stale = True  # the next heartbeat tries again
+            self._stale = True
+            return False
+        return True
 
     # -- Presence --------------------------------------------------------------------------
 

@@ -5,8 +5,10 @@ arrives and unsubscribes when its last leaves, so a message reaches only the
 processes that serve its channel, once each: ``<node> <seq> <payload>``, the
 payload being the push the publisher encoded once. A process skips its own
 messages (it delivered them itself). Several Redis servers (``REDIS_URL``
-comma-separated) share the channels by jump consistent hashing; control
-messages go through the first one.
+comma-separated) share the channels by jump consistent hashing. Control
+messages go through every one that is up (every one, queued, if none is),
+numbered by their sender; a receiver handles each number once (``Seen``), so
+losing any one Redis server, the first included, does not lose control.
 
 Every Redis call has a timeout (``REDIS_TIMEOUT``). A shard whose connection
 fails is marked down (logged once), retried with backoff, and when it is back
@@ -21,9 +23,10 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import logging
 import secrets
-from collections import deque
+from collections import OrderedDict, deque
 from typing import Any
 
 from redis.asyncio import Redis
@@ -44,6 +47,8 @@ BACKOFF_SECONDS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0)  # waits between reconnection
 PING_SECONDS = 1.0  # how often a shard's liveness is checked
 MAX_QUEUED = 100_000  # publishes held while a shard is down; beyond, the oldest are dropped (and resync)
 BATCH = 1000  # publishes sent per pipeline
+CONTROL_WINDOW = 1024  # per sender: control numbers remembered; one this far behind its newest is dropped
+CONTROL_SENDERS = 256  # senders remembered (the longest silent forgotten first)
 
 
 def jump_hash(key: int, buckets: int) -> int:
@@ -67,6 +72,30 @@ def topic(channel: str) -> str:
     return PREFIX + "c:" + channel
 
 
+class Seen:
+    """The control messages already handled, by (sender, number): each arrives
+    once per Redis server. Bounded: CONTROL_WINDOW numbers per sender (an older
+    one counts as seen: late, or doubled), CONTROL_SENDERS senders."""
+
+    def __init__(self) -> None:
+        self.senders: OrderedDict[bytes, tuple[int, set[int]]] = OrderedDict()  # sender -> (newest, recent)
+
+    def first(self, sender: bytes, number: int) -> bool:
+        """True the first time (sender, number) arrives."""
+        newest, recent = self.senders.pop(sender, (0, set()))
+        fresh = number > newest - CONTROL_WINDOW and number not in recent
+        if fresh:
+            recent.add(number)
+            if number > newest:
+                newest = number
+                if len(recent) > 2 * CONTROL_WINDOW:  # pruned now and then: O(1) a message
+                    recent = {n for n in recent if n > newest - CONTROL_WINDOW}
+        self.senders[sender] = (newest, recent)
+        if len(self.senders) > CONTROL_SENDERS:
+            self.senders.popitem(last=False)
+        return fresh
+
+
 class _Shard:
     """One Redis server: a pub/sub connection for what arrives, a command
     connection for publishes and pings, and their reconnection."""
@@ -75,7 +104,7 @@ class _Shard:
         self.broker = broker  # the owner: node id, events, settings
         self.url = url  # redis://host:port/db
         self.index = index  # position in REDIS_URL
-        self.topics: set[str] = {CONTROL} if index == 0 else set()  # topics this process wants from this shard
+        self.topics: set[str] = {CONTROL}  # topics this process wants from this shard
         self.up = False  # connected and subscribed to every topic
         self.ever_up = False  # a later connection is a recovery (channels may have missed messages)
         self.queue: deque[tuple[str, bytes]] = deque()  # publishes not yet sent
@@ -297,10 +326,17 @@ class RedisBroker:
         self.received = 0  # messages from other processes
         self.sent = 0  # publishes sent to Redis
         self.lost = False  # publishes were dropped (a shard away too long): a resync follows its recovery
+        self._control_numbers = itertools.count(1)  # this process's control messages, numbered
+        self.seen = Seen()  # control messages handled (each comes once per shard)
 
     @property
     def up(self) -> bool:
         return all(shard.up for shard in self.shards)
+
+    @property
+    def control_up(self) -> bool:
+        """Control messages reach the other processes (through one shard at least)."""
+        return any(shard.up for shard in self.shards)
 
     async def start(self, events: BrokerEvents) -> None:
         """Starts connecting; returns once every shard answered or the timeout passed
@@ -329,7 +365,9 @@ class RedisBroker:
         self._shard(channel).publish(topic(channel), b"%s %d %s" % (self.node.encode(), seq, payload))
 
     def publish_control(self, data: bytes) -> None:
-        self.shards[0].publish(CONTROL, self.node.encode() + b" " + data)
+        message = b"%s %d %s" % (self.node.encode(), next(self._control_numbers), data)
+        for shard in [s for s in self.shards if s.up] or self.shards:
+            shard.publish(CONTROL, message)
 
     # -- from the shards ----------------------------------------------------------------------
 
@@ -339,10 +377,17 @@ class RedisBroker:
             return
         self.received += 1
         if name == CONTROL:
-            if rest == RESYNC:
+            number, _, body = rest.partition(b" ")
+            try:
+                if not self.seen.first(node, int(number)):
+                    return
+            except ValueError:
+                log.warning("a malformed control message; ignored", extra=fields(size=len(data)))
+                return
+            if body == RESYNC:
                 self.recovered(None, None)
             else:
-                self.events.on_control(rest)
+                self.events.on_control(body)
             return
         seq, _, payload = rest.partition(b" ")
         try:
