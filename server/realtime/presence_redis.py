@@ -44,7 +44,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 from redis.retry import Retry
 
 from server.logs import fields
@@ -148,11 +148,8 @@ class RedisPresence:
 
     async def _pipeline(self, shard: int, batch: list[Call]) -> None:
         try:
-            pipe = self.clients[shard].pipeline(transaction=False)
-            for script, keys, args, _ in batch:
-                await self.scripts[shard][script](keys=keys, args=args, client=pipe)
             try:
-                results = await asyncio.wait_for(pipe.execute(raise_on_error=False), self.timeout)
+                results = await asyncio.wait_for(self._execute(shard, batch), self.timeout)
             except (RedisError, OSError, TimeoutError) as exc:
                 results = [exc] * len(batch)
             for (_, _, _, future), result in zip(batch, results, strict=True):
@@ -165,6 +162,25 @@ class RedisPresence:
         finally:
             self._sending[shard] = False
             self._send(shard)
+
+    async def _execute(self, shard: int, batch: list[Call]) -> list[Any]:
+        """One pipeline of EVALSHAs (no SCRIPT EXISTS round trip first, as redis-py's
+        Script does per pipeline); the calls Redis answers NOSCRIPT (it restarted,
+        or SCRIPT FLUSH) go again once their scripts are loaded."""
+        results = await self._evalshas(shard, batch)
+        missing = [i for i, result in enumerate(results) if isinstance(result, NoScriptError)]
+        if missing:
+            for name in {batch[i][0] for i in missing}:
+                await self.clients[shard].script_load(SCRIPTS[name])
+            for i, result in zip(missing, await self._evalshas(shard, [batch[i] for i in missing]), strict=True):
+                results[i] = result
+        return results
+
+    async def _evalshas(self, shard: int, batch: list[Call]) -> list[Any]:
+        pipe = self.clients[shard].pipeline(transaction=False)
+        for script, keys, args, _ in batch:
+            pipe.execute_command("EVALSHA", self.scripts[shard][script].sha, len(keys), *keys, *args)
+        return list(await pipe.execute(raise_on_error=False))
 
     async def start(self) -> None:
         await self._beat()

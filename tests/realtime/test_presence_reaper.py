@@ -109,3 +109,17 @@ def test_distinct_users_count_a_user_once_over_processes_and_shards(redis: Redis
         assert asyncio.run(scenario()) == [4, 4, 3]
     finally:
         second.stop()
+
+
+def test_calls_answer_after_redis_forgets_its_scripts(redis: RedisProcess) -> None:
+    """SCRIPT FLUSH (as a restart does): the next pipeline's NOSCRIPT calls load their scripts and go again."""
+    async def scenario() -> tuple[bool, list[str], bool]:
+        one = RedisPresence([redis.url], "n1")
+        await one.start()
+        first = await one.add("room:a", "u1")
+        redis_client.Redis.from_url(redis.url).script_flush()
+        users, added = await asyncio.gather(one.users("room:a"), one.add("room:a", "u2"))  # one pipeline
+        await one.close()
+        return first, users, added
+
+    assert asyncio.run(scenario()) == (True, ["u1"], True)
