@@ -27,11 +27,12 @@ that no live process holds any more, to push their ``leave`` once. A process
 killed is out of presence within PRESENCE_TTL and its users' leaves pushed
 within PRESENCE_TTL and a heartbeat (a third of it) of its death.
 
-When Redis is away the answers fall back to this process's own entries (logged
-once); when it comes back empty (restarted), the heartbeat finds this process's
-key gone and writes its entries again; when it comes back with its data (a stall,
-a partition shorter than the TTL), the heartbeat writes them again and sends the
-removals that failed, so no one who left stays listed.
+When a Redis server is away the answers it would give fall back to this
+process's own entries (logged once; later calls to it fail at once until a
+heartbeat finds it back); when it comes back empty (restarted), the heartbeat
+finds this process's key gone and writes its entries again; when it comes back
+with its data (a stall, a partition shorter than the TTL), the heartbeat writes
+them again and sends the removals that failed, so no one who left stays listed.
 """
 
 from __future__ import annotations
@@ -170,9 +171,13 @@ class RedisPresence:
         results = await self._evalshas(shard, batch)
         missing = [i for i, result in enumerate(results) if isinstance(result, NoScriptError)]
         if missing:
-            for name in {batch[i][0] for i in missing}:
-                await self.clients[shard].script_load(SCRIPTS[name])
-            for i, result in zip(missing, await self._evalshas(shard, [batch[i] for i in missing]), strict=True):
+            try:
+                for name in {batch[i][0] for i in missing}:
+                    await self.clients[shard].script_load(SCRIPTS[name])
+                again = await self._evalshas(shard, [batch[i] for i in missing])
+            except (RedisError, OSError) as exc:  # only these failed: the others' answers stand
+                again = [exc] * len(missing)
+            for i, result in zip(missing, again, strict=True):
                 results[i] = result
         return results
 
