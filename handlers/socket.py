@@ -7,7 +7,8 @@ down) is an error in the contract's JSON shape. After it, frames are handed to
 the commands as they arrive, without waiting for them to finish.
 
 Private parts of Tornado 6 this relies on (tests/test_ws_hardening.py covers
-each): WebSocketProtocol13's ``_handle_message``, ``_frame_compressed``,
+each): ``_WebSocketParams`` (the protocol is built once, as ours);
+WebSocketProtocol13's ``_handle_message``, ``_frame_compressed``,
 ``_run_callback``, ``_message_bytes_in``, ``_waiting`` and ``_abort`` (1007, and
 the 4009 close's wait); IOStream's ``_write_buffer``, ``_write_futures``,
 ``_total_write_index`` and ``_total_write_done_index`` (what is unsent, and
@@ -25,7 +26,7 @@ import ujson
 from tornado.concurrent import Future
 from tornado.iostream import SSLIOStream, StreamClosedError
 from tornado.web import HTTPError
-from tornado.websocket import WebSocketHandler, WebSocketProtocol, WebSocketProtocol13
+from tornado.websocket import WebSocketHandler, WebSocketProtocol, WebSocketProtocol13, _WebSocketParams
 
 from handlers.base import bearer_token
 from server.auth import Principal
@@ -130,10 +131,11 @@ class SocketHandler(WebSocketHandler):
         self._write_api_error(error)
 
     def get_websocket_protocol(self) -> WebSocketProtocol | None:
-        protocol = super().get_websocket_protocol()
-        if not isinstance(protocol, WebSocketProtocol13):
-            return protocol
-        return _Protocol(self, False, protocol.params)
+        if self.request.headers.get("Sec-WebSocket-Version") != "13":
+            return None  # _check_upgrade refused it already
+        return _Protocol(self, False, _WebSocketParams(
+            ping_interval=self.ping_interval, ping_timeout=self.ping_timeout,
+            max_message_size=self.max_message_size, compression_options=None))
 
     def open(self, *args: Any, **kwargs: Any) -> None:
         assert self.principal is not None
