@@ -50,7 +50,7 @@ def test_the_reaper_pushes_one_leave_per_user_left_only_on_a_dead_node_and_empti
 
     async def scenario() -> tuple[list[tuple[str, str]], list[str], int | None, int | None, list[bytes]]:
         dead = RedisPresence([redis.url], "dead", ttl=1)
-        survivors = [RedisPresence([redis.url], f"s{i}", ttl=1) for i in range(2)]
+        survivors = [RedisPresence([redis.url], f"s{i}", ttl=2) for i in range(2)]  # a loaded loop: no false death
         left: list[tuple[str, str]] = []
         for survivor in survivors:
             survivor.bind(lambda channel, user: left.append((channel, user)))
@@ -65,7 +65,7 @@ def test_the_reaper_pushes_one_leave_per_user_left_only_on_a_dead_node_and_empti
         counted_before = await survivors[1].user_count()
         assert dead._heartbeat is not None
         dead._heartbeat.cancel()
-        for _ in range(40):  # the TTL, then a heartbeat: bounded guard
+        for _ in range(60):  # the survivors' TTL, then a heartbeat: bounded guard
             await asyncio.sleep(0.1)
             if len(left) >= 2 and not survivors[0]._reaping and not survivors[1]._reaping:
                 break
