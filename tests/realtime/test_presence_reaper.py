@@ -7,6 +7,8 @@ import asyncio
 
 import pytest
 import redis as redis_client
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from server.realtime import presence_redis
 from server.realtime.presence_redis import RedisPresence
@@ -124,3 +126,63 @@ def test_calls_answer_after_redis_forgets_its_scripts(redis: RedisProcess) -> No
         return first, users, added
 
     assert asyncio.run(scenario()) == (True, ["u1"], True)
+
+
+NODES = ("n0", "n1", "n2")
+ROOMS = ("room:a", "room:b")
+PEOPLE = ("u1", "u2", "u3")
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.tuples(st.sampled_from(NODES), st.sampled_from(ROOMS), st.sampled_from(PEOPLE)), max_size=25),
+       st.lists(st.tuples(st.sampled_from(NODES), st.sampled_from(PEOPLE), st.booleans()), max_size=15),
+       st.sampled_from(NODES))
+def test_joins_leaves_and_the_reaper_agree_with_a_model(redis: RedisProcess, toggles: list[tuple[str, str, str]],
+                                                        sockets: list[tuple[str, str, bool]], victim: str) -> None:
+    """Any sequence of room toggles and sockets on three nodes, then one dies: every join, leave, presence and
+    distinct-user count is what a model of the holders says, and the reaper's leaves are exactly the victim's
+    users held by no one else."""
+    redis_client.Redis.from_url(redis.url).flushdb()
+
+    async def scenario() -> None:
+        nodes = {name: RedisPresence([redis.url], name, ttl=30) for name in NODES}
+        for presence in nodes.values():
+            await presence.start()
+        holders: dict[tuple[str, str], set[str]] = {}
+        for node, room, user in toggles:  # the hub adds a user's first local socket, removes their last
+            held = holders.setdefault((room, user), set())
+            if node in held:
+                held.discard(node)
+                assert await nodes[node].remove(room, user) == (not held)
+            else:
+                assert await nodes[node].add(room, user) == (not held)
+                held.add(node)
+        open_: dict[str, set[str]] = {}
+        for n, (node, user, stays) in enumerate(sockets):
+            await nodes[node].connected(user, str(n), 100)
+            if stays:
+                open_.setdefault(user, set()).add(node)
+            else:
+                await nodes[node].disconnected(user, str(n))
+        assert await nodes["n0"].user_count() == len(open_)
+        left: list[tuple[str, str]] = []
+        for node in NODES:
+            nodes[node].bind(lambda room, user: left.append((room, user)))
+        dying = nodes.pop(victim)
+        assert dying._heartbeat is not None
+        dying._heartbeat.cancel()
+        direct = redis_client.Redis.from_url(redis.url)
+        direct.delete(f"mp:node:{victim}")  # as its key expiring
+        direct.zadd("mp:nodes", {victim: 0})  # and its score ageing
+        survivor = next(iter(nodes.values()))
+        await survivor._reap(0, victim)
+        assert sorted(left) == sorted(key for key, held in holders.items() if held == {victim})
+        for room in ROOMS:
+            assert await survivor.users(room) == sorted(u for (r, u), held in holders.items()
+                                                        if r == room and held - {victim})
+        assert await survivor.user_count() == len([u for u, held in open_.items() if held - {victim}])
+        assert victim.encode() not in direct.zrange("mp:nodes", 0, -1)
+        for presence in nodes.values():
+            await presence.close()
+
+    asyncio.run(scenario())
