@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 
 import pytest
 import redis as redis_client
@@ -129,23 +130,36 @@ def test_calls_answer_after_redis_forgets_its_scripts(redis: RedisProcess) -> No
 
 
 NODES = ("n0", "n1", "n2")
-ROOMS = ("room:a", "room:b")
-PEOPLE = ("u1", "u2", "u3")
+ROOMS = ("room:a", "room:d")  # on two shards: 1 and 0
+PEOPLE = ("u1", "u2", "u4")  # 1, 1 and 0
 
 
+@pytest.fixture
+def second_redis() -> Iterator[RedisProcess]:
+    """Another redis-server: presence spread over two shards."""
+    process = RedisProcess(require_redis()).start()
+    yield process
+    process.stop()
+
+
+@pytest.mark.parametrize("shards", [1, 2])
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.lists(st.tuples(st.sampled_from(NODES), st.sampled_from(ROOMS), st.sampled_from(PEOPLE)), max_size=25),
        st.lists(st.tuples(st.sampled_from(NODES), st.sampled_from(PEOPLE), st.booleans()), max_size=15),
        st.sampled_from(NODES))
-def test_joins_leaves_and_the_reaper_agree_with_a_model(redis: RedisProcess, toggles: list[tuple[str, str, str]],
+def test_joins_leaves_and_the_reaper_agree_with_a_model(redis: RedisProcess, second_redis: RedisProcess, shards: int,
+                                                        toggles: list[tuple[str, str, str]],
                                                         sockets: list[tuple[str, str, bool]], victim: str) -> None:
-    """Any sequence of room toggles and sockets on three nodes, then one dies: every join, leave, presence and
-    distinct-user count is what a model of the holders says, and the reaper's leaves are exactly the victim's
-    users held by no one else."""
-    redis_client.Redis.from_url(redis.url).flushdb()
+    """Any sequence of room toggles and sockets on three nodes (one or two Redis shards), then one dies: every
+    join, leave, presence and distinct-user count is what a model of the holders says, and the reaper's leaves are
+    exactly the victim's users held by no one else."""
+    urls = [redis.url, second_redis.url][:shards]
+    directs = [redis_client.Redis.from_url(url) for url in urls]
+    for direct in directs:
+        direct.flushdb()
 
     async def scenario() -> None:
-        nodes = {name: RedisPresence([redis.url], name, ttl=30) for name in NODES}
+        nodes = {name: RedisPresence(urls, name, ttl=30) for name in NODES}
         for presence in nodes.values():
             await presence.start()
         holders: dict[tuple[str, str], set[str]] = {}
@@ -171,17 +185,18 @@ def test_joins_leaves_and_the_reaper_agree_with_a_model(redis: RedisProcess, tog
         dying = nodes.pop(victim)
         assert dying._heartbeat is not None
         dying._heartbeat.cancel()
-        direct = redis_client.Redis.from_url(redis.url)
-        direct.delete(f"mp:node:{victim}")  # as its key expiring
-        direct.zadd("mp:nodes", {victim: 0})  # and its score ageing
+        for direct in directs:
+            direct.delete(f"mp:node:{victim}")  # as its key expiring
+            direct.zadd("mp:nodes", {victim: 0})  # and its score ageing
         survivor = next(iter(nodes.values()))
-        await survivor._reap(0, victim)
+        for shard in range(shards):
+            await survivor._reap(shard, victim)
         assert sorted(left) == sorted(key for key, held in holders.items() if held == {victim})
         for room in ROOMS:
             assert await survivor.users(room) == sorted(u for (r, u), held in holders.items()
                                                         if r == room and held - {victim})
         assert await survivor.user_count() == len([u for u, held in open_.items() if held - {victim}])
-        assert victim.encode() not in direct.zrange("mp:nodes", 0, -1)
+        assert all(victim.encode() not in direct.zrange("mp:nodes", 0, -1) for direct in directs)
         for presence in nodes.values():
             await presence.close()
 
