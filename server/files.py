@@ -58,6 +58,7 @@ class GridWriter:
         self._buffer = bytearray()  # less than one chunk, not yet written
         self._n = 0  # the next chunk's number
         self.upload_date: Any = None  # when the file document was written
+        self._aborted = False  # abort() ran: a chunk insert still in flight then is deleted too
 
     async def write(self, data: bytes) -> None:
         self._buffer += data
@@ -69,6 +70,8 @@ class GridWriter:
     async def _flush(self, data: bytes) -> None:
         await self._chunks.insert_one({"files_id": self.id, "n": self._n, "data": Binary(data)})
         self._n += 1
+        if self._aborted:  # aborted while this insert was on its way (a dropped connection)
+            await self._chunks.delete_many({"files_id": self.id})
 
     async def close(self, metadata: dict[str, Any]) -> dict[str, Any]:
         """Writes the last chunk, then the file document, and returns it."""
@@ -82,6 +85,7 @@ class GridWriter:
         return doc
 
     async def abort(self) -> None:
+        self._aborted = True
         self._buffer.clear()
         await self._chunks.delete_many({"files_id": self.id})
 
