@@ -35,6 +35,11 @@ class Metrics:
         self.ws_command_latency = Histogram("ws_command_duration_seconds", "WebSocket command latency, by op",
                                             ["op"], buckets=LATENCY_BUCKETS, registry=self.registry)
 
+        self.connections_refused = Counter("connections_refused", "Connections accepted past MAX_CONNECTIONS and "
+                                           "refused (503, or closed past the overflow reserve)", registry=self.registry)
+        self.accept_pauses = Counter("accept_pauses", "Pauses of accepting new connections while the process is out "
+                                     "of descriptors (EMFILE, ENFILE) or accept failed otherwise",
+                                     registry=self.registry)
         self._answered: dict[tuple[str, str, int], Any] = {}  # (route, method, status): its requests child
         self._latencies: dict[str, Any] = {}  # route: its latency child
         self.broker_up = Gauge("broker_up", "1 while messages reach the other processes (Redis answers); "
