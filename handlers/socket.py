@@ -17,8 +17,10 @@ dropping it for 4009).
 
 from __future__ import annotations
 
+import functools
 import logging
 import socket
+import time
 from collections import deque
 from typing import TYPE_CHECKING, Any, cast
 
@@ -29,6 +31,7 @@ from tornado.web import HTTPError
 from tornado.websocket import WebSocketHandler, WebSocketProtocol, WebSocketProtocol13, _WebSocketParams
 
 from handlers.base import bearer_token
+from handlers.edge import request_id
 from server.auth import Principal
 from server.errors import ApiError, CloseCode
 from server.logs import fields
@@ -71,6 +74,16 @@ class SocketHandler(WebSocketHandler):
         self._stream: Any = None  # the connection's IOStream, once open
         self._socket: socket.socket | None = None  # its socket when plain TCP: frames are written to it directly
         self._ends: deque[int] = deque()  # where the stream's unwritten writes end: each a frame boundary
+        self.started = time.perf_counter()  # for the access log's duration and the latency metric
+
+    @functools.cached_property
+    def request_id(self) -> str:
+        """The X-Request-Id echoed (on the 101 too) and logged: the client's when well formed, else a new one."""
+        return request_id(self.request.headers)
+
+    def set_default_headers(self) -> None:
+        self.set_header("X-Request-Id", self.request_id)  # here, as an error clears the headers
+        self.clear_header("Server")  # no version for scanners
 
     def check_origin(self, origin: str) -> bool:
         return True  # tokens, not cookies, authenticate: another origin gains nothing

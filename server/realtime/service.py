@@ -29,6 +29,7 @@ from server.rooms import Rooms
 from server.users import Users
 from settings import Settings
 
+SETTLE_SECONDS = 2.0  # at close, how long the presence calls of the sockets just closed may take
 STATS_KEYS = ("connections", "users", "subscriptions", "channels", "messages_published", "messages_delivered")
 
 
@@ -74,6 +75,7 @@ class Realtime:
         await self.node.start()
 
     async def close(self) -> None:
+        await self.hub.settle(SETTLE_SECONDS)
         await self.node.close()
 
     def open(self, principal: Principal, transport: Transport) -> Commands:
