@@ -31,6 +31,7 @@ from server.logs import configure, fields
 from server.metrics import Metrics
 from server.records import SchemaFileError
 from server.supervisor import supervise
+from server.timeouts import within
 
 log = logging.getLogger("run")
 DRAIN_SECONDS = 10.0  # how long in-flight requests may take to finish at shutdown
@@ -104,7 +105,7 @@ async def shut_down(server: HTTPServer, services: Services) -> None:
     await services.shutdown()  # close WebSockets with 1001 once what was acknowledged is stored
     if not await services.drain(DRAIN_SECONDS):
         log.warning("requests still in flight at shutdown", extra=fields(in_flight=services.in_flight))
-    await asyncio.wait_for(server.close_all_connections(), DRAIN_SECONDS)
+    await within(server.close_all_connections(), DRAIN_SECONDS)
 
 
 async def serve(config: settings_module.Settings, ceilings: Ceilings, reuse_port: bool = False) -> int:

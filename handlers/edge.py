@@ -28,6 +28,7 @@ from tornado.http1connection import HTTP1Connection
 from tornado.iostream import IOStream, StreamClosedError
 
 from server.errors import ApiError
+from server.timeouts import within
 
 LINGER_BYTES = 64 * 1024 * 1024  # at most this much of a refused body is read and dropped
 LINGER_SECONDS = 10.0  # for at most this long
@@ -88,7 +89,7 @@ async def close_gracefully(stream: IOStream, answer: bytes, expected: int | None
             wait = min(LINGER_IDLE_SECONDS, deadline - loop.time())
             if wait <= 0:
                 break
-            chunk = await asyncio.wait_for(stream.read_bytes(min(_READ_CHUNK, budget), partial=True), wait)
+            chunk = await within(stream.read_bytes(min(_READ_CHUNK, budget), partial=True), wait)
             budget -= len(chunk)
     except (StreamClosedError, TimeoutError, OSError):
         pass

@@ -14,6 +14,7 @@ from pymongo import ASCENDING, DESCENDING, IndexModel
 from pymongo.errors import ConnectionFailure, PyMongoError
 
 from server.errors import ApiError
+from server.timeouts import within
 
 log = logging.getLogger("server.storage")
 
@@ -99,7 +100,7 @@ class Storage:
     async def ping(self, timeout: float = 2.0) -> bool:
         """Whether the database answers within ``timeout`` seconds."""
         try:
-            await asyncio.wait_for(self.client.admin.command("ping"), timeout)
+            await within(self.client.admin.command("ping"), timeout)
             return True
         except (TimeoutError, PyMongoError):
             return False

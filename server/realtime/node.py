@@ -33,6 +33,7 @@ from server.protocol import encode_presence_push
 from server.realtime.brokers.base import Broker
 from server.realtime.ordering import Fetch, Orderer
 from server.realtime.presence import Presence
+from server.timeouts import within
 
 log = logging.getLogger("server.node")
 
@@ -270,7 +271,7 @@ class Node:
                 if remaining <= 0:
                     break
                 try:
-                    gathered.append(await asyncio.wait_for(answers.get(), remaining))
+                    gathered.append(await within(answers.get(), remaining))
                 except TimeoutError:
                     break
         finally:

@@ -52,6 +52,7 @@ from server.logs import fields
 from server.realtime import presence_lua as lua
 from server.realtime.brokers.redis import PREFIX, shard_of
 from server.realtime.presence import MemoryPresence
+from server.timeouts import within
 
 log = logging.getLogger("server.presence")
 
@@ -150,7 +151,7 @@ class RedisPresence:
     async def _pipeline(self, shard: int, batch: list[Call]) -> None:
         try:
             try:
-                results = await asyncio.wait_for(self._execute(shard, batch), self.timeout)
+                results = await within(self._execute(shard, batch), self.timeout)
             except (RedisError, OSError, TimeoutError) as exc:
                 results = [exc] * len(batch)
             for (_, _, _, future), result in zip(batch, results, strict=True):
@@ -197,7 +198,7 @@ class RedisPresence:
             self._heartbeat.cancel()
         for shard, client in enumerate(self.clients):
             try:  # gone at once, not at TTL; the others' reapers remove what this process still holds
-                await asyncio.wait_for(self.scripts[shard]["close"](keys=[NODE + self.node, NODES],
+                await within(self.scripts[shard]["close"](keys=[NODE + self.node, NODES],
                                                                     args=[self.node]), self.timeout)
             except (RedisError, OSError, TimeoutError):
                 pass
@@ -214,7 +215,7 @@ class RedisPresence:
         starts reaping the dead nodes each shard names."""
         for shard in range(len(self.clients)):
             try:
-                existed, dead = await asyncio.wait_for(
+                existed, dead = await within(
                     self.scripts[shard]["beat"](keys=[NODE + self.node, NODES], args=[self.node, self.ttl]),
                     self.timeout)
             except (RedisError, OSError, TimeoutError) as exc:

@@ -26,6 +26,7 @@ from server.realtime.hub import Hub
 from server.realtime.node import Node
 from server.realtime.presence_redis import RedisPresence
 from server.rooms import Rooms
+from server.timeouts import within
 from server.users import Users
 from settings import Settings
 
@@ -115,7 +116,7 @@ class Realtime:
         every socket with 1001 (reconnect with backoff)."""
         self.accepting = False
         try:
-            await asyncio.wait_for(self._idle.wait(), timeout)
+            await within(self._idle.wait(), timeout)
         except TimeoutError:
             pass
         self.hub.close_all(CloseCode.GOING_AWAY, "server shutting down")

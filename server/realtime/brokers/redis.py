@@ -37,6 +37,7 @@ from redis.retry import Retry
 
 from server.logs import fields
 from server.realtime.brokers.base import BrokerEvents
+from server.timeouts import within
 
 log = logging.getLogger("server.broker")
 
@@ -155,17 +156,17 @@ class _Shard:
         timeout = self.broker.timeout
         self._client = Redis.from_url(self.url, socket_timeout=timeout, socket_connect_timeout=timeout,
                                       retry=Retry(NoBackoff(), 0), health_check_interval=0)
-        await asyncio.wait_for(self._client.ping(), timeout)
+        await within(self._client.ping(), timeout)
         pubsub = self._client.pubsub()
-        await asyncio.wait_for(pubsub.connect(), timeout)  # type: ignore[no-untyped-call]
+        await within(pubsub.connect(), timeout)  # type: ignore[no-untyped-call]
         self._pubsub = pubsub  # from here a subscribe() goes to Redis itself
         topics = sorted(self.topics)
         waiting = [self._expect(t) for t in topics]
         if topics:
-            await asyncio.wait_for(pubsub.subscribe(*topics), timeout)
+            await within(pubsub.subscribe(*topics), timeout)
         tasks = [asyncio.create_task(self._read()), asyncio.create_task(self._ping()),
                  asyncio.create_task(self._lost.wait())]
-        confirmed = asyncio.ensure_future(asyncio.wait_for(asyncio.gather(*waiting), timeout))
+        confirmed = asyncio.ensure_future(within(asyncio.gather(*waiting), timeout))
         done, _ = await asyncio.wait([confirmed, *tasks], return_when=asyncio.FIRST_COMPLETED)
         if confirmed not in done:
             confirmed.cancel()
@@ -218,7 +219,7 @@ class _Shard:
         for closing in (pubsub, client):
             if closing is not None:
                 try:
-                    await asyncio.wait_for(closing.aclose(), self.broker.timeout)
+                    await within(closing.aclose(), self.broker.timeout)
                 except (RedisError, OSError, TimeoutError, RuntimeError):
                     pass
 
@@ -226,7 +227,7 @@ class _Shard:
         while True:
             await asyncio.sleep(PING_SECONDS)
             assert self._client is not None
-            await asyncio.wait_for(self._client.ping(), self.broker.timeout)
+            await within(self._client.ping(), self.broker.timeout)
 
     # -- what arrives ------------------------------------------------------------------------
 
@@ -263,8 +264,8 @@ class _Shard:
             return  # subscribed on reconnection, then caught up through on_recovered
         confirmed = self._expect(name)
         try:
-            await asyncio.wait_for(self._pubsub.subscribe(name), self.broker.timeout)
-            await asyncio.wait_for(confirmed, self.broker.timeout)
+            await within(self._pubsub.subscribe(name), self.broker.timeout)
+            await within(confirmed, self.broker.timeout)
         except (RedisError, OSError, TimeoutError, ConnectionError) as exc:
             self._lost.set()  # reconnects, re-subscribes everything, then catches up
             log.debug("subscribe failed", extra=fields(shard=self.index, error=repr(exc)))
@@ -273,7 +274,7 @@ class _Shard:
         self.topics.discard(name)
         if self._pubsub is not None:
             try:
-                await asyncio.wait_for(self._pubsub.unsubscribe(name), self.broker.timeout)
+                await within(self._pubsub.unsubscribe(name), self.broker.timeout)
             except (RedisError, OSError, TimeoutError) as exc:
                 self._lost.set()
                 log.debug("unsubscribe failed", extra=fields(shard=self.index, error=repr(exc)))
@@ -304,7 +305,7 @@ class _Shard:
                 for name, data in batch:
                     pipe.publish(name, data)
                 try:
-                    await asyncio.wait_for(pipe.execute(), self.broker.timeout)
+                    await within(pipe.execute(), self.broker.timeout)
                 except (RedisError, OSError, TimeoutError) as exc:
                     self._lost.set()
                     log.debug("publish failed", extra=fields(shard=self.index, error=repr(exc)))
