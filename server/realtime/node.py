@@ -77,7 +77,7 @@ class Node:
         self._checker: asyncio.Task[None] | None = None  # the position check
         self._check_from = 0  # where the next position check round starts among the served channels
         self.on("answer", self._answer)
-        presence.bind(self._left)
+        presence.bind(self._left, self._joined)
 
     @property
     def node(self) -> str:
@@ -199,6 +199,11 @@ class Node:
     def _left(self, channel: str, user: str) -> None:
         """A dead process held ``user``'s last socket in room ``channel``: their leave, as a live one's."""
         self.push(channel, encode_presence_push("leave", channel, user))
+
+    def _joined(self, channel: str, user: str) -> None:
+        """This process, back from a stall, wrote ``user`` back into room ``channel`` after a reaper pushed their
+        leave: their join."""
+        self.push(channel, encode_presence_push("join", channel, user))
 
     def _deliver(self, channel: str, seq: int, payload: bytes) -> None:
         if seq:

@@ -29,8 +29,9 @@ class Presence(Protocol):
 
     async def close(self) -> None: ...
 
-    def bind(self, on_leave: Callable[[str, str], None]) -> None:
-        """``on_leave(channel, user)``: a user left a room because their process died (push their leave)."""
+    def bind(self, on_leave: Callable[[str, str], None], on_join: Callable[[str, str], None] | None = None) -> None:
+        """``on_leave(channel, user)``: a user left a room because their process died (push their leave);
+        ``on_join``: a user is back in a room because their process was only stalled (push their join)."""
 
     async def add(self, channel: str, user: str) -> bool:
         """This process now has ``user`` in ``channel``; True if no process had."""
@@ -68,7 +69,7 @@ class MemoryPresence:
     async def close(self) -> None:
         return None
 
-    def bind(self, on_leave: Callable[[str, str], None]) -> None:
+    def bind(self, on_leave: Callable[[str, str], None], on_join: Callable[[str, str], None] | None = None) -> None:
         return None  # no other process can die under this one
 
     async def add(self, channel: str, user: str) -> bool:

@@ -10,14 +10,15 @@ scripts never count a dead node's entries and never remove them either, except
 
 from __future__ import annotations
 
-# KEYS: mp:node:<me>, mp:nodes; ARGV: me, ttl. Renews this node, answers {its key existed, dead nodes}.
+# KEYS: mp:node:<me>, mp:nodes, mp:reaped:<me>; ARGV: me, ttl. Renews this node, answers {its key existed,
+# dead nodes, whether a reaper took any of its room entries out (their leaves were pushed)}.
 BEAT = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local existed = redis.call('SET', KEYS[1], 1, 'EX', ARGV[2], 'GET')
 redis.call('ZADD', KEYS[2], now, ARGV[1])
 local dead = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', '(' .. (now - tonumber(ARGV[2])), 'LIMIT', 0, 64)
-return {existed and 1 or 0, dead}
+return {existed and 1 or 0, dead, redis.call('DEL', KEYS[3])}
 """
 
 # KEYS: mp:nodes; ARGV: ttl. The nodes that renewed within the TTL.
@@ -34,7 +35,8 @@ return 1
 """
 
 # KEYS: mp:p:<channel>, mp:pu:<channel>:<user>, mp:nr:<me>; ARGV: user, me, node prefix, '<channel> <user>'.
-# 1 if no live node held the user there (a join).
+# 0 if another live node holds the user there; else a join: 2 if the user was not listed (absent, or their
+# leave pushed by a reaper), 1 if listed through dead nodes' entries only.
 ADD = """
 local live = 0
 for _, n in ipairs(redis.call('SMEMBERS', KEYS[2])) do
@@ -42,8 +44,9 @@ for _, n in ipairs(redis.call('SMEMBERS', KEYS[2])) do
 end
 redis.call('SADD', KEYS[2], ARGV[2])
 redis.call('SADD', KEYS[3], ARGV[4])
-redis.call('SADD', KEYS[1], ARGV[1])
-return 1 - live
+local listed = redis.call('SADD', KEYS[1], ARGV[1])
+if live == 1 then return 0 end
+return 1 + listed
 """
 
 # Same keys and arguments as ADD. 1 if no live node holds the user there any more (a leave).
@@ -103,8 +106,9 @@ return 1
 
 COUNT = "return redis.call('SCARD', KEYS[1])"  # KEYS: mp:users
 
-# KEYS: mp:nodes, mp:node:<dead>, mp:nr:<dead>, mp:ns:<dead>, mp:users, mp:reap:<dead>;
-# ARGV: dead, me, claim seconds, chunk, key prefix ('mp:').
+# KEYS: mp:nodes, mp:node:<dead>, mp:nr:<dead>, mp:ns:<dead>, mp:users, mp:reap:<dead>, mp:reaped:<dead>;
+# ARGV: dead, me, claim seconds, chunk, key prefix ('mp:'). A leave pushed leaves mp:reaped:<dead> for a day: if
+# the node comes back (it was stalled, not dead), it pushes the joins of the users it writes back.
 # Removes up to ``chunk`` of each of the dead node's room entries and sockets. Answers {state, channel, user,
 # ...}: state 0 (alive again, or another node reaps it), 1 (more to do), 2 (done: the node is forgotten); then
 # each (channel, user) this call took out of the room because no live node holds them there: a leave, once.
@@ -129,6 +133,7 @@ for _, e in ipairs(rooms) do
     table.insert(out, user)
   end
 end
+if #out > 1 then redis.call('SET', KEYS[7], 1, 'EX', 86400) end
 local sockets = redis.call('SPOP', KEYS[4], n)
 for _, e in ipairs(sockets) do
   local at = string.find(e, ' ', 1, true)

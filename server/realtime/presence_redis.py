@@ -15,7 +15,9 @@ a node's on every shard):
 - ``mp:nr:<node>`` and ``mp:ns:<node>``: that node's index on this shard, of
   its room entries (``<channel> <user>``) and sockets (``<conn> <user>``), so
   its entries are found without a SCAN when it dies;
-- ``mp:reap:<node>``: the claim of the process removing a dead node's entries.
+- ``mp:reap:<node>``: the claim of the process removing a dead node's entries;
+  ``mp:reaped:<node>``: left for a day once that pushed a leave, so a node back
+  from a stall (reaped, not dead) pushes the joins of the users it writes back.
 - ``mp:v:<sid>``: the shared session vouch (``!`` once revoked).
 
 Each step is one Lua script (presence_lua.py), so two processes adding the
@@ -103,14 +105,16 @@ class RedisPresence:
         self._reaping: set[tuple[int, str]] = set()  # (shard, dead node) this process is removing
         self.on_leave: Callable[[str, str], None] | None = None  # told (channel, user) a dead node's reap took
         # out of a room: their leave
+        self.on_join: Callable[[str, str], None] | None = None  # told (channel, user) this process wrote back
+        # into a room after a reaper had pushed their leave: their join
 
     @property
     def reachable(self) -> bool:
         """Every shard answers."""
         return not self.down and not self.closing
 
-    def bind(self, on_leave: Callable[[str, str], None]) -> None:
-        self.on_leave = on_leave
+    def bind(self, on_leave: Callable[[str, str], None], on_join: Callable[[str, str], None] | None = None) -> None:
+        self.on_leave, self.on_join = on_leave, on_join
 
     def _shard(self, key: str) -> int:
         return shard_of(key, len(self.clients))
@@ -215,9 +219,9 @@ class RedisPresence:
         starts reaping the dead nodes each shard names."""
         for shard in range(len(self.clients)):
             try:
-                existed, dead = await within(
-                    self.scripts[shard]["beat"](keys=[NODE + self.node, NODES], args=[self.node, self.ttl]),
-                    self.timeout)
+                existed, dead, reaped = await within(
+                    self.scripts[shard]["beat"](keys=[NODE + self.node, NODES, f"{PREFIX}reaped:{self.node}"],
+                                                args=[self.node, self.ttl]), self.timeout)
             except (RedisError, OSError, TimeoutError) as exc:
                 self._unreachable(shard, exc)
                 continue
@@ -225,7 +229,7 @@ class RedisPresence:
                 self.down.discard(shard)
                 log.warning("presence: redis is back", extra=fields(shard=shard))
             if not existed:
-                await self._rewrite()
+                await self._rewrite({shard} if reaped else set())
             for node in dead:
                 self._reap_later(shard, _text(node))
         if self._stale and not self.down:  # Redis was away but kept this process's key (a stall, a partition)
@@ -246,7 +250,8 @@ class RedisPresence:
         try:
             while True:
                 found = await self._call(shard, "reap", [NODES, NODE + dead, f"{PREFIX}nr:{dead}",
-                                                         f"{PREFIX}ns:{dead}", USERS, f"{PREFIX}reap:{dead}"],
+                                                         f"{PREFIX}ns:{dead}", USERS, f"{PREFIX}reap:{dead}",
+                                                         f"{PREFIX}reaped:{dead}"],
                                          [dead, self.node, self.ttl, REAP_CHUNK, PREFIX])
                 for i in range(1, len(found), 2):
                     left += 1
@@ -276,9 +281,10 @@ class RedisPresence:
                               [f"{self.node}/{conn}", limit, NODE, f"{conn} {user}", user])
         return self._call(self._shard(user), script, keys, [f"{self.node}/{conn}", f"{conn} {user}", user])
 
-    async def _rewrite(self) -> None:
+    async def _rewrite(self, reaped: set[int] | None = None) -> None:
         """This process's entries, written again, and the removals that failed
-        (no join or leave is pushed for them). Each is checked against the local
+        (no join or leave is pushed for them, except the join of a user a reaper
+        took out of a room of a ``reaped`` shard). Each is checked against the local
         state just before it is queued, so a call made meanwhile is sent after it.
         What fails (a shard still down) is tried again by a later heartbeat."""
         for channel, user in list(self._unsent_leaves):
@@ -293,8 +299,15 @@ class RedisPresence:
             self._unsent_closes.discard((user, conn))
         for channel, users in list(self.local.rooms.items()):
             for user in list(users):
-                if user in self.local.rooms.get(channel, ()):
-                    await self._sent(self._room_call("add", channel, user))
+                if user not in self.local.rooms.get(channel, ()):
+                    continue
+                try:
+                    added = await self._room_call("add", channel, user)
+                except (RedisError, OSError, TimeoutError):
+                    self._stale = True
+                    continue
+                if added == 2 and reaped and self._shard(channel) in reaped and self.on_join is not None:
+                    self.on_join(channel, user)
         for user, conns in list(self.local.sockets.items()):
             for conn in list(conns):
                 if conn in self.local.sockets.get(user, ()):

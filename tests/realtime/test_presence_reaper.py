@@ -80,13 +80,15 @@ def test_the_reaper_pushes_one_leave_per_user_left_only_on_a_dead_node_and_empti
             await survivor.close()
         direct = redis_client.Redis.from_url(redis.url)
         keys = sorted(direct.keys("mp:*")) + direct.zrange("mp:nodes", 0, -1)
+        assert 0 < direct.ttl("mp:reaped:dead") <= 86400  # the come-back marker expires
         return left_by_then, users, counted_before, counted_after, keys
 
     left, users, counted_before, counted_after, keys = asyncio.run(scenario())
     assert left == [("room:a", "ghost"), ("room:b", "ghost")]
     assert users == ["both"]
     assert (counted_before, counted_after) == (2, 1)
-    assert not [k for k in keys if b"dead" in k and not k.startswith(b"mp:node:")]  # index, claim, node score
+    assert not [k for k in keys if b"dead" in k and not k.startswith((b"mp:node:", b"mp:reaped:"))]  # index, claim,
+    # node score
 
 
 def test_distinct_users_count_a_user_once_over_processes_and_shards(redis: RedisProcess) -> None:

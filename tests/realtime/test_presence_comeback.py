@@ -1,0 +1,48 @@
+"""A process that stalls past PRESENCE_TTL, is reaped (its users' leaves pushed), then comes back: real run.py
+processes on a real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from typing import Any
+
+from tests.helpers.redis_process import RedisProcess
+from tests.mongo_process import StoreProcess
+from tests.realtime.test_processes import _call, _signed_in, deployment, stop
+from tests.ws_client import Client
+
+TTL = 2  # PRESENCE_TTL of these processes
+
+
+def test_a_process_back_after_being_reaped_pushes_the_join_of_the_users_it_put_back(
+        store: StoreProcess, database: str, redis: RedisProcess) -> None:
+    """SIGSTOP of A past the TTL: Bob on B is told Alice left; SIGCONT: A writes Alice back into presence and Bob
+    is told she joined, so his view matches the presence list again."""
+    a, b = servers = deployment(store, database, redis, 2, PRESENCE_TTL=str(TTL))
+    try:
+        async def scenario() -> list[Any]:
+            alice, bob = await _signed_in(a.url, "alice"), await _signed_in(b.url, "bob")
+            _, room = await _call(a.url, "POST", "/api/v1/rooms", {"name": "r", "public": True},
+                                  token=alice["access_token"])
+            channel = f"room:{room['id']}"
+            alice_a = await Client.connect(a.url, alice["access_token"])
+            await alice_a.call("subscribe", channel=channel)
+            bob_b = await Client.connect(b.url, bob["access_token"])
+            await bob_b.call("subscribe", channel=channel)
+            a.proc.send_signal(signal.SIGSTOP)
+            try:
+                left = await bob_b.push(4 * TTL, kind="leave")  # B's reaper: A's key expired
+            finally:
+                a.proc.send_signal(signal.SIGCONT)
+            joined = await bob_b.push(4 * TTL, kind="join")  # A's heartbeat writes Alice back
+            present = (await bob_b.call("presence", channel=channel))["result"]["users"]
+            alice_a.close()
+            bob_b.close()
+            return [left["user"], joined["user"], present, alice["user"]["id"], bob["user"]["id"]]
+
+        left, joined, present, alice_id, bob_id = asyncio.run(scenario())
+        assert left == joined == alice_id
+        assert present == sorted([alice_id, bob_id])
+    finally:
+        stop(servers)
