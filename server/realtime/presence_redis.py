@@ -103,6 +103,9 @@ class RedisPresence:
         self._unsent_leaves: set[tuple[str, str]] = set()  # (channel, user) whose remove failed: sent when back
         self._unsent_closes: set[tuple[str, str]] = set()  # (user, conn) whose disconnected failed: sent when back
         self._reaping: set[tuple[int, str]] = set()  # (shard, dead node) this process is removing
+        self._rewriting: asyncio.Task[None] | None = None  # the rewrite running, beside the heartbeat (a long one
+        # must not let this process's key expire)
+        self._rewrite_wanted: set[int] | None = None  # a rewrite asked for meanwhile: its reaped shards
         self.on_leave: Callable[[str, str], None] | None = None  # told (channel, user) a dead node's reap took
         # out of a room: their leave
         self.on_join: Callable[[str, str], None] | None = None  # told (channel, user) this process wrote back
@@ -229,12 +232,26 @@ class RedisPresence:
                 self.down.discard(shard)
                 log.warning("presence: redis is back", extra=fields(shard=shard))
             if not existed:
-                await self._rewrite({shard} if reaped else set())
+                self._rewrite_soon({shard} if reaped else set())
             for node in dead:
                 self._reap_later(shard, _text(node))
         if self._stale and not self.down:  # Redis was away but kept this process's key (a stall, a partition)
             self._stale = False
-            await self._rewrite()
+            self._rewrite_soon(set())
+
+    def _rewrite_soon(self, reaped: set[int]) -> None:
+        """Runs ``_rewrite`` off the heartbeat (tens of thousands of entries take
+        seconds), one at a time: one asked for meanwhile runs after."""
+        self._rewrite_wanted = (self._rewrite_wanted or set()) | reaped
+        if self._rewriting is None or self._rewriting.done():
+            self._rewriting = asyncio.create_task(self._rewrites())
+            self._tasks.add(self._rewriting)
+            self._rewriting.add_done_callback(self._tasks.discard)
+
+    async def _rewrites(self) -> None:
+        while self._rewrite_wanted is not None:
+            reaped, self._rewrite_wanted = self._rewrite_wanted, None
+            await self._rewrite(reaped)
 
     def _reap_later(self, shard: int, dead: str) -> None:
         if dead != self.node and (shard, dead) not in self._reaping and shard not in self.down:
