@@ -220,6 +220,7 @@ class RedisPresence:
         """Renews this process's key and score on every shard; where the key had
         vanished (Redis restarted empty), writes this process's entries again;
         starts reaping the dead nodes each shard names."""
+        rewrite: set[int] | None = None  # a rewrite is due: the shards a reaper took this process out of
         for shard in range(len(self.clients)):
             try:
                 existed, dead, reaped = await within(
@@ -232,12 +233,14 @@ class RedisPresence:
                 self.down.discard(shard)
                 log.warning("presence: redis is back", extra=fields(shard=shard))
             if not existed:
-                self._rewrite_soon({shard} if reaped else set())
+                rewrite = (rewrite or set()) | ({shard} if reaped else set())
             for node in dead:
                 self._reap_later(shard, _text(node))
         if self._stale and not self.down:  # Redis was away but kept this process's key (a stall, a partition)
             self._stale = False
-            self._rewrite_soon(set())
+            rewrite = rewrite or set()
+        if rewrite is not None:  # one rewrite for every shard (it writes them all)
+            self._rewrite_soon(rewrite)
 
     def _rewrite_soon(self, reaped: set[int]) -> None:
         """Runs ``_rewrite`` off the heartbeat (tens of thousands of entries take

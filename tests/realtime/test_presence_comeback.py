@@ -1,5 +1,5 @@
 """A process that stalls past PRESENCE_TTL, is reaped (its users' leaves pushed), then comes back: real run.py
-processes on a real Redis."""
+processes (or RedisPresence itself) on a real Redis."""
 
 from __future__ import annotations
 
@@ -7,7 +7,10 @@ import asyncio
 import signal
 from typing import Any
 
-from tests.helpers.redis_process import RedisProcess
+import redis as redis_client
+
+from server.realtime.presence_redis import RedisPresence
+from tests.helpers.redis_process import RedisProcess, require_redis
 from tests.mongo_process import StoreProcess
 from tests.realtime.test_processes import _call, _signed_in, deployment, stop
 from tests.ws_client import Client
@@ -46,3 +49,42 @@ def test_a_process_back_after_being_reaped_pushes_the_join_of_the_users_it_put_b
         assert present == sorted([alice_id, bob_id])
     finally:
         stop(servers)
+
+
+def test_joins_are_pushed_for_the_rooms_of_every_shard_a_process_was_reaped_on(redis: RedisProcess) -> None:
+    """Over two Redis shards (room:a on one, room:d on the other): a process reaped on both and back announces its
+    user's join in both rooms, once each."""
+    second = RedisProcess(require_redis()).start()
+    try:
+        async def scenario() -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+            urls = [redis.url, second.url]
+            stalled, survivor = RedisPresence(urls, "stalled", ttl=30), RedisPresence(urls, "survivor", ttl=30)
+            left: list[tuple[str, str]] = []
+            joined: list[tuple[str, str]] = []
+            survivor.bind(lambda channel, user: left.append((channel, user)))
+            stalled.bind(lambda channel, user: None, lambda channel, user: joined.append((channel, user)))
+            await stalled.start()
+            await survivor.start()
+            for room in ("room:a", "room:d"):
+                await stalled.add(room, "u1")
+            assert stalled._heartbeat is not None
+            stalled._heartbeat.cancel()  # stalled: its key expires (done by hand below), the survivor reaps it
+            for url in urls:
+                direct = redis_client.Redis.from_url(url)
+                direct.delete("mp:node:stalled")
+                direct.zadd("mp:nodes", {"stalled": 0})
+            for shard in range(2):
+                await survivor._reap(shard, "stalled")
+            await stalled._beat()  # back
+            for _ in range(50):  # bounded guard: the rewrite runs beside the heartbeat
+                if stalled._rewriting is None or stalled._rewriting.done():
+                    break
+                await asyncio.sleep(0.1)
+            await stalled.close()
+            await survivor.close()
+            return sorted(left), sorted(joined)
+
+        left, joined = asyncio.run(scenario())
+        assert left == joined == [("room:a", "u1"), ("room:d", "u1")]
+    finally:
+        second.stop()
