@@ -77,7 +77,7 @@ return out
 # The live sockets beyond the limit, oldest first (removed here: they close). Dead nodes' sockets are dropped.
 CONNECTED = """
 local t = redis.call('TIME')
-redis.call('ZADD', KEYS[1], tonumber(t[1]) * 1000000 + tonumber(t[2]), ARGV[1])
+redis.call('ZADD', KEYS[1], 'NX', tonumber(t[1]) * 1000000 + tonumber(t[2]), ARGV[1])  -- NX: a rewrite keeps its age
 redis.call('EXPIRE', KEYS[1], 86400)
 redis.call('SADD', KEYS[2], ARGV[4])
 redis.call('SADD', KEYS[3], ARGV[5])

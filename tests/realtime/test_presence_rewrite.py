@@ -40,3 +40,24 @@ def test_a_long_rewrite_after_redis_restarted_empty_does_not_get_its_process_rea
     left, listed = asyncio.run(scenario())
     assert listed == USERS
     assert left == []
+
+
+def test_a_rewrite_keeps_the_age_of_the_sockets_redis_still_holds(redis: RedisProcess) -> None:
+    """After a stall (Redis kept its data; the process rewrites its entries), the per-user cap still closes the
+    user's oldest socket anywhere: the rewrite does not make this process's sockets look new."""
+    async def scenario() -> list[tuple[str, str]]:
+        a, b = RedisPresence([redis.url], "a"), RedisPresence([redis.url], "b")
+        await a.start()
+        await b.start()
+        assert await a.connected("u1", "oldest", 2) == []
+        assert await b.connected("u1", "middle", 2) == []
+        a._stale = True  # a call of A failed meanwhile: its next heartbeat writes its entries again
+        await a._beat()
+        assert a._rewriting is not None
+        await a._rewriting
+        closing = await b.connected("u1", "newest", 2)
+        await a.close()
+        await b.close()
+        return closing
+
+    assert asyncio.run(scenario()) == [("a", "oldest")]
