@@ -15,10 +15,11 @@ from __future__ import annotations
 BEAT = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local existed = redis.call('SET', KEYS[1], 1, 'EX', ARGV[2], 'GET')
+local existed = redis.call('EXISTS', KEYS[1])  -- not SET's GET option: that needs Redis 6.2
+redis.call('SET', KEYS[1], 1, 'EX', ARGV[2])
 redis.call('ZADD', KEYS[2], now, ARGV[1])
 local dead = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', '(' .. (now - tonumber(ARGV[2])), 'LIMIT', 0, 64)
-return {existed and 1 or 0, dead, redis.call('DEL', KEYS[3])}
+return {existed, dead, redis.call('DEL', KEYS[3])}
 """
 
 # KEYS: mp:nodes; ARGV: ttl. The nodes that renewed within the TTL.
