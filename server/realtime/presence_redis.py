@@ -219,16 +219,20 @@ class RedisPresence:
     async def _beat(self) -> None:
         """Renews this process's key and score on every shard; where the key had
         vanished (Redis restarted empty), writes this process's entries again;
-        starts reaping the dead nodes each shard names."""
+        starts reaping the dead nodes each shard names. The shards are asked at
+        once: one that hangs costs REDIS_TIMEOUT once, not once per shard after it."""
+        answers = await asyncio.gather(*(within(
+            self.scripts[shard]["beat"](keys=[NODE + self.node, NODES, f"{PREFIX}reaped:{self.node}"],
+                                        args=[self.node, self.ttl]), self.timeout)
+            for shard in range(len(self.clients))), return_exceptions=True)
         rewrite: set[int] | None = None  # a rewrite is due: the shards a reaper took this process out of
-        for shard in range(len(self.clients)):
-            try:
-                existed, dead, reaped = await within(
-                    self.scripts[shard]["beat"](keys=[NODE + self.node, NODES, f"{PREFIX}reaped:{self.node}"],
-                                                args=[self.node, self.ttl]), self.timeout)
-            except (RedisError, OSError, TimeoutError) as exc:
-                self._unreachable(shard, exc)
+        for shard, answer in enumerate(answers):
+            if isinstance(answer, (RedisError, OSError, TimeoutError)):
+                self._unreachable(shard, answer)
                 continue
+            if isinstance(answer, BaseException):
+                raise answer
+            existed, dead, reaped = answer
             if shard in self.down:
                 self.down.discard(shard)
                 log.warning("presence: redis is back", extra=fields(shard=shard))

@@ -1,14 +1,15 @@
-"""The rewrite of a process's presence after Redis lost it (server/realtime/presence_redis.py), against a real
-redis-server."""
+"""The rewrite of a process's presence after Redis lost it, and the heartbeat beside it
+(server/realtime/presence_redis.py), against real redis-servers."""
 
 from __future__ import annotations
 
 import asyncio
+import signal
 
 import redis as redis_client
 
 from server.realtime.presence_redis import RedisPresence
-from tests.helpers.redis_process import RedisProcess
+from tests.helpers.redis_process import RedisProcess, require_redis
 
 USERS = 4000  # A's users, each in a room and with a socket: a rewrite far longer than the TTL below
 
@@ -61,3 +62,31 @@ def test_a_rewrite_keeps_the_age_of_the_sockets_redis_still_holds(redis: RedisPr
         return closing
 
     assert asyncio.run(scenario()) == [("a", "oldest")]
+
+
+def test_redis_servers_that_hang_do_not_delay_the_heartbeat_of_the_others(redis: RedisProcess) -> None:
+    """Three of four Redis servers stop answering (SIGSTOP): each heartbeat waits REDIS_TIMEOUT for them once, not
+    once each, so the process's key on the server still up never lapses (a lapse lets others reap it alive)."""
+    hung = [RedisProcess(require_redis()).start() for _ in range(3)]
+    try:
+        async def scenario() -> list[int]:
+            a = RedisPresence([redis.url] + [r.url for r in hung], "a", timeout=0.6, ttl=2)
+            await a.start()
+            direct = redis_client.Redis.from_url(redis.url)
+            for r in hung:
+                r.proc.send_signal(signal.SIGSTOP)
+            seen = []
+            try:
+                for _ in range(50):  # 5 s: heartbeats every 0.67 s, plus 3 x 0.6 s if waited one after the other
+                    await asyncio.sleep(0.1)
+                    seen.append(await asyncio.to_thread(direct.exists, "mp:node:a"))
+            finally:
+                for r in hung:
+                    r.proc.send_signal(signal.SIGCONT)
+            await a.close()
+            return seen
+
+        assert 0 not in asyncio.run(scenario())
+    finally:
+        for r in hung:
+            r.stop()
