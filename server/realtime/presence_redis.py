@@ -35,6 +35,8 @@ heartbeat finds it back); when it comes back empty (restarted), the heartbeat
 finds this process's key gone and writes its entries again; when it comes back
 with its data (a stall, a partition shorter than the TTL), the heartbeat writes
 them again and sends the removals that failed, so no one who left stays listed.
+Each Redis server is rewritten on its own, when it answers again, whatever the
+others do.
 """
 
 from __future__ import annotations
@@ -99,13 +101,15 @@ class RedisPresence:
         self.down: set[int] = set()  # shards whose calls failed, until a heartbeat answers (logged once)
         self.closing = False  # close() began: calls fail at once, silently
         self._heartbeat: asyncio.Task[None] | None = None  # renews this process's key
-        self._stale = False  # a call failed: Redis may miss what this process changed meanwhile (resent)
+        self._stale: set[int] = set()  # shards where a call failed: they may miss what this process changed
+        # meanwhile (written again once they answer, each on its own)
         self._unsent_leaves: set[tuple[str, str]] = set()  # (channel, user) whose remove failed: sent when back
         self._unsent_closes: set[tuple[str, str]] = set()  # (user, conn) whose disconnected failed: sent when back
         self._reaping: set[tuple[int, str]] = set()  # (shard, dead node) this process is removing
         self._rewriting: asyncio.Task[None] | None = None  # the rewrite running, beside the heartbeat (a long one
         # must not let this process's key expire)
-        self._rewrite_wanted: set[int] | None = None  # a rewrite asked for meanwhile: its reaped shards
+        self._rewrite_wanted: tuple[set[int], set[int]] | None = None  # a rewrite asked for meanwhile: its
+        # shards, and those of them a reaper took this process out of
         self.on_leave: Callable[[str, str], None] | None = None  # told (channel, user) a dead node's reap took
         # out of a room: their leave
         self.on_join: Callable[[str, str], None] | None = None  # told (channel, user) this process wrote back
@@ -125,7 +129,7 @@ class RedisPresence:
     async def _call(self, shard: int, script: str, keys: list[str], args: list[Any]) -> Any:
         if shard in self.down or self.closing:  # known down: fail at once, not after REDIS_TIMEOUT each (the
             # heartbeat finds it back, then rewrites this process's entries and sends what failed meanwhile)
-            self._stale = True
+            self._stale.add(shard)
             raise RedisConnectionError("redis is unreachable; presence answers for this process only")
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._batches[shard].append((script, keys, args, future))
@@ -134,6 +138,7 @@ class RedisPresence:
         try:
             return await future  # answered within REDIS_TIMEOUT: the pipeline carries the timeout
         except (RedisError, OSError, TimeoutError) as exc:
+            self._stale.add(shard)
             self._unreachable(shard, exc)
             raise
 
@@ -225,31 +230,35 @@ class RedisPresence:
             self.scripts[shard]["beat"](keys=[NODE + self.node, NODES, f"{PREFIX}reaped:{self.node}"],
                                         args=[self.node, self.ttl]), self.timeout)
             for shard in range(len(self.clients))), return_exceptions=True)
-        rewrite: set[int] | None = None  # a rewrite is due: the shards a reaper took this process out of
+        rewrite: set[int] = set()  # the shards whose entries of this process are written again
+        reaped: set[int] = set()  # those of them a reaper took this process out of
         for shard, answer in enumerate(answers):
             if isinstance(answer, (RedisError, OSError, TimeoutError)):
                 self._unreachable(shard, answer)
                 continue
             if isinstance(answer, BaseException):
                 raise answer
-            existed, dead, reaped = answer
+            existed, dead, was_reaped = answer
             if shard in self.down:
                 self.down.discard(shard)
                 log.warning("presence: redis is back", extra=fields(shard=shard))
-            if not existed:
-                rewrite = (rewrite or set()) | ({shard} if reaped else set())
+            if not existed:  # it lost this process's entries (restarted empty), or a reaper removed them
+                rewrite.add(shard)
+                if was_reaped:
+                    reaped.add(shard)
             for node in dead:
                 self._reap_later(shard, _text(node))
-        if self._stale and not self.down:  # Redis was away but kept this process's key (a stall, a partition)
-            self._stale = False
-            rewrite = rewrite or set()
-        if rewrite is not None:  # one rewrite for every shard (it writes them all)
-            self._rewrite_soon(rewrite)
+        back = self._stale - self.down  # answering again, its data kept (a stall, a partition), calls missed
+        self._stale -= back
+        rewrite |= back
+        if rewrite:  # one rewrite for all of them
+            self._rewrite_soon(rewrite, reaped)
 
-    def _rewrite_soon(self, reaped: set[int]) -> None:
+    def _rewrite_soon(self, shards: set[int], reaped: set[int]) -> None:
         """Runs ``_rewrite`` off the heartbeat (tens of thousands of entries take
         seconds), one at a time: one asked for meanwhile runs after."""
-        self._rewrite_wanted = (self._rewrite_wanted or set()) | reaped
+        wanted, was_reaped = self._rewrite_wanted or (set(), set())
+        self._rewrite_wanted = (wanted | shards, was_reaped | reaped)
         if self._rewriting is None or self._rewriting.done():
             self._rewriting = asyncio.create_task(self._rewrites())
             self._tasks.add(self._rewriting)
@@ -257,8 +266,8 @@ class RedisPresence:
 
     async def _rewrites(self) -> None:
         while self._rewrite_wanted is not None:
-            reaped, self._rewrite_wanted = self._rewrite_wanted, None
-            await self._rewrite(reaped)
+            (shards, reaped), self._rewrite_wanted = self._rewrite_wanted, None
+            await self._rewrite(shards, reaped)
 
     def _reap_later(self, shard: int, dead: str) -> None:
         if dead != self.node and (shard, dead) not in self._reaping and shard not in self.down:
@@ -305,44 +314,50 @@ class RedisPresence:
                               [f"{self.node}/{conn}", limit, NODE, f"{conn} {user}", user])
         return self._call(self._shard(user), script, keys, [f"{self.node}/{conn}", f"{conn} {user}", user])
 
-    async def _rewrite(self, reaped: set[int] | None = None) -> None:
-        """This process's entries, written again, and the removals that failed
-        (no join or leave is pushed for them, except the join of a user a reaper
+    async def _rewrite(self, shards: set[int], reaped: set[int]) -> None:
+        """This process's entries on ``shards``, written again, and the removals that failed
+        there (no join or leave is pushed for them, except the join of a user a reaper
         took out of a room of a ``reaped`` shard). Each is checked against the local
         state just before it is queued, so a call made meanwhile is sent after it.
         What fails (a shard still down) is tried again by a later heartbeat."""
         for channel, user in list(self._unsent_leaves):
+            if self._shard(channel) not in shards:
+                continue
             if user not in self.local.rooms.get(channel, ()) and not await self._sent(
                     self._room_call("remove", channel, user)):
                 continue
             self._unsent_leaves.discard((channel, user))
         for user, conn in list(self._unsent_closes):
+            if self._shard(user) not in shards:
+                continue
             if conn not in self.local.sockets.get(user, ()) and not await self._sent(
                     self._socket_call("disconnected", user, conn)):
                 continue
             self._unsent_closes.discard((user, conn))
         for channel, users in list(self.local.rooms.items()):
+            if self._shard(channel) not in shards:
+                continue
             for user in list(users):
                 if user not in self.local.rooms.get(channel, ()):
                     continue
                 try:
                     added = await self._room_call("add", channel, user)
                 except (RedisError, OSError, TimeoutError):
-                    self._stale = True
-                    continue
-                if added == 2 and reaped and self._shard(channel) in reaped and self.on_join is not None:
+                    continue  # marked stale: written again later
+                if added == 2 and self._shard(channel) in reaped and self.on_join is not None:
                     self.on_join(channel, user)
         for user, conns in list(self.local.sockets.items()):
+            if self._shard(user) not in shards:
+                continue
             for conn in list(conns):
                 if conn in self.local.sockets.get(user, ()):
                     await self._sent(self._socket_call("connected", user, conn, 10**9))
 
     async def _sent(self, call: Any) -> bool:
-        """Awaits a call of the rewrite; False (and stale: retried) if it failed."""
+        """Awaits a call of the rewrite; False (its shard marked stale: retried) if it failed."""
         try:
             await call
         except (RedisError, OSError, TimeoutError):
-            self._stale = True
             return False
         return True
 
@@ -352,8 +367,7 @@ class RedisPresence:
         first_here = await self.local.add(channel, user)
         try:
             return bool(await self._room_call("add", channel, user))
-        except (RedisError, OSError, TimeoutError):
-            self._stale = True
+        except (RedisError, OSError, TimeoutError):  # _call marked its shard stale
             return first_here
         finally:
             self._unsent_leaves.discard((channel, user))
@@ -362,8 +376,7 @@ class RedisPresence:
         last_here = await self.local.remove(channel, user)
         try:
             return bool(await self._room_call("remove", channel, user))
-        except (RedisError, OSError, TimeoutError):
-            self._stale = True
+        except (RedisError, OSError, TimeoutError):  # _call marked its shard stale
             self._unsent_leaves.add((channel, user))
             return last_here
 
@@ -380,8 +393,7 @@ class RedisPresence:
         assert not local
         try:
             found = await self._socket_call("connected", user, conn, limit)
-        except (RedisError, OSError, TimeoutError):
-            self._stale = True
+        except (RedisError, OSError, TimeoutError):  # _call marked its shard stale
             sockets = self.local.sockets.get(user, [])
             return [(self.node, c) for c in sockets[:max(0, len(sockets) - limit)]]
         closing = []
@@ -394,8 +406,7 @@ class RedisPresence:
         await self.local.disconnected(user, conn)
         try:
             await self._socket_call("disconnected", user, conn)
-        except (RedisError, OSError, TimeoutError):
-            self._stale = True
+        except (RedisError, OSError, TimeoutError):  # _call marked its shard stale
             self._unsent_closes.add((user, conn))
 
     async def nodes(self) -> list[str]:

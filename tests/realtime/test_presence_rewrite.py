@@ -8,6 +8,7 @@ import signal
 
 import redis as redis_client
 
+from server.realtime.brokers.redis import shard_of
 from server.realtime.presence_redis import RedisPresence
 from tests.helpers.redis_process import RedisProcess, require_redis
 
@@ -52,7 +53,7 @@ def test_a_rewrite_keeps_the_age_of_the_sockets_redis_still_holds(redis: RedisPr
         await b.start()
         assert await a.connected("u1", "oldest", 2) == []
         assert await b.connected("u1", "middle", 2) == []
-        a._stale = True  # a call of A failed meanwhile: its next heartbeat writes its entries again
+        a._stale = {0}  # a call of A failed meanwhile: its next heartbeat writes its entries again
         await a._beat()
         assert a._rewriting is not None
         await a._rewriting
@@ -90,3 +91,36 @@ def test_redis_servers_that_hang_do_not_delay_the_heartbeat_of_the_others(redis:
     finally:
         for r in hung:
             r.stop()
+
+
+def test_a_removal_that_failed_on_one_server_is_sent_when_it_is_back_though_another_stays_down(
+        redis: RedisProcess) -> None:
+    """Two Redis servers: one stops for good; the other stalls while a user leaves a room hashed to it. Once that
+    one answers again, the failed removal is sent there (no ghost), without waiting for the one still down."""
+    second = RedisProcess(require_redis()).start()
+    try:
+        async def scenario() -> list[bytes]:
+            urls = [redis.url, second.url]
+            room = next(f"room:{n}" for n in range(100) if shard_of(f"room:{n}", 2) == 1)
+            a = RedisPresence(urls, "a", timeout=0.5, ttl=2)
+            await a.start()
+            await a.add(room, "u1")
+            redis.stop()  # the first server is gone for good
+            second.proc.send_signal(signal.SIGSTOP)
+            try:
+                assert await a.remove(room, "u1")  # times out: pushed from this process's own view, resent later
+            finally:
+                second.proc.send_signal(signal.SIGCONT)
+            direct = redis_client.Redis.from_url(second.url)
+            members: list[bytes] = []
+            for _ in range(40):  # bounded guard: heartbeats every 0.67 s
+                await asyncio.sleep(0.1)
+                members = list(await asyncio.to_thread(direct.smembers, f"mp:p:{room}"))
+                if not members:
+                    break
+            await a.close()
+            return members
+
+        assert asyncio.run(scenario()) == []
+    finally:
+        second.stop()
