@@ -185,6 +185,9 @@ class Watch:
                                  f" of its {quotas.cores:.2f} cores)" + (
                                      "; the machine was full too, so the load generators may have been short"
                                      if full else f"; the load generators had {usage.idle():.2f} cores to spare"))
+        elif not quotas and max(servers) >= BOUND:
+            verdict = ("server", f"bound by a server process's one core ({max(servers):.2f} cores: an event loop "
+                                 "uses one)")
         elif full:
             verdict = ("machine", f"bound by the machine: {usage.idle():.2f} cores idle; the load generators "
                                   f"({usage.cores(self.generators):.2f} cores) share them with the server" + (
