@@ -28,8 +28,10 @@ from handlers.app import make_app, max_body_size
 from server.app import Services, tune_gc
 from server.listener import Ceilings, Gate, listening_sockets, raise_descriptor_limit
 from server.logs import configure, fields
+from server.metrics import Metrics
 from server.records import SchemaFileError
 from server.supervisor import supervise
+from server.timeouts import within
 
 log = logging.getLogger("run")
 DRAIN_SECONDS = 10.0  # how long in-flight requests may take to finish at shutdown
@@ -59,14 +61,14 @@ def plan_descriptors(config: settings_module.Settings) -> Ceilings:
 
 
 def listen(config: settings_module.Settings, app: Application, ceilings: Ceilings,
-           reuse_port: bool = False) -> tuple[HTTPServer, int]:
+           reuse_port: bool = False, metrics: Metrics | None = None) -> tuple[HTTPServer, int]:
     """The HTTP server listening on HOST:PORT with LISTEN_BACKLOG, behind the
     connection ceiling; and the port (PORT=0 picks one)."""
     context = tls_context(config.tls_cert, config.tls_key) if config.tls_cert and config.tls_key else None
     server = HTTPServer(app, ssl_options=context,
                         max_body_size=max_body_size(config), idle_connection_timeout=75)
     sockets = listening_sockets(config.host, config.port, config.listen_backlog, reuse_port)
-    Gate(server, ceilings, context).listen(sockets)
+    Gate(server, ceilings, context, metrics).listen(sockets)
     return server, sockets[0].getsockname()[1]
 
 
@@ -103,7 +105,7 @@ async def shut_down(server: HTTPServer, services: Services) -> None:
     await services.shutdown()  # close WebSockets with 1001 once what was acknowledged is stored
     if not await services.drain(DRAIN_SECONDS):
         log.warning("requests still in flight at shutdown", extra=fields(in_flight=services.in_flight))
-    await asyncio.wait_for(server.close_all_connections(), DRAIN_SECONDS)
+    await within(server.close_all_connections(), DRAIN_SECONDS)
 
 
 async def serve(config: settings_module.Settings, ceilings: Ceilings, reuse_port: bool = False) -> int:
@@ -119,7 +121,7 @@ async def serve(config: settings_module.Settings, ceilings: Ceilings, reuse_port
     try:
         await services.start()
         tune_gc()
-        server, port = listen(config, app, ceilings, reuse_port)
+        server, port = listen(config, app, ceilings, reuse_port, services.metrics)
         scheme = "https" if config.tls else "http"
         print(f"serving on {scheme}://{config.host}:{port}/ ({config.app_env} mode)", flush=True)
         exit_code = await wait_for_stop(child)

@@ -48,6 +48,7 @@ class Route:
 
 
 ROUTES: list[Route] = [
+    Route(r"/ws", SocketHandler),  # first: matched before every other on each of a reconnect storm's handshakes
     Route(r"/", DemoHandler),
     Route(r"/sdk/index\.mjs", SdkModuleHandler),
     Route(r"/healthz", HealthHandler),
@@ -68,7 +69,6 @@ ROUTES: list[Route] = [
     Route(r"/api/v1/server/disconnect", DisconnectHandler),
     Route(r"/api/v1/server/presence", PresenceHandler),
     Route(r"/api/v1/server/stats", StatsHandler),
-    Route(r"/ws", SocketHandler),
     Route(r"/api/v1/records/([^/]+)", RecordsHandler, RECORDS),
     Route(r"/api/v1/files", FilesHandler, FILE),
     Route(r"/api/v1/files/([^/]+)", FileHandler),
@@ -115,7 +115,7 @@ class ServerApplication(Application):
 
     def refused(self, method: str, path: str, error: ApiError) -> None:
         """The access log and metrics of a request the edge answered."""
-        self.services.metrics.requests.labels("edge", method or "-", str(error.status)).inc()
+        self.services.metrics.answered("edge", method or "-", error.status)
         log.info("request refused", extra=fields(method=method, path=redact_text(path)[:200], route="edge",
                                                  status=error.status, code=error.code, message=error.message))
 
@@ -131,8 +131,7 @@ def access_log(services: Services, handler: RequestHandler) -> None:
     status = handler.get_status()
     route = getattr(handler, "route", "unmatched")
     elapsed = time.perf_counter() - getattr(handler, "started", time.perf_counter())
-    services.metrics.requests.labels(route, handler.request.method, str(status)).inc()
-    services.metrics.latency.labels(route).observe(elapsed)
+    services.metrics.answered(route, handler.request.method, status, elapsed)
     principal = getattr(handler, "principal", None)
     level = logging.ERROR if status >= 500 else logging.INFO
     log.log(level, "request", extra=fields(

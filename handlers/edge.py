@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import http
+import itertools
+import os
 import re
-import uuid
 from collections.abc import Awaitable, Callable
 
 import ujson
@@ -27,6 +28,7 @@ from tornado.http1connection import HTTP1Connection
 from tornado.iostream import IOStream, StreamClosedError
 
 from server.errors import ApiError
+from server.timeouts import within
 
 LINGER_BYTES = 64 * 1024 * 1024  # at most this much of a refused body is read and dropped
 LINGER_SECONDS = 10.0  # for at most this long
@@ -38,10 +40,29 @@ _SYNTHETIC = "GET / HTTP/1.1"  # stands for a request Tornado could not parse, w
 _REFUSING: set[asyncio.Task[None]] = set()  # graceful closes under way, kept until done
 
 
+class _Ids:
+    """Request ids unique over processes and restarts: 16 random hex digits drawn
+    once per process, then a counter (a uuid4 per request cost a getrandom call
+    on every handshake of a reconnect storm)."""
+
+    def __init__(self) -> None:
+        self.pid = -1  # the process the prefix was drawn in (a forked worker draws its own)
+        self.prefix = ""  # 16 random hex digits
+        self.counter = itertools.count()  # this process's requests
+
+    def next(self) -> str:
+        if self.pid != os.getpid():
+            self.pid, self.prefix, self.counter = os.getpid(), os.urandom(8).hex(), itertools.count()
+        return f"{self.prefix}{next(self.counter):016x}"
+
+
+_IDS = _Ids()
+
+
 def request_id(headers: httputil.HTTPHeaders) -> str:
     """The client's X-Request-Id when it is well formed, else a new one."""
     incoming = headers.get("X-Request-Id", "")
-    return incoming if REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
+    return incoming if REQUEST_ID.fullmatch(incoming) else _IDS.next()
 
 
 def answer_bytes(error: ApiError, rid: str) -> bytes:
@@ -68,7 +89,7 @@ async def close_gracefully(stream: IOStream, answer: bytes, expected: int | None
             wait = min(LINGER_IDLE_SECONDS, deadline - loop.time())
             if wait <= 0:
                 break
-            chunk = await asyncio.wait_for(stream.read_bytes(min(_READ_CHUNK, budget), partial=True), wait)
+            chunk = await within(stream.read_bytes(min(_READ_CHUNK, budget), partial=True), wait)
             budget -= len(chunk)
     except (StreamClosedError, TimeoutError, OSError):
         pass

@@ -7,7 +7,8 @@ down) is an error in the contract's JSON shape. After it, frames are handed to
 the commands as they arrive, without waiting for them to finish.
 
 Private parts of Tornado 6 this relies on (tests/test_ws_hardening.py covers
-each): WebSocketProtocol13's ``_handle_message``, ``_frame_compressed``,
+each): ``_WebSocketParams`` (the protocol is built once, as ours);
+WebSocketProtocol13's ``_handle_message``, ``_frame_compressed``,
 ``_run_callback``, ``_message_bytes_in``, ``_waiting`` and ``_abort`` (1007, and
 the 4009 close's wait); IOStream's ``_write_buffer``, ``_write_futures``,
 ``_total_write_index`` and ``_total_write_done_index`` (what is unsent, and
@@ -16,8 +17,10 @@ dropping it for 4009).
 
 from __future__ import annotations
 
+import functools
 import logging
 import socket
+import time
 from collections import deque
 from typing import TYPE_CHECKING, Any, cast
 
@@ -25,9 +28,10 @@ import ujson
 from tornado.concurrent import Future
 from tornado.iostream import SSLIOStream, StreamClosedError
 from tornado.web import HTTPError
-from tornado.websocket import WebSocketHandler, WebSocketProtocol, WebSocketProtocol13
+from tornado.websocket import WebSocketHandler, WebSocketProtocol, WebSocketProtocol13, _WebSocketParams
 
 from handlers.base import bearer_token
+from handlers.edge import request_id
 from server.auth import Principal
 from server.errors import ApiError, CloseCode
 from server.logs import fields
@@ -70,6 +74,16 @@ class SocketHandler(WebSocketHandler):
         self._stream: Any = None  # the connection's IOStream, once open
         self._socket: socket.socket | None = None  # its socket when plain TCP: frames are written to it directly
         self._ends: deque[int] = deque()  # where the stream's unwritten writes end: each a frame boundary
+        self.started = time.perf_counter()  # for the access log's duration and the latency metric
+
+    @functools.cached_property
+    def request_id(self) -> str:
+        """The X-Request-Id echoed (on the 101 too) and logged: the client's when well formed, else a new one."""
+        return request_id(self.request.headers)
+
+    def set_default_headers(self) -> None:
+        self.set_header("X-Request-Id", self.request_id)  # here, as an error clears the headers
+        self.clear_header("Server")  # no version for scanners
 
     def check_origin(self, origin: str) -> bool:
         return True  # tokens, not cookies, authenticate: another origin gains nothing
@@ -130,10 +144,11 @@ class SocketHandler(WebSocketHandler):
         self._write_api_error(error)
 
     def get_websocket_protocol(self) -> WebSocketProtocol | None:
-        protocol = super().get_websocket_protocol()
-        if not isinstance(protocol, WebSocketProtocol13):
-            return protocol
-        return _Protocol(self, False, protocol.params)
+        if self.request.headers.get("Sec-WebSocket-Version") != "13":
+            return None  # _check_upgrade refused it already
+        return _Protocol(self, False, _WebSocketParams(
+            ping_interval=self.ping_interval, ping_timeout=self.ping_timeout,
+            max_message_size=self.max_message_size, compression_options=None))
 
     def open(self, *args: Any, **kwargs: Any) -> None:
         assert self.principal is not None

@@ -12,7 +12,7 @@ from tornado.web import stream_request_body
 
 from handlers.base import AuthenticatedHandler, BaseHandler
 from server.errors import ApiError
-from server.files import FORM_OVERHEAD, Upload
+from server.files import FORM_OVERHEAD, Upload, idempotency_key
 from server.params import integer_from_text
 from server.records import PAGE_LIMIT, envelope
 
@@ -42,7 +42,8 @@ class RecordsHandler(AuthenticatedHandler):
 
 @stream_request_body
 class FilesHandler(AuthenticatedHandler):
-    """POST /api/v1/files: multipart/form-data as wx.uploadFile sends it, streamed into GridFS."""
+    """POST /api/v1/files: multipart/form-data as wx.uploadFile sends it, streamed into GridFS;
+    an ``Idempotency-Key`` makes a retry answer as the first upload did (server/files.py)."""
 
     upload: Upload | None = None
 
@@ -67,8 +68,13 @@ class FilesHandler(AuthenticatedHandler):
             if length > self.drop_limit:
                 raise self.failure
             return
+        try:
+            key = idempotency_key(self.request.headers.get("Idempotency-Key"))
+        except ApiError as exc:
+            self.failure = exc
+            return
         assert self.principal is not None
-        self.upload = files.upload(self.principal.user_id, self.request.headers.get("Content-Type", ""))
+        self.upload = await files.upload(self.principal.user_id, self.request.headers.get("Content-Type", ""), key)
 
     async def data_received(self, chunk: bytes) -> None:
         if self.failure is not None:
@@ -99,8 +105,10 @@ class FilesHandler(AuthenticatedHandler):
         self.write_json(answer, 201)
 
     def on_connection_close(self) -> None:
-        """The client went away mid-upload: delete what was written."""
-        if self.upload is not None and not self.upload.finished:
+        """The client went away mid-upload: delete what was written. Once the whole
+        body arrived, the file is stored all the same (its answer is lost, and a
+        retry with the same Idempotency-Key gets it)."""
+        if self.upload is not None and not self.upload.finished and not self.upload.storing:
             task = asyncio.ensure_future(self.upload.abort())
             _ABORTING.add(task)
             task.add_done_callback(_ABORTING.discard)

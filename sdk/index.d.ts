@@ -190,8 +190,12 @@ export class RealtimeClient {
   history(channel: string, options?: HistoryOptions): Promise<HistoryPage>;
   presence(channel: string): Promise<Presence>;
   createRecord<T = any>(kind: string, object: Record<string, unknown>, options?: { key?: string }): Promise<T>;
-  /** A Mini Program's temp file path, or a browser's Blob/File. */
-  upload(file: string | object, options?: { formData?: Record<string, string>; onProgress?: (p: Progress) => void; retries?: number }): Promise<{
+  /** A Mini Program's temp file path, or a browser's Blob/File. Sent with an Idempotency-Key
+   * (`idempotencyKey`: 1 to 64 of A-Z a-z 0-9 _ . : -; one is made per call without it),
+   * reused on its retries: a retry after a lost answer stores the file once. */
+  upload(file: string | object, options?: {
+    formData?: Record<string, string>; onProgress?: (p: Progress) => void; retries?: number; idempotencyKey?: string;
+  }): Promise<{
     id: string; url: string; filename: string; size: number; content_type: string; sha256: string; created_at: string;
   }>;
   api<T = any>(method: string, path: string, body?: unknown): Promise<T>;

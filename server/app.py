@@ -21,6 +21,7 @@ from server.realtime.brokers.base import Broker
 from server.records import Records, load_schemas
 from server.rooms import Rooms
 from server.storage import Storage
+from server.timeouts import within
 from server.users import Users
 from server.wechat import WeChatClient
 from settings import Settings
@@ -100,7 +101,7 @@ class Services:
     async def drain(self, timeout: float) -> bool:
         """Waits (at most ``timeout`` seconds) for in-flight requests to finish."""
         try:
-            await asyncio.wait_for(self._idle.wait(), timeout)
+            await within(self._idle.wait(), timeout)
             return True
         except TimeoutError:
             return False

@@ -6,6 +6,15 @@ judged from its first bytes, its SHA-256 computed on the way; other parts are ke
 as string metadata. Passing ``FILE_MAX_BYTES``, a refused type, a malformed body or
 a dropped connection aborts it: GridFS's chunks are deleted and no file document
 is ever written. The file document (with its metadata) is written once, at the end.
+
+An ``Idempotency-Key`` is kept in the file document (``metadata.idempotency_key``),
+so a failed upload leaves no key behind. A key the user already stored a file
+under is found before the body is read: the body is then read, checked and hashed
+but nothing is written, and the first answer is given again if the file is the
+same (SHA-256 and size), ``conflict`` if not. Two uploads racing with one key both
+write their chunks; the unique ``(metadata.owner, metadata.idempotency_key)`` index
+refuses the second file document, and the loser deletes its chunks and answers
+as a retry would.
 """
 
 from __future__ import annotations
@@ -18,10 +27,12 @@ from typing import Any
 from bson import Binary, ObjectId
 from gridfs.errors import NoFile
 from motor.motor_asyncio import AsyncIOMotorGridFSBucket, AsyncIOMotorGridOut
+from pymongo.errors import DuplicateKeyError
 
 from server.errors import ApiError
 from server.filetypes import HEAD_BYTES, TYPES, sniff
 from server.multipart import MultipartError, MultipartParser, Part, boundary_of
+from server.records import IDEMPOTENCY_KEY
 from server.storage import Storage, iso, utcnow
 
 FILE_FIELD = "file"  # the form field wx.uploadFile is told to use
@@ -47,6 +58,7 @@ class GridWriter:
         self._buffer = bytearray()  # less than one chunk, not yet written
         self._n = 0  # the next chunk's number
         self.upload_date: Any = None  # when the file document was written
+        self._aborted = False  # abort() ran: a chunk insert still in flight then is deleted too
 
     async def write(self, data: bytes) -> None:
         self._buffer += data
@@ -58,17 +70,22 @@ class GridWriter:
     async def _flush(self, data: bytes) -> None:
         await self._chunks.insert_one({"files_id": self.id, "n": self._n, "data": Binary(data)})
         self._n += 1
+        if self._aborted:  # aborted while this insert was on its way (a dropped connection)
+            await self._chunks.delete_many({"files_id": self.id})
 
-    async def close(self, metadata: dict[str, Any]) -> None:
+    async def close(self, metadata: dict[str, Any]) -> dict[str, Any]:
+        """Writes the last chunk, then the file document, and returns it."""
         if self._buffer:
             await self._flush(bytes(self._buffer))
             self._buffer.clear()
         self.upload_date = utcnow()
-        await self._files.insert_one({"_id": self.id, "length": self.length, "chunkSize": CHUNK_SIZE,
-                                      "uploadDate": self.upload_date, "filename": self.filename,
-                                      "metadata": metadata})
+        doc = {"_id": self.id, "length": self.length, "chunkSize": CHUNK_SIZE, "uploadDate": self.upload_date,
+               "filename": self.filename, "metadata": metadata}
+        await self._files.insert_one(doc)
+        return doc
 
     async def abort(self) -> None:
+        self._aborted = True
         self._buffer.clear()
         await self._chunks.delete_many({"files_id": self.id})
 
@@ -79,6 +96,13 @@ def safe_filename(name: str | None, kind: str) -> str:
     base = "".join(c for c in unicodedata.normalize("NFC", base) if unicodedata.category(c)[0] != "C")
     base = re.sub(r'["<>:|?*;]', "_", base).strip(" .")[:200]
     return base or f"file.{TYPES[kind][1]}"
+
+
+def idempotency_key(value: str | None) -> str | None:
+    """An ``Idempotency-Key`` header's key (None without one), by the rule of records."""
+    if value is not None and not IDEMPOTENCY_KEY.fullmatch(value):
+        raise ApiError("invalid_request", "Idempotency-Key takes 1 to 64 of A-Z a-z 0-9 _ . : -")
+    return value
 
 
 def public(doc: dict[str, Any]) -> dict[str, Any]:
@@ -98,8 +122,18 @@ class Files:
         self.max_bytes = max_bytes  # FILE_MAX_BYTES
         self.kinds = kinds  # FILE_TYPES
 
-    def upload(self, owner: str, content_type: str) -> Upload:
-        return Upload(self, owner, content_type)
+    async def upload(self, owner: str, content_type: str, key: str | None) -> Upload:
+        """An upload about to stream in; with ``key``, the file ``owner`` already
+        stored under it, if any, is looked up first (nothing is written then)."""
+        upload = Upload(self, owner, content_type, key)
+        if key is not None:
+            upload.first = await self.by_key(owner, key)
+        return upload
+
+    async def by_key(self, owner: str, key: str) -> dict[str, Any] | None:
+        """The file document ``owner`` stored under ``key``, if any."""
+        doc = await self._files.find_one({"metadata.owner": owner, "metadata.idempotency_key": key})
+        return None if doc is None else dict(doc)
 
     async def find(self, file_id: str, user: str | None) -> dict[str, Any]:
         """The file document, if ``user`` may read it; otherwise not_found (never
@@ -128,23 +162,26 @@ class Files:
 class Upload:
     """One multipart upload in progress."""
 
-    def __init__(self, files: Files, owner: str, content_type: str) -> None:
+    def __init__(self, files: Files, owner: str, content_type: str, key: str | None = None) -> None:
         try:
             self._parser = MultipartParser(boundary_of(content_type))  # the body's events
         except MultipartError as exc:
             raise ApiError("unsupported_media_type", str(exc)) from None
         self._files = files  # the bucket and the limits
         self.owner = owner  # the uploading user
+        self.key = key  # the Idempotency-Key, if one was given
+        self.first: dict[str, Any] | None = None  # the file already stored under key: nothing is written
         self.fields: dict[str, str] = {}  # other form fields
         self._part: Part | None = None  # the part being read
         self._field = bytearray()  # a form field's value being read
-        self._grid: GridWriter | None = None  # the GridFS file being written
+        self._grid: GridWriter | None = None  # the GridFS file being written (never, for a repeated key)
         self._head = bytearray()  # the file's first bytes, until its type is known
         self.kind: str | None = None  # jpeg, png...
         self.filename: str | None = None  # as the client named it
         self.size = 0  # bytes of the file so far
         self._sha = hashlib.sha256()  # of the file so far
         self.file_done = False  # the file part ended
+        self.storing = False  # the whole body arrived and finish() is storing it: a dropped connection no longer aborts
         self.finished = False  # stored, or aborted
 
     async def feed(self, chunk: bytes) -> None:
@@ -186,22 +223,25 @@ class Upload:
         if self.size > self._files.max_bytes:
             raise ApiError("payload_too_large", f"files are limited to {self._files.max_bytes} bytes")
         self._sha.update(data)
-        if self._grid is None:
+        if self.kind is None:
             self._head += data
             if len(self._head) < HEAD_BYTES:
                 return
-            await self._open()
+            self._open()
             data, self._head = bytes(self._head), bytearray()
-        assert self._grid is not None
-        await self._grid.write(data)
+        if self._grid is not None:
+            await self._grid.write(data)
 
-    async def _open(self) -> None:
+    def _open(self) -> None:
+        """Judges the file's type from its first bytes; starts its GridFS file,
+        unless a file is stored under the key already."""
         kind = sniff(bytes(self._head[:HEAD_BYTES]))
         if kind is None or kind not in self._files.kinds:
             raise ApiError("unsupported_media_type",
                            f"the file's content is not one of: {', '.join(self._files.kinds)}")
         self.kind = kind
-        self._grid = GridWriter(self._files.storage, "files", safe_filename(self.filename, kind))
+        if self.first is None:
+            self._grid = GridWriter(self._files.storage, "files", safe_filename(self.filename, kind))
 
     async def _end(self) -> None:
         part = self._part
@@ -209,10 +249,10 @@ class Upload:
         if part is None:
             return
         if part.name == FILE_FIELD and part.filename is not None:
-            if self._grid is None:  # a file shorter than the sniffing window
-                await self._open()
-                assert self._grid is not None
-                await self._grid.write(bytes(self._head))
+            if self.kind is None:  # a file shorter than the sniffing window
+                self._open()
+                if self._grid is not None:
+                    await self._grid.write(bytes(self._head))
             self.file_done = True
             return
         try:
@@ -221,20 +261,43 @@ class Upload:
             raise ApiError("invalid_request", f"form field {part.name!r} is not UTF-8 text") from None
 
     async def finish(self) -> dict[str, Any]:
-        """Writes the file document (with its metadata) and answers the upload."""
+        """Writes the file document (with its metadata) and answers the upload;
+        under a key already used, answers as the first upload did."""
+        self.storing = True
         if not self._parser.done:
             raise ApiError("invalid_request", "the multipart body ended early")
-        if self._grid is None or not self.file_done or self.kind is None:
+        if not self.file_done or self.kind is None:
             raise ApiError("invalid_request", f"no file: send it in the form field named {FILE_FIELD!r}")
         sha = self._sha.hexdigest()
-        metadata = {"owner": self.owner, "fields": self.fields, "sha256": sha,
-                    "public": self.fields.get("public", "").lower() in ("true", "1"),
-                    "content_type": TYPES[self.kind][0], "original_filename": self.filename}
-        await self._grid.close(metadata)
+        if self.first is not None:
+            self.finished = True
+            return self._again(self.first, sha)
+        assert self._grid is not None
+        metadata: dict[str, Any] = {
+            "owner": self.owner, "fields": self.fields, "sha256": sha,
+            "public": self.fields.get("public", "").lower() in ("true", "1"),
+            "content_type": TYPES[self.kind][0], "original_filename": self.filename}
+        if self.key is not None:
+            metadata["idempotency_key"] = self.key
+        try:
+            doc = await self._grid.close(metadata)
+        except DuplicateKeyError:
+            if self.key is None:
+                raise
+            first = await self._files.by_key(self.owner, self.key)
+            if first is None:  # the winner was deleted meanwhile: this one stands
+                doc = await self._grid.close(metadata)
+            else:  # another upload with this key stored its file first
+                await self.abort()
+                return self._again(first, sha)
         self.finished = True
-        return {"id": str(self._grid.id), "url": f"/api/v1/files/{self._grid.id}", "filename": self._grid.filename,
-                "size": self.size, "content_type": metadata["content_type"], "sha256": sha,
-                "created_at": iso(self._grid.upload_date)}
+        return public(doc)
+
+    def _again(self, first: dict[str, Any], sha: str) -> dict[str, Any]:
+        """The first answer to the key, for the same file; conflict for another."""
+        if (first.get("metadata") or {}).get("sha256") != sha or first.get("length") != self.size:
+            raise ApiError("conflict", "this Idempotency-Key was used with a different file")
+        return public(first)
 
     async def abort(self) -> None:
         """Deletes whatever was written; no file document is left behind."""

@@ -37,6 +37,7 @@ from tornado.netutil import bind_sockets
 
 from server.errors import ApiError
 from server.logs import fields
+from server.metrics import Metrics
 
 log = logging.getLogger("server.listener")
 
@@ -100,8 +101,10 @@ def listening_sockets(host: str | None, port: int, backlog: int, reuse_port: boo
 class Acceptor:
     """Accepts connections on one listening socket, pausing on EMFILE/ENFILE."""
 
-    def __init__(self, sock: socket.socket, on_connection: Callable[[socket.socket, Any], None]) -> None:
+    def __init__(self, sock: socket.socket, on_connection: Callable[[socket.socket, Any], None],
+                 metrics: Metrics | None = None) -> None:
         self.sock = sock  # the listening socket
+        self.metrics = metrics  # counts the pauses (accept_pauses_total), when given
         self.on_connection = on_connection  # called with each accepted (connection, address)
         self.loop = IOLoop.current()  # the loop watching the socket
         self.pause = 0.0  # seconds of the last pause; 0 once an accept succeeds
@@ -134,6 +137,8 @@ class Acceptor:
         """Stops watching the socket for a pause that doubles while accept keeps failing."""
         self.pause = min(PAUSE_MAX, max(PAUSE_FIRST, self.pause * 2))
         self.pauses += 1
+        if self.metrics is not None:
+            self.metrics.accept_pauses.inc()
         level = logging.WARNING if exc.errno in _EXHAUSTED else logging.ERROR
         log.log(level, "accept failed; pausing accepts", extra=fields(
             error=errno.errorcode.get(exc.errno or 0, str(exc.errno)), reason=exc.strerror,
@@ -161,8 +166,10 @@ class Acceptor:
 class Gate:
     """Serves, answers shortly, or closes each accepted connection, by its descriptor number."""
 
-    def __init__(self, server: HTTPServer, ceilings: Ceilings, ssl_options: ssl.SSLContext | None) -> None:
+    def __init__(self, server: HTTPServer, ceilings: Ceilings, ssl_options: ssl.SSLContext | None,
+                 metrics: Metrics | None = None) -> None:
         self.server = server  # the application's server
+        self.metrics = metrics  # counts refusals and accept pauses on /metrics, when given
         self.ceilings = ceilings  # where serving stops and refusing starts
         self.refusals = HTTPServer(_Refusal(), ssl_options=ssl_options, no_keep_alive=True,
                                    idle_connection_timeout=OVERFLOW_TIMEOUT, body_timeout=OVERFLOW_TIMEOUT,
@@ -177,7 +184,7 @@ class Gate:
         go on through TCPServer's ``_handle_connection`` (TLS wrapping, the stream):
         Tornado 6's private parts, exercised by tests/test_descriptors.py."""
         for sock in sockets:
-            acceptor = Acceptor(sock, self)
+            acceptor = Acceptor(sock, self, self.metrics)
             self.acceptors.append(acceptor)
             self.server._sockets[sock.fileno()] = sock
             self.server._handlers[sock.fileno()] = acceptor.close
@@ -188,6 +195,8 @@ class Gate:
             self.server._handle_connection(connection, address)
             return
         self.refused += 1
+        if self.metrics is not None:
+            self.metrics.connections_refused.inc()
         log.warning("connection refused: MAX_CONNECTIONS reached", extra=fields(
             max_connections=self.ceilings.max_connections, refused=self.refused))
         if fd < self.ceilings.overflow:

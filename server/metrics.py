@@ -6,8 +6,11 @@ process); ``/metrics`` renders ``registry`` in the Prometheus text format.
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})  # others count as "other"
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -32,10 +35,34 @@ class Metrics:
         self.ws_command_latency = Histogram("ws_command_duration_seconds", "WebSocket command latency, by op",
                                             ["op"], buckets=LATENCY_BUCKETS, registry=self.registry)
 
+        self.connections_refused = Counter("connections_refused", "Connections accepted past MAX_CONNECTIONS and "
+                                           "refused (503, or closed past the overflow reserve)", registry=self.registry)
+        self.accept_pauses = Counter("accept_pauses", "Pauses of accepting new connections while the process is out "
+                                     "of descriptors (EMFILE, ENFILE) or accept failed otherwise",
+                                     registry=self.registry)
+        self._answered: dict[tuple[str, str, int], Any] = {}  # (route, method, status): its requests child
+        self._latencies: dict[str, Any] = {}  # route: its latency child
         self.broker_up = Gauge("broker_up", "1 while messages reach the other processes (Redis answers); "
                                "always 1 with one process", registry=self.registry)
         self.messages_filled = Gauge("messages_filled_from_store", "Messages of other processes read from "
                                      "MongoDB (a gap, or a catch-up after Redis was away)", registry=self.registry)
+
+    def answered(self, route: str, method: str, status: int, seconds: float | None = None) -> None:
+        """Counts a request answered (and its latency, when given): the labelled
+        children are kept, since looking them up took a lock and a tuple of
+        strings on each of a reconnect storm's handshakes."""
+        if method not in METHODS:
+            method = "other"  # any token is a method to HTTP: a label per one would grow without bound
+        key = (route, method, status)
+        counter = self._answered.get(key)
+        if counter is None:
+            counter = self._answered[key] = self.requests.labels(route, method, str(status))
+        counter.inc()
+        if seconds is not None:
+            histogram = self._latencies.get(route)
+            if histogram is None:
+                histogram = self._latencies[route] = self.latency.labels(route)
+            histogram.observe(seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

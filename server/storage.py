@@ -14,6 +14,7 @@ from pymongo import ASCENDING, DESCENDING, IndexModel
 from pymongo.errors import ConnectionFailure, PyMongoError
 
 from server.errors import ApiError
+from server.timeouts import within
 
 log = logging.getLogger("server.storage")
 
@@ -38,8 +39,13 @@ INDEXES: dict[str, list[IndexModel]] = {
                    partialFilterExpression={"idempotency_key": {"$exists": True}},
                    name="owner_1_kind_1_idempotency_key_1"),
     ],
-    # GridFS's own indexes, as the drivers create them.
-    "files.files": [IndexModel([("filename", ASCENDING), ("uploadDate", ASCENDING)], name="filename_1_uploadDate_1")],
+    # GridFS's own indexes, as the drivers create them, and the uploads' Idempotency-Key.
+    "files.files": [
+        IndexModel([("filename", ASCENDING), ("uploadDate", ASCENDING)], name="filename_1_uploadDate_1"),
+        IndexModel([("metadata.owner", ASCENDING), ("metadata.idempotency_key", ASCENDING)], unique=True,
+                   partialFilterExpression={"metadata.idempotency_key": {"$exists": True}},
+                   name="metadata.owner_1_metadata.idempotency_key_1"),
+    ],
     "files.chunks": [IndexModel([("files_id", ASCENDING), ("n", ASCENDING)], unique=True, name="files_id_1_n_1")],
 }
 
@@ -94,7 +100,7 @@ class Storage:
     async def ping(self, timeout: float = 2.0) -> bool:
         """Whether the database answers within ``timeout`` seconds."""
         try:
-            await asyncio.wait_for(self.client.admin.command("ping"), timeout)
+            await within(self.client.admin.command("ping"), timeout)
             return True
         except (TimeoutError, PyMongoError):
             return False

@@ -8,6 +8,7 @@ import asyncio
 import http.client
 import json
 import os
+import re
 import resource
 import shutil
 import socket
@@ -21,6 +22,7 @@ from typing import Any
 import pytest
 
 from server.listener import Acceptor, Ceilings, listening_sockets
+from server.metrics import Metrics
 from tests.mongo_process import ROOT
 from tests.test_run import RunProcess
 
@@ -95,7 +97,8 @@ def _flood(port: int) -> list[socket.socket]:
 
 def test_a_connection_flood_neither_spins_nor_floods_the_log_and_healthz_answers(tmp_path, store) -> None:
     """With 256 descriptors and 600 idle connections, the server uses well under half a core, /healthz answers
-    on a kept-alive and on a fresh connection, the excess gets 503 unavailable, and the log holds no EMFILE flood."""
+    on a kept-alive and on a fresh connection, the excess gets 503 unavailable, the log holds no EMFILE flood, and
+    /metrics counts the refusals and the accept pauses."""
     log_path = tmp_path / "server.log"
     with open(log_path, "w") as log:
         run = RunProcess({"DATA_DIR": str(tmp_path), "MONGO_URI": store.uri, "MONGO_DB": "descriptors",
@@ -125,6 +128,10 @@ def test_a_connection_flood_neither_spins_nor_floods_the_log_and_healthz_answers
         try:
             deadline = time.monotonic() + 20  # the flood gone, the server serves again
             assert _fresh_until(port, "/api/v1/me", 401, deadline)[1]["error"]["code"] == "unauthorized"
+            kept.request("GET", "/metrics")
+            metrics = kept.getresponse().read().decode()
+            refused = float(re.search(r"^connections_refused_total (\S+)$", metrics, re.M).group(1))
+            assert refused >= 1 and re.search(r"^accept_pauses_total ", metrics, re.M)  # what an operator sees
         finally:
             kept.close()
             run.stop()
@@ -159,12 +166,13 @@ class _CountingAcceptor(Acceptor):
 
 def test_the_acceptor_pauses_on_emfile_and_resumes() -> None:
     """With no descriptor left, accept is retried after growing pauses (a handful of tries a second, not a
-    busy loop); once descriptors are free again every waiting connection is accepted."""
+    busy loop); once descriptors are free again every waiting connection is accepted; /metrics counts the pauses."""
     accepted: list[socket.socket] = []
+    metrics = Metrics()
 
     async def scenario() -> _CountingAcceptor:
         listener = listening_sockets("127.0.0.1", 0, 128)[0]
-        acceptor = _CountingAcceptor(listener, lambda connection, address: accepted.append(connection))
+        acceptor = _CountingAcceptor(listener, lambda connection, address: accepted.append(connection), metrics)
         clients = [socket.create_connection(listener.getsockname()) for _ in range(10)]
         probe = os.open("/dev/null", os.O_RDONLY)  # the lowest free descriptor: none at or above it may open
         os.close(probe)
@@ -187,6 +195,7 @@ def test_the_acceptor_pauses_on_emfile_and_resumes() -> None:
 
     acceptor = asyncio.run(scenario())
     assert len(accepted) == 10 and acceptor.pause == 0.0
+    assert metrics.accept_pauses._value.get() == acceptor.pauses
 
 
 @pytest.mark.parametrize("limit, setting, ceiling, overflow", [

@@ -105,6 +105,17 @@ async def test_health_ready_and_metrics(api, http_client, base_url: str, login) 
 
 
 @pytest.mark.gen_test
+async def test_metrics_methods_bounded(http_client, base_url: str) -> None:
+    """Requests with made-up HTTP methods count under method="other": a client cannot grow /metrics a series each."""
+    for n in range(5):
+        await http_client.fetch(base_url + "/healthz", method=f"BREW{n}", allow_nonstandard_methods=True,
+                                raise_error=False)
+    text = (await http_client.fetch(base_url + "/metrics")).body.decode()
+    assert "BREW" not in text
+    assert 'http_requests_total{method="other",route="/healthz",status="405"} 5.0' in text
+
+
+@pytest.mark.gen_test
 async def test_not_ready_once_shutting_down(api, services) -> None:
     """Once shutdown began (SIGTERM), /readyz is 503 unavailable while open connections drain; /healthz stays 200."""
     await services.shutdown()

@@ -164,3 +164,22 @@ def test_the_rate_limit_loses_no_count_and_holds_its_allowance(events: list[tupl
         assert len(passed) + held == count
         for start in passed:
             assert sum(1 for at in passed if start <= at < start + 5.0) <= 6
+
+
+@pytest.mark.gen_test
+async def test_the_upgrade_has_a_request_id_and_a_duration(base_url: str, login, caplog) -> None:
+    """The 101 answer carries X-Request-Id (the client's when well formed) and no Server header; the access line
+    of the upgrade logs that id and how long the upgrade took."""
+    from tornado.httpclient import HTTPRequest
+    from tornado.websocket import websocket_connect
+
+    caplog.set_level(logging.INFO, logger="server.access")
+    alice = await login("alice")
+    url = base_url.replace("http", "ws", 1) + "/ws"
+    socket = await websocket_connect(HTTPRequest(url, headers={"Authorization": f"Bearer {alice['access_token']}",
+                                                               "X-Request-Id": "upgrade-id-12345"}))
+    headers = socket.headers
+    socket.close()
+    assert headers["X-Request-Id"] == "upgrade-id-12345" and "Server" not in headers
+    line = next(r.fields for r in caplog.records if getattr(r, "fields", {}).get("route") == "/ws")
+    assert line["request_id"] == "upgrade-id-12345" and line["status"] == 101 and line["duration_ms"] > 0

@@ -1101,7 +1101,9 @@ var RealtimeClient = class extends Emitter {
     }
   }
   /** Uploads a file (a wx temp path, or a Blob in a browser) to /api/v1/files, retrying
-   * network failures; `options`: {formData, onProgress, retries}. Resolves with the 201 body. */
+   * network failures with one Idempotency-Key (`options.idempotencyKey`, or one made for
+   * this call), so a retry after a lost answer gets that answer and stores nothing twice;
+   * `options`: {formData, onProgress, retries, idempotencyKey}. Resolves with the 201 body. */
   upload(file, options = {}) {
     var _a;
     const upload = { name: "file", formData: options.formData, onProgress: options.onProgress };
@@ -1110,7 +1112,8 @@ var RealtimeClient = class extends Emitter {
     return this._fetch("POST", "/api/v1/files", void 0, {
       auth: true,
       retries: (_a = options.retries) != null ? _a : this.options.requestRetries,
-      upload
+      upload,
+      headers: { "Idempotency-Key": options.idempotencyKey || randomId(32) }
     });
   }
   /** An authenticated call of the HTTP API: `api("GET", "/api/v1/rooms?mine=1")`. */

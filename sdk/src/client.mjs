@@ -405,13 +405,16 @@ export class RealtimeClient extends Emitter {
   }
 
   /** Uploads a file (a wx temp path, or a Blob in a browser) to /api/v1/files, retrying
-   * network failures; `options`: {formData, onProgress, retries}. Resolves with the 201 body. */
+   * network failures with one Idempotency-Key (`options.idempotencyKey`, or one made for
+   * this call), so a retry after a lost answer gets that answer and stores nothing twice;
+   * `options`: {formData, onProgress, retries, idempotencyKey}. Resolves with the 201 body. */
   upload(file, options = {}) {
     const upload = { name: "file", formData: options.formData, onProgress: options.onProgress };
     if (typeof file === "string") upload.filePath = file;
     else upload.file = file;
     return this._fetch("POST", "/api/v1/files", undefined, {
       auth: true, retries: options.retries ?? this.options.requestRetries, upload,
+      headers: { "Idempotency-Key": options.idempotencyKey || randomId(32) },
     });
   }
 

@@ -69,6 +69,13 @@ class Hub:
         self._tasks.add(task)
         task.add_done_callback(self._done)
 
+    async def settle(self, timeout: float) -> None:
+        """Waits (at most ``timeout`` seconds) for the presence and cap calls under
+        way: at shutdown, the leaves of the sockets just closed reach the other
+        processes before the broker and presence close."""
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=timeout)
+
     def _done(self, task: asyncio.Future[Any]) -> None:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:  # presence answers locally when Redis fails

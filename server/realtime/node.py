@@ -29,9 +29,11 @@ from typing import Any, Protocol
 import ujson
 
 from server.logs import fields
+from server.protocol import encode_presence_push
 from server.realtime.brokers.base import Broker
 from server.realtime.ordering import Fetch, Orderer
 from server.realtime.presence import Presence
+from server.timeouts import within
 
 log = logging.getLogger("server.node")
 
@@ -75,6 +77,7 @@ class Node:
         self._checker: asyncio.Task[None] | None = None  # the position check
         self._check_from = 0  # where the next position check round starts among the served channels
         self.on("answer", self._answer)
+        presence.bind(self._left)
 
     @property
     def node(self) -> str:
@@ -193,6 +196,10 @@ class Node:
         self._deliver(channel, 0, payload)
         self.broker.publish(channel, 0, payload)
 
+    def _left(self, channel: str, user: str) -> None:
+        """A dead process held ``user``'s last socket in room ``channel``: their leave, as a live one's."""
+        self.push(channel, encode_presence_push("leave", channel, user))
+
     def _deliver(self, channel: str, seq: int, payload: bytes) -> None:
         if seq:
             self._delivered_at[channel] = asyncio.get_running_loop().time()
@@ -250,7 +257,7 @@ class Node:
         """Sends a control message; returns every other live process's (node, answer)
         that came within ASK_SECONDS."""
         expected = set(await self.presence.nodes()) - {self.node}
-        if not expected or not self.broker.up:
+        if not expected or not self.broker.control_up:
             return []
         ask = f"{self.node}-{next(self._ids)}"
         answers: asyncio.Queue[Any] = asyncio.Queue()
@@ -264,7 +271,7 @@ class Node:
                 if remaining <= 0:
                     break
                 try:
-                    gathered.append(await asyncio.wait_for(answers.get(), remaining))
+                    gathered.append(await within(answers.get(), remaining))
                 except TimeoutError:
                     break
         finally:
@@ -276,6 +283,12 @@ class Node:
         if waiting is not None and message["node"] not in waiting[1]:
             waiting[1].add(message["node"])
             waiting[0].put_nowait((message["node"], message.get("result")))
+
+    async def users_anywhere(self, summed: int) -> int:
+        """Distinct users with a socket in the deployment; ``summed`` (the processes'
+        own figures added up) when presence does not know (one process, Redis down)."""
+        count = await self.presence.user_count()
+        return summed if count is None else count
 
     def state(self) -> dict[str, Any]:
         return {**self.broker.state(), "node": self.node, "channels_served": len(self.orderer.channels),

@@ -11,11 +11,14 @@ answers which sockets, anywhere, must close (the oldest, 4010).
 entries in Redis, tied to a per-process key that a heartbeat renews every third
 of ``PRESENCE_TTL`` and that expires ``PRESENCE_TTL`` seconds after the
 process stops renewing it: a dead process's entries stop counting within
-``PRESENCE_TTL`` (they are pruned as they are met).
+``PRESENCE_TTL``, and a surviving process then removes them and reports, to the
+callback given to ``bind``, each (room, user) that left with it, so their
+``leave`` is pushed once.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 
@@ -25,6 +28,9 @@ class Presence(Protocol):
     async def start(self) -> None: ...
 
     async def close(self) -> None: ...
+
+    def bind(self, on_leave: Callable[[str, str], None]) -> None:
+        """``on_leave(channel, user)``: a user left a room because their process died (push their leave)."""
 
     async def add(self, channel: str, user: str) -> bool:
         """This process now has ``user`` in ``channel``; True if no process had."""
@@ -44,6 +50,9 @@ class Presence(Protocol):
     async def nodes(self) -> list[str]:
         """The processes alive in the deployment."""
 
+    async def user_count(self) -> int | None:
+        """Distinct users with a socket anywhere; None when not known (sum the processes' figures)."""
+
 
 class MemoryPresence:
     """One process: presence is what this process holds."""
@@ -58,6 +67,9 @@ class MemoryPresence:
 
     async def close(self) -> None:
         return None
+
+    def bind(self, on_leave: Callable[[str, str], None]) -> None:
+        return None  # no other process can die under this one
 
     async def add(self, channel: str, user: str) -> bool:
         users = self.rooms.setdefault(channel, set())
@@ -92,3 +104,6 @@ class MemoryPresence:
 
     async def nodes(self) -> list[str]:
         return [self.node]
+
+    async def user_count(self) -> int | None:
+        return None  # the hub counts its own users (it does not call connected with one process)

@@ -1,113 +1,79 @@
 """Presence and socket counts in Redis, over every process (see presence.py).
 
-Keys (a channel's on its shard, a user's on theirs, as the broker spreads them):
-``mp:node:<node>`` exists while the process is alive (renewed every
-a third of the TTL, expires after PRESENCE_TTL); ``mp:p:<channel>`` is the set of
-users present; ``mp:pu:<channel>:<user>`` the set of processes holding that
-user there; ``mp:u:<user>`` the user's sockets, ``<node>/<conn>`` scored by when
-they opened. Each step is one Lua script, so two processes adding the same user
-at once push one ``join``. Entries of processes whose key expired are pruned
-where the scripts meet them, and never counted.
+Keys (a channel's on its shard, a user's on theirs, as the broker spreads them;
+a node's on every shard):
 
-When Redis is away the answers fall back to this process's own entries (logged
-once); when it comes back empty (restarted), the heartbeat finds this process's
-key gone and writes its entries again; when it comes back with its data (a stall,
-a partition shorter than the TTL), the heartbeat writes them again and sends the
-removals that failed, so no one who left stays listed.
+- ``mp:node:<node>``: exists while the process is alive (renewed every third of
+  the TTL, expires PRESENCE_TTL seconds after its last renewal);
+- ``mp:nodes``: sorted set of the nodes, scored by their last heartbeat (Redis's
+  ``TIME``); the live ones are those scored within the TTL (``nodes``);
+- ``mp:p:<channel>``: the users present; ``mp:pu:<channel>:<user>``: the
+  nodes holding that user there;
+- ``mp:u:<user>``: the user's sockets, ``<node>/<conn>`` scored by when they
+  opened; ``mp:users``: the users with a socket (those of this shard: the
+  deployment's distinct users are the sum over shards);
+- ``mp:nr:<node>`` and ``mp:ns:<node>``: that node's index on this shard, of
+  its room entries (``<channel> <user>``) and sockets (``<conn> <user>``), so
+  its entries are found without a SCAN when it dies;
+- ``mp:reap:<node>``: the claim of the process removing a dead node's entries.
+- ``mp:v:<sid>``: the shared session vouch (``!`` once revoked).
+
+Each step is one Lua script (presence_lua.py), so two processes adding the
+same user at once push one ``join``. A dead node's entries never count, and are
+removed by the *reaper*: each heartbeat also answers the nodes whose score is
+older than the TTL; one surviving process claims each, removes its entries
+chunk by chunk through its index, and ``on_leave`` is told each (room, user)
+that no live process holds any more, to push their ``leave`` once. A process
+killed is out of presence within PRESENCE_TTL and its users' leaves pushed
+within PRESENCE_TTL and a heartbeat (a third of it) of its death.
+
+When a Redis server is away the answers it would give fall back to this
+process's own entries (logged once; later calls to it fail at once until a
+heartbeat finds it back); when it comes back empty (restarted), the heartbeat
+finds this process's key gone and writes its entries again; when it comes back
+with its data (a stall, a partition shorter than the TTL), the heartbeat writes
+them again and sends the removals that failed, so no one who left stays listed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from redis.asyncio import Redis
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 from redis.retry import Retry
 
 from server.logs import fields
+from server.realtime import presence_lua as lua
 from server.realtime.brokers.redis import PREFIX, shard_of
 from server.realtime.presence import MemoryPresence
+from server.timeouts import within
 
 log = logging.getLogger("server.presence")
 
 PRESENCE_TTL = 10  # seconds after its last heartbeat that a process's entries stop counting (PRESENCE_TTL)
 HEARTBEAT_SECONDS: float | None = None  # how often a process renews its key; None: a third of the TTL
-NODE = PREFIX + "node:"
+NODE = PREFIX + "node:"  # + node: exists while that node is alive
+NODES = PREFIX + "nodes"  # every node, scored by its last heartbeat
+USERS = PREFIX + "users"  # the users with a socket (per shard)
 PIPELINE = 256  # calls sent per pipeline at most: each stays well inside REDIS_TIMEOUT under load
+REAP_CHUNK = 256  # a dead node's room entries and sockets removed per script call
+SCRIPTS = {"beat": lua.BEAT, "nodes": lua.NODES, "close": lua.CLOSE, "add": lua.ADD, "remove": lua.REMOVE,
+           "users": lua.USERS, "connected": lua.CONNECTED, "disconnected": lua.DISCONNECTED, "count": lua.COUNT,
+           "reap": lua.REAP, "vouched": lua.VOUCHED, "vouch": lua.VOUCH, "revoke": lua.REVOKE}
 
-_ADD = """
-local others = redis.call('SMEMBERS', KEYS[2])
-local live = 0
-for _, n in ipairs(others) do
-  if n ~= ARGV[2] then
-    if redis.call('EXISTS', ARGV[3] .. n) == 1 then live = 1 else redis.call('SREM', KEYS[2], n) end
-  end
-end
-redis.call('SADD', KEYS[2], ARGV[2])
-redis.call('SADD', KEYS[1], ARGV[1])
-return 1 - live
-"""
-
-_REMOVE = """
-redis.call('SREM', KEYS[2], ARGV[2])
-for _, n in ipairs(redis.call('SMEMBERS', KEYS[2])) do
-  if redis.call('EXISTS', ARGV[3] .. n) == 1 then return 0 end
-  redis.call('SREM', KEYS[2], n)
-end
-redis.call('SREM', KEYS[1], ARGV[1])
-return 1
-"""
-
-_USERS = """
-local alive, out = {}, {}
-for _, u in ipairs(redis.call('SMEMBERS', KEYS[1])) do
-  local key = ARGV[1] .. u
-  local any = false
-  for _, n in ipairs(redis.call('SMEMBERS', key)) do
-    local a = alive[n]
-    if a == nil then a = redis.call('EXISTS', ARGV[2] .. n) == 1; alive[n] = a end
-    if a then any = true else redis.call('SREM', key, n) end
-  end
-  if any then table.insert(out, u) else redis.call('SREM', KEYS[1], u) end
-end
-return out
-"""
-
-_CONNECTED = """
-local t = redis.call('TIME')
-redis.call('ZADD', KEYS[1], tonumber(t[1]) * 1000000 + tonumber(t[2]), ARGV[1])
-redis.call('EXPIRE', KEYS[1], 86400)
-if redis.call('ZCARD', KEYS[1]) <= tonumber(ARGV[2]) then return {} end
-local alive, live, out = {}, {}, {}
-for _, m in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
-  local n = string.match(m, '^([^/]+)/')
-  local a = alive[n]
-  if a == nil then a = redis.call('EXISTS', ARGV[3] .. n) == 1; alive[n] = a end
-  if a then table.insert(live, m) else redis.call('ZREM', KEYS[1], m) end
-end
-for i = 1, #live - tonumber(ARGV[2]) do
-  table.insert(out, live[i])
-  redis.call('ZREM', KEYS[1], live[i])
-end
-return out
-"""
-
-
-_DISCONNECTED = "return redis.call('ZREM', KEYS[1], ARGV[1])"
-_VOUCHED = "return redis.call('GET', KEYS[1])"
-_VOUCH = """
-if redis.call('GET', KEYS[1]) == '!' then return 0 end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-return 1
-"""
-_REVOKE = "return redis.call('SET', KEYS[1], '!', 'PX', ARGV[1])"
 REVOKED = b"!"  # a vouch key's value once its session is revoked: no process vouches for it again
 
 Call = tuple[str, list[str], list[Any], "asyncio.Future[Any]"]  # (script, keys, args, its answer)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 class RedisPresence:
@@ -121,31 +87,39 @@ class RedisPresence:
                                        retry=Retry(NoBackoff(), 0)) for url in urls]  # one per shard
         self.local = MemoryPresence(node)  # this process's entries: re-written after a Redis restart, and the
         # fallback answer while Redis is away
-        self.scripts = [{name: client.register_script(source) for name, source in
-                         (("add", _ADD), ("remove", _REMOVE), ("users", _USERS), ("connected", _CONNECTED),
-                          ("disconnected", _DISCONNECTED), ("vouched", _VOUCHED), ("vouch", _VOUCH),
-                          ("revoke", _REVOKE))}
+        self.scripts = [{name: client.register_script(source) for name, source in SCRIPTS.items()}
                         for client in self.clients]  # per shard: its script objects
         # Calls are sent a pipeline at a time per shard (one round trip, one connection for a reconnect
         # storm's thousands of sockets); those made while one is in flight go with the next.
         self._batches: list[list[Call]] = [[] for _ in urls]  # per shard: calls waiting to be sent
         self._sending = [False] * len(urls)  # per shard: a pipeline in flight
-        self._tasks: set[asyncio.Task[None]] = set()  # pipelines being sent
-        self.reachable = True  # False while Redis calls fail (logged once per outage)
+        self._tasks: set[asyncio.Future[Any]] = set()  # pipelines being sent, reaps running
+        self.down: set[int] = set()  # shards whose calls failed, until a heartbeat answers (logged once)
+        self.closing = False  # close() began: calls fail at once, silently
         self._heartbeat: asyncio.Task[None] | None = None  # renews this process's key
         self._stale = False  # a call failed: Redis may miss what this process changed meanwhile (resent)
         self._unsent_leaves: set[tuple[str, str]] = set()  # (channel, user) whose remove failed: sent when back
         self._unsent_closes: set[tuple[str, str]] = set()  # (user, conn) whose disconnected failed: sent when back
+        self._reaping: set[tuple[int, str]] = set()  # (shard, dead node) this process is removing
+        self.on_leave: Callable[[str, str], None] | None = None  # told (channel, user) a dead node's reap took
+        # out of a room: their leave
+
+    @property
+    def reachable(self) -> bool:
+        """Every shard answers."""
+        return not self.down and not self.closing
+
+    def bind(self, on_leave: Callable[[str, str], None]) -> None:
+        self.on_leave = on_leave
 
     def _shard(self, key: str) -> int:
         return shard_of(key, len(self.clients))
 
-    async def _call(self, key: str, script: str, keys: list[str], args: list[Any]) -> Any:
-        if not self.reachable:  # known down: fail at once, not after REDIS_TIMEOUT each (the heartbeat
-            # finds Redis back, then rewrites this process's entries and sends what failed meanwhile)
+    async def _call(self, shard: int, script: str, keys: list[str], args: list[Any]) -> Any:
+        if shard in self.down or self.closing:  # known down: fail at once, not after REDIS_TIMEOUT each (the
+            # heartbeat finds it back, then rewrites this process's entries and sends what failed meanwhile)
             self._stale = True
             raise RedisConnectionError("redis is unreachable; presence answers for this process only")
-        shard = self._shard(key)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._batches[shard].append((script, keys, args, future))
         if not self._sending[shard]:
@@ -153,28 +127,31 @@ class RedisPresence:
         try:
             return await future  # answered within REDIS_TIMEOUT: the pipeline carries the timeout
         except (RedisError, OSError, TimeoutError) as exc:
-            if self.reachable:
-                self.reachable = False
-                log.error("presence: redis is unreachable; answering for this process only",
-                          extra=fields(error=repr(exc)))
+            self._unreachable(shard, exc)
             raise
+
+    def _unreachable(self, shard: int, exc: BaseException) -> None:
+        if shard not in self.down and not self.closing:
+            self.down.add(shard)
+            log.error("presence: redis is unreachable; answering for this process only",
+                      extra=fields(shard=shard, error=repr(exc)))
 
     def _send(self, shard: int) -> None:
         if self._sending[shard] or not self._batches[shard]:
             return
         self._sending[shard] = True
         batch, self._batches[shard] = self._batches[shard][:PIPELINE], self._batches[shard][PIPELINE:]
-        task = asyncio.create_task(self._pipeline(shard, batch))
+        self._spawn(self._pipeline(shard, batch))
+
+    def _spawn(self, work: Any) -> None:
+        task = asyncio.ensure_future(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     async def _pipeline(self, shard: int, batch: list[Call]) -> None:
         try:
-            pipe = self.clients[shard].pipeline(transaction=False)
-            for script, keys, args, _ in batch:
-                await self.scripts[shard][script](keys=keys, args=args, client=pipe)
             try:
-                results = await asyncio.wait_for(pipe.execute(raise_on_error=False), self.timeout)
+                results = await within(self._execute(shard, batch), self.timeout)
             except (RedisError, OSError, TimeoutError) as exc:
                 results = [exc] * len(batch)
             for (_, _, _, future), result in zip(batch, results, strict=True):
@@ -188,17 +165,41 @@ class RedisPresence:
             self._sending[shard] = False
             self._send(shard)
 
+    async def _execute(self, shard: int, batch: list[Call]) -> list[Any]:
+        """One pipeline of EVALSHAs (no SCRIPT EXISTS round trip first, as redis-py's
+        Script does per pipeline); the calls Redis answers NOSCRIPT (it restarted,
+        or SCRIPT FLUSH) go again once their scripts are loaded."""
+        results = await self._evalshas(shard, batch)
+        missing = [i for i, result in enumerate(results) if isinstance(result, NoScriptError)]
+        if missing:
+            try:
+                for name in {batch[i][0] for i in missing}:
+                    await self.clients[shard].script_load(SCRIPTS[name])
+                again = await self._evalshas(shard, [batch[i] for i in missing])
+            except (RedisError, OSError) as exc:  # only these failed: the others' answers stand
+                again = [exc] * len(missing)
+            for i, result in zip(missing, again, strict=True):
+                results[i] = result
+        return results
+
+    async def _evalshas(self, shard: int, batch: list[Call]) -> list[Any]:
+        pipe = self.clients[shard].pipeline(transaction=False)
+        for script, keys, args, _ in batch:
+            pipe.execute_command("EVALSHA", self.scripts[shard][script].sha, len(keys), *keys, *args)
+        return list(await pipe.execute(raise_on_error=False))
+
     async def start(self) -> None:
         await self._beat()
         self._heartbeat = asyncio.create_task(self._beating())
 
     async def close(self) -> None:
-        self.reachable = False  # what fails from here on is the shutdown, not Redis: nothing to log
+        self.closing = True  # what fails from here on is the shutdown, not Redis: nothing to log
         if self._heartbeat is not None:
             self._heartbeat.cancel()
-        for client in self.clients:
-            try:
-                await asyncio.wait_for(client.delete(NODE + self.node), self.timeout)  # gone at once, not at TTL
+        for shard, client in enumerate(self.clients):
+            try:  # gone at once, not at TTL; the others' reapers remove what this process still holds
+                await within(self.scripts[shard]["close"](keys=[NODE + self.node, NODES],
+                                                                    args=[self.node]), self.timeout)
             except (RedisError, OSError, TimeoutError):
                 pass
             await client.aclose()
@@ -209,66 +210,111 @@ class RedisPresence:
             await self._beat()
 
     async def _beat(self) -> None:
-        """Renews this process's key on every shard; where it had vanished (Redis
-        restarted empty), writes this process's entries again."""
-        for client in self.clients:
+        """Renews this process's key and score on every shard; where the key had
+        vanished (Redis restarted empty), writes this process's entries again;
+        starts reaping the dead nodes each shard names."""
+        for shard in range(len(self.clients)):
             try:
-                existed = await asyncio.wait_for(client.set(NODE + self.node, 1, ex=self.ttl, get=True),
-                                                 self.timeout)
+                existed, dead = await within(
+                    self.scripts[shard]["beat"](keys=[NODE + self.node, NODES], args=[self.node, self.ttl]),
+                    self.timeout)
             except (RedisError, OSError, TimeoutError) as exc:
-                if self.reachable:
-                    self.reachable = False
-                    log.error("presence: redis is unreachable", extra=fields(error=repr(exc)))
+                self._unreachable(shard, exc)
                 continue
-            if existed is None:
+            if shard in self.down:
+                self.down.discard(shard)
+                log.warning("presence: redis is back", extra=fields(shard=shard))
+            if not existed:
                 await self._rewrite()
-        if not self.reachable and all([await self._alive(c) for c in self.clients]):
-            self.reachable = True
-            log.warning("presence: redis is back")
-        if self.reachable and self._stale:  # Redis was away but kept this process's key (a stall, a partition)
+            for node in dead:
+                self._reap_later(shard, _text(node))
+        if self._stale and not self.down:  # Redis was away but kept this process's key (a stall, a partition)
             self._stale = False
             await self._rewrite()
 
-    async def _alive(self, client: Redis) -> bool:
+    def _reap_later(self, shard: int, dead: str) -> None:
+        if dead != self.node and (shard, dead) not in self._reaping and shard not in self.down:
+            self._reaping.add((shard, dead))
+            self._spawn(self._reap(shard, dead))
+
+    async def _reap(self, shard: int, dead: str) -> None:
+        """Removes a dead node's entries on one shard (if this process wins the
+        claim), a chunk per call, and tells ``on_leave`` of each user it took
+        out of a room. A failure leaves the rest to the next heartbeat (this
+        process's, or another's once the claim expires)."""
+        left = 0
         try:
-            return bool(await asyncio.wait_for(client.exists(NODE + self.node), self.timeout))
+            while True:
+                found = await self._call(shard, "reap", [NODES, NODE + dead, f"{PREFIX}nr:{dead}",
+                                                         f"{PREFIX}ns:{dead}", USERS, f"{PREFIX}reap:{dead}"],
+                                         [dead, self.node, self.ttl, REAP_CHUNK, PREFIX])
+                for i in range(1, len(found), 2):
+                    left += 1
+                    if self.on_leave is not None:
+                        self.on_leave(_text(found[i]), _text(found[i + 1]))
+                if found[0] != 1:
+                    break
+            if found[0] == 2:
+                log.info("presence: a dead process's entries removed",
+                         extra=fields(dead=dead, shard=shard, leaves=left))
         except (RedisError, OSError, TimeoutError):
-            return False
+            pass
+        finally:
+            self._reaping.discard((shard, dead))
+
+    def _room_call(self, script: str, channel: str, user: str) -> Any:
+        """The add or remove of ``user`` in ``channel`` by this process."""
+        return self._call(self._shard(channel), script,
+                          [PREFIX + "p:" + channel, f"{PREFIX}pu:{channel}:{user}", f"{PREFIX}nr:{self.node}"],
+                          [user, self.node, NODE, f"{channel} {user}"])
+
+    def _socket_call(self, script: str, user: str, conn: str, limit: int = 0) -> Any:
+        """The connected or disconnected of socket ``conn`` of ``user`` on this process."""
+        keys = [PREFIX + "u:" + user, f"{PREFIX}ns:{self.node}", USERS]
+        if script == "connected":
+            return self._call(self._shard(user), script, keys,
+                              [f"{self.node}/{conn}", limit, NODE, f"{conn} {user}", user])
+        return self._call(self._shard(user), script, keys, [f"{self.node}/{conn}", f"{conn} {user}", user])
 
     async def _rewrite(self) -> None:
         """This process's entries, written again, and the removals that failed
         (no join or leave is pushed for them). Each is checked against the local
-        state just before it is queued, so a call made meanwhile is sent after it."""
+        state just before it is queued, so a call made meanwhile is sent after it.
+        What fails (a shard still down) is tried again by a later heartbeat."""
+        for channel, user in list(self._unsent_leaves):
+            if user not in self.local.rooms.get(channel, ()) and not await self._sent(
+                    self._room_call("remove", channel, user)):
+                continue
+            self._unsent_leaves.discard((channel, user))
+        for user, conn in list(self._unsent_closes):
+            if conn not in self.local.sockets.get(user, ()) and not await self._sent(
+                    self._socket_call("disconnected", user, conn)):
+                continue
+            self._unsent_closes.discard((user, conn))
+        for channel, users in list(self.local.rooms.items()):
+            for user in list(users):
+                if user in self.local.rooms.get(channel, ()):
+                    await self._sent(self._room_call("add", channel, user))
+        for user, conns in list(self.local.sockets.items()):
+            for conn in list(conns):
+                if conn in self.local.sockets.get(user, ()):
+                    await self._sent(self._socket_call("connected", user, conn, 10**9))
+
+    async def _sent(self, call: Any) -> bool:
+        """Awaits a call of the rewrite; False (and stale: retried) if it failed."""
         try:
-            for channel, user in list(self._unsent_leaves):
-                if user not in self.local.rooms.get(channel, ()):
-                    await self._call(channel, "remove", [PREFIX + "p:" + channel, f"{PREFIX}pu:{channel}:{user}"],
-                                     [user, self.node, NODE])
-                self._unsent_leaves.discard((channel, user))
-            for user, conn in list(self._unsent_closes):
-                if conn not in self.local.sockets.get(user, ()):
-                    await self._call(user, "disconnected", [PREFIX + "u:" + user], [f"{self.node}/{conn}"])
-                self._unsent_closes.discard((user, conn))
-            for channel, users in list(self.local.rooms.items()):
-                for user in list(users):
-                    if user in self.local.rooms.get(channel, ()):
-                        await self._call(channel, "add", [PREFIX + "p:" + channel, f"{PREFIX}pu:{channel}:{user}"],
-                                         [user, self.node, NODE])
-            for user, conns in list(self.local.sockets.items()):
-                for conn in list(conns):
-                    if conn in self.local.sockets.get(user, ()):
-                        await self._call(user, "connected", [PREFIX + "u:" + user],
-                                         [f"{self.node}/{conn}", 10**9, NODE])
+            await call
         except (RedisError, OSError, TimeoutError):
-            self._stale = True  # the next heartbeat tries again
+            self._stale = True
+            return False
+        return True
 
     # -- Presence --------------------------------------------------------------------------
 
     async def add(self, channel: str, user: str) -> bool:
         first_here = await self.local.add(channel, user)
         try:
-            return bool(await self._call(channel, "add", [PREFIX + "p:" + channel, f"{PREFIX}pu:{channel}:{user}"],
-                                         [user, self.node, NODE]))
+            return bool(await self._room_call("add", channel, user))
         except (RedisError, OSError, TimeoutError):
             self._stale = True
             return first_here
@@ -278,8 +324,7 @@ class RedisPresence:
     async def remove(self, channel: str, user: str) -> bool:
         last_here = await self.local.remove(channel, user)
         try:
-            return bool(await self._call(channel, "remove", [PREFIX + "p:" + channel,
-                                                             f"{PREFIX}pu:{channel}:{user}"], [user, self.node, NODE]))
+            return bool(await self._room_call("remove", channel, user))
         except (RedisError, OSError, TimeoutError):
             self._stale = True
             self._unsent_leaves.add((channel, user))
@@ -287,43 +332,60 @@ class RedisPresence:
 
     async def users(self, channel: str) -> list[str]:
         try:
-            found = await self._call(channel, "users", [PREFIX + "p:" + channel], [f"{PREFIX}pu:{channel}:", NODE])
+            found = await self._call(self._shard(channel), "users", [PREFIX + "p:" + channel],
+                                     [f"{PREFIX}pu:{channel}:", NODE])
         except (RedisError, OSError, TimeoutError):
             return await self.local.users(channel)
-        return sorted(u.decode() if isinstance(u, bytes) else str(u) for u in found)
+        return sorted(_text(u) for u in found)
 
     async def connected(self, user: str, conn: str, limit: int) -> list[tuple[str, str]]:
         local = await self.local.connected(user, conn, 10**9)  # the cap is decided below, over every process
         assert not local
         try:
-            found = await self._call(user, "connected", [PREFIX + "u:" + user], [f"{self.node}/{conn}", limit, NODE])
+            found = await self._socket_call("connected", user, conn, limit)
         except (RedisError, OSError, TimeoutError):
             self._stale = True
             sockets = self.local.sockets.get(user, [])
             return [(self.node, c) for c in sockets[:max(0, len(sockets) - limit)]]
         closing = []
         for member in found:
-            node, _, other = (member.decode() if isinstance(member, bytes) else str(member)).partition("/")
+            node, _, other = _text(member).partition("/")
             closing.append((node, other))
         return closing
 
     async def disconnected(self, user: str, conn: str) -> None:
         await self.local.disconnected(user, conn)
         try:
-            await self._call(user, "disconnected", [PREFIX + "u:" + user], [f"{self.node}/{conn}"])
+            await self._socket_call("disconnected", user, conn)
         except (RedisError, OSError, TimeoutError):
             self._stale = True
             self._unsent_closes.add((user, conn))
+
+    async def nodes(self) -> list[str]:
+        """The nodes that renewed within the TTL, as any shard knows them (no SCAN)."""
+        answers = await asyncio.gather(*(self._call(shard, "nodes", [NODES], [self.ttl])
+                                         for shard in range(len(self.clients))), return_exceptions=True)
+        found = {_text(n) for answer in answers if not isinstance(answer, BaseException) for n in answer}
+        return sorted(found | {self.node})
+
+    async def user_count(self) -> int | None:
+        """Distinct users with a socket on a live process (or one not yet reaped); None if Redis fails."""
+        try:
+            counts = await asyncio.gather(*(self._call(shard, "count", [USERS], [])
+                                            for shard in range(len(self.clients))))
+        except (RedisError, OSError, TimeoutError):
+            return None
+        return sum(int(c) for c in counts)
 
     # -- the session vouch, shared (server/auth.py VouchStore) ---------------------------------
 
     async def vouched(self, sid: str) -> str | None:
         """The user a process vouched for ``sid`` within the vouch window, if any."""
         try:
-            found = await self._call(sid, "vouched", [PREFIX + "v:" + sid], [])
+            found = await self._call(self._shard(sid), "vouched", [PREFIX + "v:" + sid], [])
         except (RedisError, OSError, TimeoutError):
             return None
-        return None if found in (None, REVOKED) else (found.decode() if isinstance(found, bytes) else str(found))
+        return None if found in (None, REVOKED) else _text(found)
 
     def vouch(self, user: str, sid: str, seconds: float) -> None:
         self._fire(sid, "vouch", [PREFIX + "v:" + sid], [user, int(seconds * 1000)])
@@ -335,17 +397,8 @@ class RedisPresence:
         """A call whose answer nobody waits for (a failure is already logged once by _call)."""
         async def call() -> None:
             try:
-                await self._call(key, script, keys, args)
+                await self._call(self._shard(key), script, keys, args)
             except (RedisError, OSError, TimeoutError):
                 pass
 
-        task = asyncio.create_task(call())
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def nodes(self) -> list[str]:
-        try:
-            keys = [k async for k in self.clients[0].scan_iter(match=NODE + "*", count=1000)]
-        except (RedisError, OSError, TimeoutError):
-            return [self.node]
-        return sorted((k.decode() if isinstance(k, bytes) else str(k))[len(NODE):] for k in keys)
+        self._spawn(call())

@@ -26,9 +26,11 @@ from server.realtime.hub import Hub
 from server.realtime.node import Node
 from server.realtime.presence_redis import RedisPresence
 from server.rooms import Rooms
+from server.timeouts import within
 from server.users import Users
 from settings import Settings
 
+SETTLE_SECONDS = 2.0  # at close, how long the presence calls of the sockets just closed may take
 STATS_KEYS = ("connections", "users", "subscriptions", "channels", "messages_published", "messages_delivered")
 
 
@@ -74,6 +76,7 @@ class Realtime:
         await self.node.start()
 
     async def close(self) -> None:
+        await self.hub.settle(SETTLE_SECONDS)
         await self.node.close()
 
     def open(self, principal: Principal, transport: Transport) -> Commands:
@@ -113,7 +116,7 @@ class Realtime:
         every socket with 1001 (reconnect with backoff)."""
         self.accepting = False
         try:
-            await asyncio.wait_for(self._idle.wait(), timeout)
+            await within(self._idle.wait(), timeout)
         except TimeoutError:
             pass
         self.hub.close_all(CloseCode.GOING_AWAY, "server shutting down")
@@ -151,9 +154,10 @@ class Realtime:
                            "filled_from_mongodb": self.node.orderer.fills}}
 
     async def deployment_stats(self) -> dict[str, Any]:
-        """Every process's figures and their sums (``users``: each process's distinct users, summed)."""
+        """Every process's figures and their sums (``users``: distinct users over the deployment)."""
         processes = [self.stats()] + [answer for _, answer in await self.node.ask("stats") if answer]
         total: dict[str, Any] = {key: sum(p[key] for p in processes) for key in STATS_KEYS}
+        total["users"] = await self.node.users_anywhere(total["users"])
         total["uptime"] = processes[0]["uptime"]
         total["processes"] = processes
         return total

@@ -1,4 +1,4 @@
-"""Presence over processes (server/fanout/presence_redis.py) against a real redis-server."""
+"""Presence over processes (server/realtime/presence_redis.py) against a real redis-server."""
 
 from __future__ import annotations
 

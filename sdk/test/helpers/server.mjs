@@ -1,7 +1,7 @@
 // The real server (`python run.py`) in a child process, on a data directory of its
 // own, with a fake WeChat API for sign-in. Stop it with SIGTERM and start it again
 // on the same directory and port.
-import { spawn } from "node:child_process";
+import { execFileSync, spawn } from "node:child_process";
 import { existsSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -79,6 +79,14 @@ export class Server {
     await this.stop();
     if (this.wechat) await this.wechat.close();
     rmSync(this.dataDir, { recursive: true, force: true });
+  }
+
+  /** How many documents of `collection` the server's database holds, read with pymongo
+   * from the embedded store run.py started (its port is in run.py's log). */
+  count(collection) {
+    const port = /embedded store started[^\n]*"port": (\d+)/.exec(this.output)[1];
+    const script = "import sys, pymongo; print(pymongo.MongoClient(sys.argv[1]).miniprogram[sys.argv[2]].count_documents({}))";
+    return Number(execFileSync(python(), ["-c", script, `mongodb://127.0.0.1:${port}/`, collection], { encoding: "utf8" }));
   }
 
   /** Calls the server API with the test's X-API-Key. */

@@ -36,6 +36,10 @@ class Broker(Protocol):
     def up(self) -> bool:
         """False while messages may not reach other processes (for /readyz and /metrics)."""
 
+    @property
+    def control_up(self) -> bool:
+        """False while control messages cannot reach other processes."""
+
     async def start(self, events: BrokerEvents) -> None: ...
 
     async def close(self) -> None: ...

@@ -12,6 +12,7 @@ class MemoryBroker:
     """The broker of a deployment of one process (REDIS_URL unset)."""
 
     up = True  # nothing to lose: there is no other process
+    control_up = True  # likewise
 
     def __init__(self) -> None:
         self.node = secrets.token_hex(6)  # this process's id

@@ -5,8 +5,10 @@ arrives and unsubscribes when its last leaves, so a message reaches only the
 processes that serve its channel, once each: ``<node> <seq> <payload>``, the
 payload being the push the publisher encoded once. A process skips its own
 messages (it delivered them itself). Several Redis servers (``REDIS_URL``
-comma-separated) share the channels by jump consistent hashing; control
-messages go through the first one.
+comma-separated) share the channels by jump consistent hashing. Control
+messages go through every one that is up (every one, queued, if none is),
+numbered by their sender; a receiver handles each number once (``Seen``), so
+losing any one Redis server, the first included, does not lose control.
 
 Every Redis call has a timeout (``REDIS_TIMEOUT``). A shard whose connection
 fails is marked down (logged once), retried with backoff, and when it is back
@@ -21,9 +23,10 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import logging
 import secrets
-from collections import deque
+from collections import OrderedDict, deque
 from typing import Any
 
 from redis.asyncio import Redis
@@ -34,6 +37,7 @@ from redis.retry import Retry
 
 from server.logs import fields
 from server.realtime.brokers.base import BrokerEvents
+from server.timeouts import within
 
 log = logging.getLogger("server.broker")
 
@@ -44,6 +48,8 @@ BACKOFF_SECONDS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0)  # waits between reconnection
 PING_SECONDS = 1.0  # how often a shard's liveness is checked
 MAX_QUEUED = 100_000  # publishes held while a shard is down; beyond, the oldest are dropped (and resync)
 BATCH = 1000  # publishes sent per pipeline
+CONTROL_WINDOW = 1024  # per sender: control numbers remembered; one this far behind its newest is dropped
+CONTROL_SENDERS = 256  # senders remembered (the longest silent forgotten first)
 
 
 def jump_hash(key: int, buckets: int) -> int:
@@ -67,6 +73,30 @@ def topic(channel: str) -> str:
     return PREFIX + "c:" + channel
 
 
+class Seen:
+    """The control messages already handled, by (sender, number): each arrives
+    once per Redis server. Bounded: CONTROL_WINDOW numbers per sender (an older
+    one counts as seen: late, or doubled), CONTROL_SENDERS senders."""
+
+    def __init__(self) -> None:
+        self.senders: OrderedDict[bytes, tuple[int, set[int]]] = OrderedDict()  # sender -> (newest, recent)
+
+    def first(self, sender: bytes, number: int) -> bool:
+        """True the first time (sender, number) arrives."""
+        newest, recent = self.senders.pop(sender, (0, set()))
+        fresh = number > newest - CONTROL_WINDOW and number not in recent
+        if fresh:
+            recent.add(number)
+            if number > newest:
+                newest = number
+                if len(recent) > 2 * CONTROL_WINDOW:  # pruned now and then: O(1) a message
+                    recent = {n for n in recent if n > newest - CONTROL_WINDOW}
+        self.senders[sender] = (newest, recent)
+        if len(self.senders) > CONTROL_SENDERS:
+            self.senders.popitem(last=False)
+        return fresh
+
+
 class _Shard:
     """One Redis server: a pub/sub connection for what arrives, a command
     connection for publishes and pings, and their reconnection."""
@@ -75,7 +105,7 @@ class _Shard:
         self.broker = broker  # the owner: node id, events, settings
         self.url = url  # redis://host:port/db
         self.index = index  # position in REDIS_URL
-        self.topics: set[str] = {CONTROL} if index == 0 else set()  # topics this process wants from this shard
+        self.topics: set[str] = {CONTROL}  # topics this process wants from this shard
         self.up = False  # connected and subscribed to every topic
         self.ever_up = False  # a later connection is a recovery (channels may have missed messages)
         self.queue: deque[tuple[str, bytes]] = deque()  # publishes not yet sent
@@ -126,17 +156,17 @@ class _Shard:
         timeout = self.broker.timeout
         self._client = Redis.from_url(self.url, socket_timeout=timeout, socket_connect_timeout=timeout,
                                       retry=Retry(NoBackoff(), 0), health_check_interval=0)
-        await asyncio.wait_for(self._client.ping(), timeout)
+        await within(self._client.ping(), timeout)
         pubsub = self._client.pubsub()
-        await asyncio.wait_for(pubsub.connect(), timeout)  # type: ignore[no-untyped-call]
+        await within(pubsub.connect(), timeout)  # type: ignore[no-untyped-call]
         self._pubsub = pubsub  # from here a subscribe() goes to Redis itself
         topics = sorted(self.topics)
         waiting = [self._expect(t) for t in topics]
         if topics:
-            await asyncio.wait_for(pubsub.subscribe(*topics), timeout)
+            await within(pubsub.subscribe(*topics), timeout)
         tasks = [asyncio.create_task(self._read()), asyncio.create_task(self._ping()),
                  asyncio.create_task(self._lost.wait())]
-        confirmed = asyncio.ensure_future(asyncio.wait_for(asyncio.gather(*waiting), timeout))
+        confirmed = asyncio.ensure_future(within(asyncio.gather(*waiting), timeout))
         done, _ = await asyncio.wait([confirmed, *tasks], return_when=asyncio.FIRST_COMPLETED)
         if confirmed not in done:
             confirmed.cancel()
@@ -189,7 +219,7 @@ class _Shard:
         for closing in (pubsub, client):
             if closing is not None:
                 try:
-                    await asyncio.wait_for(closing.aclose(), self.broker.timeout)
+                    await within(closing.aclose(), self.broker.timeout)
                 except (RedisError, OSError, TimeoutError, RuntimeError):
                     pass
 
@@ -197,7 +227,7 @@ class _Shard:
         while True:
             await asyncio.sleep(PING_SECONDS)
             assert self._client is not None
-            await asyncio.wait_for(self._client.ping(), self.broker.timeout)
+            await within(self._client.ping(), self.broker.timeout)
 
     # -- what arrives ------------------------------------------------------------------------
 
@@ -234,8 +264,8 @@ class _Shard:
             return  # subscribed on reconnection, then caught up through on_recovered
         confirmed = self._expect(name)
         try:
-            await asyncio.wait_for(self._pubsub.subscribe(name), self.broker.timeout)
-            await asyncio.wait_for(confirmed, self.broker.timeout)
+            await within(self._pubsub.subscribe(name), self.broker.timeout)
+            await within(confirmed, self.broker.timeout)
         except (RedisError, OSError, TimeoutError, ConnectionError) as exc:
             self._lost.set()  # reconnects, re-subscribes everything, then catches up
             log.debug("subscribe failed", extra=fields(shard=self.index, error=repr(exc)))
@@ -244,7 +274,7 @@ class _Shard:
         self.topics.discard(name)
         if self._pubsub is not None:
             try:
-                await asyncio.wait_for(self._pubsub.unsubscribe(name), self.broker.timeout)
+                await within(self._pubsub.unsubscribe(name), self.broker.timeout)
             except (RedisError, OSError, TimeoutError) as exc:
                 self._lost.set()
                 log.debug("unsubscribe failed", extra=fields(shard=self.index, error=repr(exc)))
@@ -275,7 +305,7 @@ class _Shard:
                 for name, data in batch:
                     pipe.publish(name, data)
                 try:
-                    await asyncio.wait_for(pipe.execute(), self.broker.timeout)
+                    await within(pipe.execute(), self.broker.timeout)
                 except (RedisError, OSError, TimeoutError) as exc:
                     self._lost.set()
                     log.debug("publish failed", extra=fields(shard=self.index, error=repr(exc)))
@@ -297,10 +327,17 @@ class RedisBroker:
         self.received = 0  # messages from other processes
         self.sent = 0  # publishes sent to Redis
         self.lost = False  # publishes were dropped (a shard away too long): a resync follows its recovery
+        self._control_numbers = itertools.count(1)  # this process's control messages, numbered
+        self.seen = Seen()  # control messages handled (each comes once per shard)
 
     @property
     def up(self) -> bool:
         return all(shard.up for shard in self.shards)
+
+    @property
+    def control_up(self) -> bool:
+        """Control messages reach the other processes (through one shard at least)."""
+        return any(shard.up for shard in self.shards)
 
     async def start(self, events: BrokerEvents) -> None:
         """Starts connecting; returns once every shard answered or the timeout passed
@@ -329,7 +366,9 @@ class RedisBroker:
         self._shard(channel).publish(topic(channel), b"%s %d %s" % (self.node.encode(), seq, payload))
 
     def publish_control(self, data: bytes) -> None:
-        self.shards[0].publish(CONTROL, self.node.encode() + b" " + data)
+        message = b"%s %d %s" % (self.node.encode(), next(self._control_numbers), data)
+        for shard in [s for s in self.shards if s.up] or self.shards:
+            shard.publish(CONTROL, message)
 
     # -- from the shards ----------------------------------------------------------------------
 
@@ -339,10 +378,17 @@ class RedisBroker:
             return
         self.received += 1
         if name == CONTROL:
-            if rest == RESYNC:
+            number, _, body = rest.partition(b" ")
+            try:
+                if not self.seen.first(node, int(number)):
+                    return
+            except ValueError:
+                log.warning("a malformed control message; ignored", extra=fields(size=len(data)))
+                return
+            if body == RESYNC:
                 self.recovered(None, None)
             else:
-                self.events.on_control(rest)
+                self.events.on_control(body)
             return
         seq, _, payload = rest.partition(b" ")
         try:
