@@ -2,7 +2,8 @@
 processes with Redis, and the reconnect storm through one and two, in one run.
 
     python bench/scale_bench.py [--subscribers 10000] [--workers 3] [--rates 100,1000]
-                                [--server-cpu none,0.35] [--storm 10000] [--missed 100]
+                                [--server-cpu none,0.35] [--publish-through any|one]
+                                [--storm 10000] [--missed 100]
                                 [--storm-server-cpu none] [--parts fanout,storm]
 
 Starts one embedded store and one redis-server (no persistence) on free ports,
@@ -18,7 +19,10 @@ API: deliveries per second, server CPU per delivery summed over the workers
 latency p50/p99, and whether every session got every message exactly once.
 Beside them, where the machine's CPU went (each server process, the load
 generators, the store, Redis, this process publishing, other work, idle) and
-what bound the rate. ``--server-cpu`` runs the comparison once per value:
+what bound the rate, and how many messages a process read from MongoDB to
+close a gap in seq. ``--publish-through one`` sends every publish through one
+worker (kept-alive connections) instead of a new connection each, which the
+kernel gives to either worker. ``--server-cpu`` runs the comparison once per value:
 ``none`` leaves the servers free (on 2 cores the load generators, which must
 parse every frame, then take the rest and become the bound); a number puts each
 server process (the one process; each worker of two) in a cgroup of its own
@@ -42,6 +46,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import http.client
 import json
 import os
 import platform
@@ -50,6 +55,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 import uuid
@@ -218,9 +224,12 @@ def fanout(label: str, server: Server, store: ChildStore, redis: RedisProcess | 
             seconds = min(args.seconds, args.budget / (rate * max(opened, 1)))
             filled = server.filled()
             start = last = watch.take()
-            sent, timed_out = asyncio.run(publish_at(
-                server.base + "/api/v1/server/publish", rate, seconds,
-                lambda n: {"channel": CHANNEL, "data": {"t": time.time(), "n": n, "pad": PAD}}, headers))
+            body = lambda n: {"channel": CHANNEL, "data": {"t": time.time(), "n": n, "pad": PAD}}  # noqa: E731
+            if args.publish_through == "one":
+                sent, timed_out = publish_through_one(server, rate, seconds, body)
+            else:
+                sent, timed_out = asyncio.run(publish_at(server.base + "/api/v1/server/publish", rate, seconds,
+                                                         body, headers))
             expected = (sent - timed_out) * opened
             deliveries, latencies, by_seq, skipped = 0, [], {}, 0  # type: ignore[var-annotated]
             while True:
@@ -257,6 +266,48 @@ def fanout(label: str, server: Server, store: ChildStore, redis: RedisProcess | 
     finally:
         generators.stop()
     return figures
+
+
+def publish_through_one(server: Server, rate: float, seconds: float, body: Any,
+                        connections: int = 64) -> tuple[int, int]:
+    """Publishes as publish_at does, but every message through one worker: kept-alive
+    connections, those the kernel gave to another worker closed (the server API's
+    ``stats`` names the process that answers first). Returns (sent, failed)."""
+    host, port = server.base.split("//")[1].split(":")
+    headers = {"X-API-Key": API_KEY, "Content-Type": "application/json"}
+    chosen: list[http.client.HTTPConnection] = []
+    target = 0
+    for _ in range(connections * 8):
+        if len(chosen) == connections:
+            break
+        conn = http.client.HTTPConnection(host, int(port), timeout=120)
+        conn.request("GET", "/api/v1/server/stats", headers=headers)
+        pid = json.loads(conn.getresponse().read())["processes"][0]["pid"]
+        target = target or pid
+        if pid == target:
+            chosen.append(conn)
+        else:
+            conn.close()
+    count = int(rate * seconds)
+    numbers = iter(range(count))
+    start = time.perf_counter()
+    failed = [0]
+
+    def publisher(conn: http.client.HTTPConnection) -> None:
+        for n in numbers:  # shared: each number published once, at its time
+            time.sleep(max(0.0, start + n / rate - time.perf_counter()))
+            conn.request("POST", "/api/v1/server/publish", body=json.dumps(body(n)), headers=headers)
+            reply = conn.getresponse()
+            reply.read()
+            failed[0] += reply.status != 200
+        conn.close()
+
+    threads = [threading.Thread(target=publisher, args=(conn,)) for conn in chosen]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return count, failed[0]
 
 
 def storm(label: str, server: Server, store: ChildStore, redis: RedisProcess | None,
@@ -378,5 +429,7 @@ if __name__ == "__main__":
     parser.add_argument("--parts", default="fanout,storm")
     parser.add_argument("--server-cpu", default="none,0.35",
                         help="fan-out comparisons to run: cores allowed to each server process, or none")
+    parser.add_argument("--publish-through", choices=("any", "one"), default="any",
+                        help="fan-out publishes on new connections (any worker) or all through one worker")
     parser.add_argument("--storm-server-cpu", default="none", help="the same for the storm")
     main(parser.parse_args())
