@@ -29,16 +29,24 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+import re
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
 import ujson
 
+from bench.link import Link
+
 CONNECTING = 64  # handshakes in flight per process: the ramp measures the server, not a queue
 MAX_SESSIONS = 19_000  # per process: each holds at most 20,000 descriptors here
 SEQ = b'"seq":'
+SEQS = re.compile(rb'"seq": *(\d+)')  # a "seq" key and its value: only a key can match (quotes in strings are escaped)
+MESSAGES = b'"messages":['
+SUBSCRIBED = b'{"id":0,"result":'  # the start of a successful subscribe reply (command id 0)
+OPEN_SECONDS = 120.0  # a session not subscribed this long after its connect counts as failed
 T = b'"t":'
 SHARED_IDS = 2**40  # command ids above this subscribe the shared channels
 PAD = "x" * 100  # a message of about 140 bytes of data, as the fan-out bench sends
@@ -53,6 +61,7 @@ class Counts:
     closed: int = 0  # sessions the server closed
     deliveries: int = 0  # messages received, all sessions (replays included)
     doubled: int = 0  # messages a session received twice (by seq)
+    skipped: int = 0  # messages a session never got: a seq more than one past its last, or a replay short of it
     acked: int = 0  # publishes answered with a result
     refused: int = 0  # publishes answered with an error
     ack_latencies: list[float] = field(default_factory=list)  # seconds from publish to its reply
@@ -75,6 +84,19 @@ def _frame(opcode: int, payload: bytes) -> bytes:
     return header + mask + masked
 
 
+def replay_seqs(reply: bytes) -> tuple[int, list[int]]:
+    """The channel's seq and the replayed messages' seqs in a successful
+    subscribe reply (``{"id":0,"result":{"channel":..,"seq":N,..,"messages":[..]}}``),
+    found by scanning instead of decoding up to RECOVERY_MAX messages: exact as long
+    as no message's data has a key named "seq" (the benchmarks' data never has).
+    A reply of another shape raises ValueError."""
+    start = reply.find(MESSAGES)
+    current = SEQS.search(reply, 0, start) if start > 0 else None
+    if current is None:
+        raise ValueError("not a subscribe result with its seq before its messages")
+    return int(current.group(1)), [int(seq) for seq in SEQS.findall(reply, start)]
+
+
 class Session(asyncio.Protocol):
     """One WebSocket connection, subscribed to one channel."""
 
@@ -83,10 +105,11 @@ class Session(asyncio.Protocol):
         self.channel = channel  # subscribed (ours)
         self.token = token  # its bearer token (ours)
         self.last = last  # newest seq received: a reconnect asks for what follows it
-        self.transport: asyncio.Transport | None = None
+        self.transport: Link | None = None  # its connection, once made
         self.buffer = b""  # bytes not yet parsed
         self.upgraded = False  # the 101 arrived
-        self.ready: asyncio.Future[bool] = asyncio.get_running_loop().create_future()  # subscribed (or failed)
+        self.settled = False  # subscribed or failed (the worker was told)
+        self.started = 0.0  # when its connect began (monotonic seconds)
         self.subscribing = False  # the subscribe reply is due
         self.shared_due = 0  # subscribe replies of the worker's shared channels still due
         self.behind = False  # not yet at the worker's target seq
@@ -95,8 +118,7 @@ class Session(asyncio.Protocol):
 
     # -- asyncio.Protocol ---------------------------------------------------------------
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+    def connection_made(self, transport: Link) -> None:  # type: ignore[override]
         self.transport = transport
         worker = self.worker
         key = base64.b64encode(os.urandom(16)).decode()
@@ -107,8 +129,8 @@ class Session(asyncio.Protocol):
         transport.write(("\r\n".join(headers) + "\r\n\r\n").encode())
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if not self.ready.done():
-            self.ready.set_result(False)
+        if not self.settled:
+            self._settle(False)
         elif not self.worker.dropping:
             self.worker.counts.closed += 1
 
@@ -168,14 +190,18 @@ class Session(asyncio.Protocol):
     def _subscribed(self) -> None:
         if self.subscribing or self.shared_due:
             return
-        if not self.ready.done():
-            self.ready.set_result(True)
+        if not self.settled:
+            self._settle(True)
 
     def _fail(self) -> None:
-        if not self.ready.done():
-            self.ready.set_result(False)
+        if not self.settled:
+            self._settle(False)
         if self.transport is not None:
             self.transport.close()
+
+    def _settle(self, ok: bool) -> None:
+        self.settled = True
+        self.worker.settled(self, ok)
 
     def _text(self, payload: bytes) -> None:
         if payload.startswith(b'{"id"'):
@@ -208,6 +234,9 @@ class Session(asyncio.Protocol):
         self._message(seq, sent)
 
     def _reply(self, payload: bytes) -> None:
+        if self.subscribing and payload.startswith(b'{"id":0,'):
+            self._replay(payload)
+            return
         reply = ujson.loads(payload)
         if reply["id"] is None:  # the server could not read a command
             self._fail()
@@ -219,18 +248,6 @@ class Session(asyncio.Protocol):
             self.shared_due -= 1
             self._subscribed()
             return
-        if reply["id"] == 0 and self.subscribing:  # the subscribe reply, with its replay
-            if "result" not in reply:
-                self._fail()
-                return
-            self.subscribing = False
-            result = reply["result"]
-            for message in result["messages"]:
-                self._message(message["seq"], message["data"].get("t"))
-            self.last = max(self.last, result["seq"])
-            self._subscribed()
-            self._check_target()
-            return
         sent = self.acks.pop(reply["id"], None)
         if sent is not None:
             counts = self.worker.counts
@@ -240,17 +257,41 @@ class Session(asyncio.Protocol):
             else:
                 counts.refused += 1
 
+    def _replay(self, payload: bytes) -> None:
+        """The subscribe reply: every replayed message counted, in order, and the
+        session's place moved to the channel's seq (with ``since``, any message
+        between the replay's end and that seq was skipped)."""
+        try:
+            if not payload.startswith(SUBSCRIBED):
+                raise ValueError("an error")
+            current, seqs = replay_seqs(payload)
+        except ValueError:
+            self._fail()
+            return
+        self.subscribing = False
+        for seq in seqs:
+            self._message(seq, None)
+        if self.last and current > self.last:
+            self.worker.counts.skipped += current - self.last
+        self.last = max(self.last, current)
+        self._subscribed()
+        self._check_target()
+
     def _message(self, seq: int, sent: float | None) -> None:
         counts = self.worker.counts
         counts.deliveries += 1
         counts.by_seq[seq] = counts.by_seq.get(seq, 0) + 1
         if sent is not None:
             counts.latencies.append(time.time() - sent)
-        if seq <= self.last:
+        last = self.last
+        if seq <= last:
             counts.doubled += 1
-        else:
-            self.last = seq
-        self._check_target()
+            return
+        if last and seq > last + 1:
+            counts.skipped += seq - last - 1
+        self.last = seq
+        if self.behind and seq >= self.worker.target:
+            self._check_target()
 
     def _check_target(self) -> None:
         if self.behind and self.last >= self.worker.target:
@@ -287,35 +328,60 @@ class Worker:
         self.shared = shared or []  # and every session to each of these (ours)
         self.sample_every = max(1, sample_every)  # every Nth delivery's latency
         self.source = source  # 127.0.0.N
-        self.counts = Counts()
-        self.sessions: list[Session] = []
+        self.counts = Counts()  # what was seen since the last report
+        self.sessions: list[Session] = []  # the subscribed sessions
+        self.waiting: deque[Session] = deque()  # sessions still to connect
+        self.connecting: set[Session] = set()  # sessions connected (or connecting) and not yet subscribed
+        self.all_open: asyncio.Future[None] | None = None  # done when every session of open() has settled
+        self.expiry: asyncio.TimerHandle | None = None  # the next look for sessions too long unsubscribed
         self.dropping = False  # closing every session on purpose
         self.target = 0  # the seq every session must reach (reconnect storm)
         self.behind = 0  # sessions not yet at target
         self.all_caught_up = 0.0  # when the last one got there (epoch seconds)
 
     async def open(self, sessions: list[Session]) -> None:
-        """Connects ``sessions``, at most CONNECTING handshakes at a time."""
+        """Connects ``sessions``, at most CONNECTING handshakes at a time, each
+        started from the callback that settled another (no task per session);
+        done when each has subscribed or failed."""
         loop = asyncio.get_running_loop()
-        gate = asyncio.Semaphore(CONNECTING)
+        self.all_open = loop.create_future()
+        self.waiting.extend(sessions)
+        self._connect_more()
+        self.expiry = loop.call_later(OPEN_SECONDS / 4, self._expire)
+        try:
+            await self.all_open
+        finally:
+            self.expiry.cancel()
 
-        async def one(session: Session) -> None:
-            async with gate:
-                try:
-                    await loop.create_connection(lambda: session, self.host, self.port, local_addr=(self.source, 0))
-                    ok = await asyncio.wait_for(session.ready, 120)
-                except (OSError, TimeoutError):
-                    ok = False
-            if ok:
-                self.counts.opened += 1
-                self.sessions.append(session)
-            else:
-                self.counts.failed += 1
-                if session.behind:
-                    session.behind = False
-                    self.caught_up()
+    def _connect_more(self) -> None:
+        now = time.monotonic()
+        while len(self.connecting) < CONNECTING and self.waiting:
+            session = self.waiting.popleft()
+            session.started = now
+            self.connecting.add(session)
+            Link(session, self.source, (self.host, self.port))
+        if not self.connecting and self.all_open is not None and not self.all_open.done():
+            self.all_open.set_result(None)
 
-        await asyncio.gather(*(one(s) for s in sessions))
+    def settled(self, session: Session, ok: bool) -> None:
+        """``session`` subscribed (``ok``) or failed: counted, and the next one connects."""
+        self.connecting.discard(session)
+        if ok:
+            self.counts.opened += 1
+            self.sessions.append(session)
+        else:
+            self.counts.failed += 1
+            if session.behind:
+                session.behind = False
+                self.caught_up()
+        self._connect_more()
+
+    def _expire(self) -> None:
+        """Fails the sessions still not subscribed OPEN_SECONDS after their connect (a guard)."""
+        now = time.monotonic()
+        for session in [s for s in self.connecting if now - s.started > OPEN_SECONDS]:
+            session._fail()
+        self.expiry = asyncio.get_running_loop().call_later(OPEN_SECONDS / 4, self._expire)
 
     def drop(self) -> None:
         """Closes every session at once (the client side of a reconnect storm)."""
@@ -373,7 +439,7 @@ async def _worker(url: str, tokens: list[str], dialect: str, sessions: int, chan
             opening = asyncio.create_task(worker.reconnect(argument))
             while (not opening.done() or worker.behind > 0) and time.perf_counter() < deadline:
                 await asyncio.sleep(0.02)
-            lost = sum(max(0, argument - s.last) for s in worker.sessions)
+            lost = sum(max(0, argument - s.last) for s in worker.sessions) + worker.counts.skipped
             reports.put(("storm", worker.counts.opened, worker.counts.failed, start,
                          worker.all_caught_up or time.time(), lost, worker.counts.doubled, worker.counts.deliveries))
         elif name == "publish":  # argument: (messages per second per session, seconds)
