@@ -1,4 +1,10 @@
-"""Open cursors for getMore: each holds the rest of a result as an iterator."""
+"""Open cursors for getMore: each holds the rest of a result as an iterator.
+
+A cursor keeps what is left of its command's ``maxTimeMS``, as mongod does for a
+non-tailable cursor: the limit covers the time spent producing every batch
+(not the time between getMores), so a ``find(...).max_time_ms(100)`` over a
+huge collection stops after 100 ms of work however many getMores it takes. A
+batch that runs out answers 50 (MaxTimeMSExpired) and closes the cursor."""
 
 from __future__ import annotations
 
@@ -12,6 +18,7 @@ from bson import Int64
 from bson.raw_bson import RawBSONDocument
 
 from .errors import MongoError
+from .operations import Interrupted, current
 
 DEFAULT_FIRST_BATCH = 101
 MAX_BATCH_BYTES = 16 * 1024 * 1024
@@ -33,6 +40,7 @@ class Cursor:
     items: Iterator[Any]  # the documents not yet sent
     last_used: float = field(default_factory=time.monotonic)  # for the idle timeout
     pending: list[Any] = field(default_factory=list)  # one read-ahead document
+    budget: float | None = None  # seconds of its command's maxTimeMS left for the batches to come (None: no limit)
 
     def batch(self, size: int) -> tuple[list[Any], bool]:
         """Up to ``size`` documents (0: as many as fit in 16 MiB); whether the
@@ -77,6 +85,9 @@ class Cursors:
         docs, done = cursor.batch(size)
         if not done and not single_batch:
             cursor.id = random.getrandbits(62) | 1
+            op = current()
+            if op is not None and op.deadline is not None:
+                cursor.budget = op.deadline - time.monotonic()
             self._open[cursor.id] = cursor
         return {"firstBatch": docs, "id": Int64(cursor.id), "ns": namespace}
 
@@ -87,7 +98,22 @@ class Cursors:
         if cursor.namespace != namespace:
             raise MongoError(13, f"Requested getMore on namespace '{namespace}', but cursor belongs to a "
                                  f"different namespace {cursor.namespace}")
-        docs, done = cursor.batch(batch_size or 0)
+        op = current()
+        started = time.monotonic()
+        if cursor.budget is not None:
+            if cursor.budget <= 0:
+                del self._open[cursor_id]
+                raise Interrupted(50, "operation exceeded time limit")
+            if op is not None:
+                ends = started + cursor.budget
+                op.deadline = ends if op.deadline is None else min(op.deadline, ends)
+        try:
+            docs, done = cursor.batch(batch_size or 0)
+        except Exception:
+            self._open.pop(cursor_id, None)  # a batch that failed (maxTimeMS, killOp) leaves nothing to resume
+            raise
+        if cursor.budget is not None:
+            cursor.budget -= time.monotonic() - started
         if done:
             del self._open[cursor_id]
         return {"nextBatch": docs, "id": Int64(0 if done else cursor_id), "ns": namespace}

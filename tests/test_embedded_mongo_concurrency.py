@@ -215,3 +215,22 @@ def test_a_collection_being_created_reads_as_empty_not_dropped(clients) -> None:
         thread.join()
         assert "error" not in outcome
     assert seen <= {0, 200}
+
+
+def test_a_cursors_max_time_ms_covers_its_getmores(clients) -> None:
+    """maxTimeMS bounds the work of every batch of a cursor, as mongod's does: a huge result read in small
+    batches answers 50 at a getMore (it used to bound the first batch only); the time between getMores does
+    not count, so a cheap cursor read slowly still ends."""
+    read = 0
+    with pytest.raises(OperationFailure) as caught:  # 3,000,000 documents: seconds of work, past the limit
+        for _ in clients[0].conc.fat.aggregate([{"$unwind": "$a"}, {"$unwind": "$b"}], batchSize=100,
+                                               maxTimeMS=1000):
+            read += 1
+    assert caught.value.code == 50 and read >= 100  # past the first batch: a getMore stopped
+    slow = clients[0].conc.big.find({}, batch_size=5000, max_time_ms=200)
+    count = 0
+    for _ in slow:
+        count += 1
+        if count % 5000 == 0:
+            time.sleep(0.25)  # idle between getMores: not the cursor's time
+    assert count == 20_000
