@@ -195,13 +195,17 @@ class RedisPresence:
     async def _execute(self, shard: int, batch: list[Call]) -> list[Any]:
         """One pipeline of EVALSHAs (no SCRIPT EXISTS round trip first, as redis-py's
         Script does per pipeline); the calls Redis answers NOSCRIPT (it restarted,
-        or SCRIPT FLUSH) go again once their scripts are loaded."""
+        or SCRIPT FLUSH) go again once the scripts are loaded: all of them at once
+        (MULTI), so no process's pipeline ever meets some loaded and others not,
+        which would run its later calls before the earlier ones sent again."""
         results = await self._evalshas(shard, batch)
         missing = [i for i, result in enumerate(results) if isinstance(result, NoScriptError)]
         if missing:
             try:
-                for name in {batch[i][0] for i in missing}:
-                    await self.clients[shard].script_load(SCRIPTS[name])
+                loading = self.clients[shard].pipeline(transaction=True)
+                for source in SCRIPTS.values():
+                    loading.script_load(source)
+                await loading.execute()
                 again = await self._evalshas(shard, [batch[i] for i in missing])
             except (RedisError, OSError) as exc:  # only these failed: the others' answers stand
                 again = [exc] * len(missing)

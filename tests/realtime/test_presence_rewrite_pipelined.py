@@ -1,5 +1,6 @@
 """The rewrite of a process's presence after Redis lost it, sent in pipelines rather than one
-awaited call at a time (server/realtime/presence_redis.py ``_rewrite``), against real redis-servers."""
+awaited call at a time (server/realtime/presence_redis.py ``_rewrite``), and the order of a pipeline's
+calls when Redis lost its scripts, against real redis-servers."""
 
 from __future__ import annotations
 
@@ -123,6 +124,25 @@ def test_a_failed_removal_the_rewrite_could_not_send_either_is_sent_by_the_next_
         users = await two.users("room:a")
         await one.close()
         await two.close()
+        return users
+
+    assert asyncio.run(scenario()) == []
+
+
+def test_a_leave_sent_right_after_its_join_while_redis_reloads_its_scripts_leaves_no_ghost(
+        redis: RedisProcess) -> None:
+    """Redis lost its scripts (restarted); one process's first call reloads them; another's join and leave of one
+    user, in one pipeline, then run in order: the leave was not run before the join sent again (a ghost)."""
+    async def scenario() -> list[str]:
+        a, b = RedisPresence([redis.url], "a", ttl=30), RedisPresence([redis.url], "b", ttl=30)
+        await a.start()
+        await b.start()
+        redis_client.Redis.from_url(redis.url).script_flush()
+        await a.remove("room:a", "someone")  # meets NOSCRIPT: reloads what Redis lost
+        await asyncio.gather(b.add("room:a", "x"), b.remove("room:a", "x"))  # one pipeline: join, then leave
+        users = await a.users("room:a")
+        await a.close()
+        await b.close()
         return users
 
     assert asyncio.run(scenario()) == []
