@@ -184,12 +184,14 @@ class Node:
     # -- messages ---------------------------------------------------------------------------
 
     def published(self, channel: str, seq: int, payload: bytes) -> None:
-        """A message stored by this process (called in seq order): delivered here, sent to the others."""
+        """A message stored by this process (called in seq order): sent to the others, then delivered here (the
+        broker's writer is woken before the local sockets' flush is queued, so the other processes, which may
+        hold the next seqs waiting for this one, are not kept waiting behind this process's own fan-out)."""
+        self.broker.publish(channel, seq, payload)
         if self.delivers_all:
             self._deliver(channel, seq, payload)
         else:
             self.orderer.offer(channel, seq, payload)
-        self.broker.publish(channel, seq, payload)
 
     def push(self, channel: str, payload: bytes) -> None:
         """A push outside the message order (join, leave), here and everywhere."""

@@ -123,3 +123,48 @@ def test_a_catch_up_during_a_gap_read_reads_the_tail_after_it() -> None:
         return delivered
 
     assert asyncio.run(scenario()) == list(range(1, 11))
+
+
+def test_a_busy_loop_takes_the_missing_message_from_the_socket_before_reading_mongodb() -> None:
+    """The missing seq is in the broker's socket when the gap wait expires, both seen in one loop turn of a busy
+    process: the read from MongoDB starts as a task, a turn later, after the reader's task has offered the
+    message, so it is delivered from the socket and MongoDB is not read (a guard: a fill started synchronously
+    would read it again)."""
+    import socket
+    import time
+
+    async def scenario() -> tuple[list[int], int]:
+        loop = asyncio.get_running_loop()
+        delivered: list[int] = []
+        reads = 0
+
+        async def fetch(channel: str, after: int, count: int) -> list[tuple[int, bytes]]:
+            nonlocal reads
+            reads += 1
+            return [(seq, b"m%d" % seq) for seq in range(after + 1, 3)]
+
+        orderer = Orderer(lambda channel, seq, payload: delivered.append(seq), fetch, wait=0.05)
+        orderer.serve("room:x", 0)
+        ours, theirs = socket.socketpair()
+        ours.setblocking(False)
+        readable: asyncio.Future[None] = loop.create_future()
+        loop.add_reader(ours, lambda: readable.done() or readable.set_result(None))
+
+        async def reader() -> None:  # as the broker's: the socket's data wakes a task, which offers the message
+            await readable
+            orderer.offer("room:x", 1, b"m1")
+
+        task = asyncio.ensure_future(reader())
+        orderer.offer("room:x", 2, b"m2")  # seq 1 is missing: the gap wait starts
+        theirs.send(b"1")  # seq 1 arrives...
+        time.sleep(0.08)  # ...while the loop is busy past the wait
+        await asyncio.wait_for(task, 1)
+        await asyncio.sleep(0.1)
+        loop.remove_reader(ours)
+        ours.close()
+        theirs.close()
+        return delivered, reads
+
+    delivered, reads = asyncio.run(scenario())
+    assert delivered == [1, 2]
+    assert reads == 0
