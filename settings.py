@@ -61,7 +61,7 @@ class Settings:
     max_connections: int | None = None  # open descriptors that may hold connections; None: from the limit
     listen_backlog: int = 4096  # connections the kernel queues before accept (capped by net.core.somaxconn)
     # Several processes (docs/scaling.md).
-    redis_timeout: float = 2.0  # seconds any Redis call may take
+    redis_timeout: float = 2.0  # seconds any Redis call may take: below a third of presence_ttl
     presence_ttl: int = 10  # seconds after which a dead process's presence entries and sockets stop counting
     redis_publish_delay: float = 0.0  # tests only: holds this process's Redis publishes back (reordering)
     position_check: float = 15.0  # seconds between checks of quiet served channels against MongoDB; 0: off
@@ -222,8 +222,8 @@ def load(env: Mapping[str, str], **overrides: Any) -> Settings:
                                  "a whole number from 1 to 1073741824"),
         "listen_backlog": _cast(env, "LISTEN_BACKLOG", 4096, _whole(1, 65535), "a whole number from 1 to 65535"),
         # Several processes (docs/scaling.md).
-        "redis_timeout": _cast(env, "REDIS_TIMEOUT", 2.0, _seconds(0.05, 60), "a number of seconds from 0.05 to 60"),
         "presence_ttl": _cast(env, "PRESENCE_TTL", 10, _whole(1, 3600), "a whole number of seconds from 1 to 3600"),
+        "redis_timeout": _cast(env, "REDIS_TIMEOUT", None, _seconds(0.05, 60), "a number of seconds from 0.05 to 60"),
         "redis_publish_delay": _cast(env, "REDIS_PUBLISH_DELAY", 0.0, _seconds(0, 5),
                                      "a number of seconds from 0 to 5 (tests only)"),
         "position_check": _cast(env, "POSITION_CHECK", 15.0, _seconds(0, 3600),
@@ -232,6 +232,7 @@ def load(env: Mapping[str, str], **overrides: Any) -> Settings:
         "refresh_reuse_grace": _cast(env, "REFRESH_REUSE_GRACE", 30.0, _seconds(0, 3600),
                                      "a number of seconds from 0 to 3600"),
     }
+    _check_heartbeat(values)
     values.update({k: v for k, v in overrides.items() if v is not None})
     if (values["tls_cert"] is None) != (values["tls_key"] is None):
         missing = "TLS_KEY" if values["tls_key"] is None else "TLS_CERT"
@@ -248,6 +249,24 @@ def load(env: Mapping[str, str], **overrides: Any) -> Settings:
         raise SettingsError("JWT_SECRET is too short: it takes at least 32 bytes")
     values["jwt_secret"] = secret
     return Settings(**values)
+
+
+def _check_heartbeat(values: dict[str, Any]) -> None:
+    """REDIS_TIMEOUT below a third of PRESENCE_TTL (unset: 2 s, or a quarter of the
+    TTL if less). A heartbeat starts a third of the TTL after the previous one ended
+    and waits for every Redis server at once, each call bounded by REDIS_TIMEOUT; a
+    server that answers within it may run the renewal anywhere in that wait. So two
+    renewals on one server are at most 2 x REDIS_TIMEOUT + PRESENCE_TTL / 3 apart,
+    which stays below PRESENCE_TTL (the key never lapses on a server that answers,
+    whichever others hang) exactly while REDIS_TIMEOUT < PRESENCE_TTL / 3; what is
+    left over, twice the difference, absorbs event-loop and network delays."""
+    ttl = values["presence_ttl"]
+    if values["redis_timeout"] is None:
+        values["redis_timeout"] = min(2.0, ttl / 4)
+    elif values["redis_timeout"] * 3 >= ttl:
+        raise SettingsError(f"REDIS_TIMEOUT={values['redis_timeout']:g} is too long for PRESENCE_TTL={ttl}: it takes "
+                            f"less than a third of PRESENCE_TTL ({ttl / 3:.3g} s), or a live process can be taken "
+                            "for dead while one Redis server stalls")
 
 
 def _check_production(values: dict[str, Any], secret: str | None) -> None:

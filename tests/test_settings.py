@@ -137,3 +137,28 @@ def test_redis_url_is_every_server_or_refused(tmp_path_factory, raw: str) -> Non
     assert value is not None
     for url in value.split(","):
         assert url.split("://")[0] in ("redis", "rediss", "unix") and url.split("://")[1]
+
+
+@settings_profile(max_examples=300, deadline=None, derandomize=True)
+@given(ttl=st.one_of(st.none(), st.integers(1, 3600)),
+       timeout=st.one_of(st.none(), st.floats(0.05, 60).map(repr), st.integers(1, 60).map(str)))
+def test_redis_timeout_stays_below_a_third_of_presence_ttl(tmp_path_factory, ttl: int | None,
+                                                           timeout: str | None) -> None:
+    """A REDIS_TIMEOUT of a third of PRESENCE_TTL or more is refused with one line naming both; whatever loads keeps
+    two renewals of a process's key (each up to REDIS_TIMEOUT late, a third of the TTL apart) within the TTL."""
+    env = {"DATA_DIR": str(tmp_path_factory.getbasetemp())}
+    if ttl is not None:
+        env["PRESENCE_TTL"] = str(ttl)
+    if timeout is not None:
+        env["REDIS_TIMEOUT"] = timeout
+    try:
+        config = settings.load(env)
+    except settings.SettingsError as error:
+        assert timeout is not None and float(timeout) * 3 >= (ttl or 10)
+        assert "REDIS_TIMEOUT" in str(error) and "PRESENCE_TTL" in str(error) and "\n" not in str(error)
+        return
+    assert 2 * config.redis_timeout + config.presence_ttl / 3 < config.presence_ttl
+    if timeout is None:  # unset: 2 s, or a quarter of the TTL if less
+        assert config.redis_timeout == min(2.0, config.presence_ttl / 4)
+    else:
+        assert config.redis_timeout == float(timeout)

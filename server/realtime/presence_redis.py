@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -66,6 +67,8 @@ NODE = PREFIX + "node:"  # + node: exists while that node is alive
 NODES = PREFIX + "nodes"  # every node, scored by its last heartbeat
 USERS = PREFIX + "users"  # the users with a socket (per shard)
 PIPELINE = 256  # calls sent per pipeline at most: each stays well inside REDIS_TIMEOUT under load
+REWRITE_WINDOW = 2 * PIPELINE  # a rewrite's calls queued and unanswered at most: one pipeline in flight, one
+# queued behind it
 REAP_CHUNK = 256  # a dead node's room entries and sockets removed per script call
 SCRIPTS = {"beat": lua.BEAT, "nodes": lua.NODES, "close": lua.CLOSE, "add": lua.ADD, "remove": lua.REMOVE,
            "users": lua.USERS, "connected": lua.CONNECTED, "disconnected": lua.DISCONNECTED, "count": lua.COUNT,
@@ -126,21 +129,33 @@ class RedisPresence:
     def _shard(self, key: str) -> int:
         return shard_of(key, len(self.clients))
 
-    async def _call(self, shard: int, script: str, keys: list[str], args: list[Any]) -> Any:
+    def _queue(self, shard: int, script: str, keys: list[str], args: list[Any]) -> asyncio.Future[Any]:
+        """Queues one call for ``shard``'s next pipeline (sent in the order queued);
+        its future holds the answer, or the error (at once if the shard is known
+        down). A failure marks the shard stale, and down."""
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        future.add_done_callback(lambda done: self._answered(shard, done))
         if shard in self.down or self.closing:  # known down: fail at once, not after REDIS_TIMEOUT each (the
             # heartbeat finds it back, then rewrites this process's entries and sends what failed meanwhile)
             self._stale.add(shard)
-            raise RedisConnectionError("redis is unreachable; presence answers for this process only")
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            future.set_exception(RedisConnectionError("redis is unreachable; presence answers for this process only"))
+            return future
         self._batches[shard].append((script, keys, args, future))
         if not self._sending[shard]:
             asyncio.get_running_loop().call_soon(self._send, shard)  # after this loop turn's other calls
-        try:
-            return await future  # answered within REDIS_TIMEOUT: the pipeline carries the timeout
-        except (RedisError, OSError, TimeoutError) as exc:
+        return future
+
+    def _answered(self, shard: int, future: asyncio.Future[Any]) -> None:
+        """Run as each call is answered (before whoever awaits it resumes), so the
+        shard is marked stale in the order of the calls, awaited or not."""
+        error = None if future.cancelled() else future.exception()
+        if isinstance(error, (RedisError, OSError, TimeoutError)):
             self._stale.add(shard)
-            self._unreachable(shard, exc)
-            raise
+            self._unreachable(shard, error)
+
+    async def _call(self, shard: int, script: str, keys: list[str], args: list[Any]) -> Any:
+        return await self._queue(shard, script, keys, args)  # answered within REDIS_TIMEOUT: the pipeline
+        # carries the timeout
 
     def _unreachable(self, shard: int, exc: BaseException) -> None:
         if shard not in self.down and not self.closing:
@@ -180,13 +195,17 @@ class RedisPresence:
     async def _execute(self, shard: int, batch: list[Call]) -> list[Any]:
         """One pipeline of EVALSHAs (no SCRIPT EXISTS round trip first, as redis-py's
         Script does per pipeline); the calls Redis answers NOSCRIPT (it restarted,
-        or SCRIPT FLUSH) go again once their scripts are loaded."""
+        or SCRIPT FLUSH) go again once the scripts are loaded: all of them at once
+        (MULTI), so no process's pipeline ever meets some loaded and others not,
+        which would run its later calls before the earlier ones sent again."""
         results = await self._evalshas(shard, batch)
         missing = [i for i, result in enumerate(results) if isinstance(result, NoScriptError)]
         if missing:
             try:
-                for name in {batch[i][0] for i in missing}:
-                    await self.clients[shard].script_load(SCRIPTS[name])
+                loading = self.clients[shard].pipeline(transaction=True)
+                for source in SCRIPTS.values():
+                    loading.script_load(source)
+                await loading.execute()
                 again = await self._evalshas(shard, [batch[i] for i in missing])
             except (RedisError, OSError) as exc:  # only these failed: the others' answers stand
                 again = [exc] * len(missing)
@@ -300,66 +319,85 @@ class RedisPresence:
         finally:
             self._reaping.discard((shard, dead))
 
-    def _room_call(self, script: str, channel: str, user: str) -> Any:
-        """The add or remove of ``user`` in ``channel`` by this process."""
-        return self._call(self._shard(channel), script,
-                          [PREFIX + "p:" + channel, f"{PREFIX}pu:{channel}:{user}", f"{PREFIX}nr:{self.node}"],
-                          [user, self.node, NODE, f"{channel} {user}"])
+    def _room_call(self, script: str, channel: str, user: str) -> asyncio.Future[Any]:
+        """The add or remove of ``user`` in ``channel`` by this process, queued."""
+        return self._queue(self._shard(channel), script,
+                           [PREFIX + "p:" + channel, f"{PREFIX}pu:{channel}:{user}", f"{PREFIX}nr:{self.node}"],
+                           [user, self.node, NODE, f"{channel} {user}"])
 
-    def _socket_call(self, script: str, user: str, conn: str, limit: int = 0) -> Any:
-        """The connected or disconnected of socket ``conn`` of ``user`` on this process."""
+    def _socket_call(self, script: str, user: str, conn: str, limit: int = 0) -> asyncio.Future[Any]:
+        """The connected or disconnected of socket ``conn`` of ``user`` on this process, queued."""
         keys = [PREFIX + "u:" + user, f"{PREFIX}ns:{self.node}", USERS]
         if script == "connected":
-            return self._call(self._shard(user), script, keys,
-                              [f"{self.node}/{conn}", limit, NODE, f"{conn} {user}", user])
-        return self._call(self._shard(user), script, keys, [f"{self.node}/{conn}", f"{conn} {user}", user])
+            return self._queue(self._shard(user), script, keys,
+                               [f"{self.node}/{conn}", limit, NODE, f"{conn} {user}", user])
+        return self._queue(self._shard(user), script, keys, [f"{self.node}/{conn}", f"{conn} {user}", user])
 
     async def _rewrite(self, shards: set[int], reaped: set[int]) -> None:
         """This process's entries on ``shards``, written again, and the removals that failed
         there (no join or leave is pushed for them, except the join of a user a reaper
         took out of a room of a ``reaped`` shard). Each is checked against the local
-        state just before it is queued, so a call made meanwhile is sent after it.
-        What fails (a shard still down) is tried again by a later heartbeat."""
+        state just before it is queued, so a call made meanwhile is sent after it; they
+        are queued without waiting for each answer (a pipeline of PIPELINE at a time),
+        at most REWRITE_WINDOW unanswered, so the calls made meanwhile wait for a few
+        pipelines, not for the whole rewrite. What fails (a shard still down) is tried
+        again by a later heartbeat."""
+        window: deque[asyncio.Future[Any]] = deque()  # the rewrite's calls queued, not yet awaited
+
+        async def queued(future: asyncio.Future[Any],
+                         answered: Callable[[asyncio.Future[Any]], None] | None = None) -> None:
+            if answered is not None:  # run as it is answered, in the order of the calls
+                future.add_done_callback(answered)
+            window.append(future)
+            if len(window) >= REWRITE_WINDOW:  # the oldest pipeline's worth answered before more are queued
+                await asyncio.wait([window.popleft() for _ in range(PIPELINE)])
+
+        def left_unsent(channel: str, user: str) -> Callable[[asyncio.Future[Any]], None]:
+            def answered(future: asyncio.Future[Any]) -> None:
+                if future.cancelled() or future.exception() is not None:
+                    self._unsent_leaves.add((channel, user))
+            return answered
+
+        def closed_unsent(user: str, conn: str) -> Callable[[asyncio.Future[Any]], None]:
+            def answered(future: asyncio.Future[Any]) -> None:
+                if future.cancelled() or future.exception() is not None:
+                    self._unsent_closes.add((user, conn))
+            return answered
+
+        def added(channel: str, user: str) -> Callable[[asyncio.Future[Any]], None]:
+            def answered(future: asyncio.Future[Any]) -> None:
+                if not future.cancelled() and future.exception() is None and future.result() == 2 \
+                        and self.on_join is not None:
+                    self.on_join(channel, user)
+            return answered
+
         for channel, user in list(self._unsent_leaves):
-            if self._shard(channel) not in shards:
+            if self._shard(channel) not in shards or (channel, user) not in self._unsent_leaves:
                 continue
-            if user not in self.local.rooms.get(channel, ()) and not await self._sent(
-                    self._room_call("remove", channel, user)):
-                continue
-            self._unsent_leaves.discard((channel, user))
+            self._unsent_leaves.discard((channel, user))  # added back if this removal fails
+            if user not in self.local.rooms.get(channel, ()):
+                await queued(self._room_call("remove", channel, user), left_unsent(channel, user))
         for user, conn in list(self._unsent_closes):
-            if self._shard(user) not in shards:
+            if self._shard(user) not in shards or (user, conn) not in self._unsent_closes:
                 continue
-            if conn not in self.local.sockets.get(user, ()) and not await self._sent(
-                    self._socket_call("disconnected", user, conn)):
-                continue
-            self._unsent_closes.discard((user, conn))
+            self._unsent_closes.discard((user, conn))  # added back if this close fails
+            if conn not in self.local.sockets.get(user, ()):
+                await queued(self._socket_call("disconnected", user, conn), closed_unsent(user, conn))
         for channel, users in list(self.local.rooms.items()):
             if self._shard(channel) not in shards:
                 continue
+            announce = self._shard(channel) in reaped
             for user in list(users):
-                if user not in self.local.rooms.get(channel, ()):
-                    continue
-                try:
-                    added = await self._room_call("add", channel, user)
-                except (RedisError, OSError, TimeoutError):
-                    continue  # marked stale: written again later
-                if added == 2 and self._shard(channel) in reaped and self.on_join is not None:
-                    self.on_join(channel, user)
+                if user in self.local.rooms.get(channel, ()):
+                    await queued(self._room_call("add", channel, user), added(channel, user) if announce else None)
         for user, conns in list(self.local.sockets.items()):
             if self._shard(user) not in shards:
                 continue
             for conn in list(conns):
                 if conn in self.local.sockets.get(user, ()):
-                    await self._sent(self._socket_call("connected", user, conn, 10**9))
-
-    async def _sent(self, call: Any) -> bool:
-        """Awaits a call of the rewrite; False (its shard marked stale: retried) if it failed."""
-        try:
-            await call
-        except (RedisError, OSError, TimeoutError):
-            return False
-        return True
+                    await queued(self._socket_call("connected", user, conn, 10**9))
+        if window:
+            await asyncio.wait(window)
 
     # -- Presence --------------------------------------------------------------------------
 
