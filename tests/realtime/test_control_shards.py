@@ -98,3 +98,24 @@ def test_disconnect_and_sign_out_reach_every_process_with_the_first_redis_killed
     finally:
         stop(servers)
         second.stop()
+
+
+def test_a_control_message_of_the_previous_version_is_still_handled(redis: RedisProcess) -> None:
+    """During a rolling upgrade a process of the previous version sends "<node> <body>" (no number): it is
+    handled once, as before, instead of being dropped as malformed."""
+    import redis as redis_py
+
+    from server.realtime.brokers.redis import CONTROL
+
+    async def scenario() -> list[bytes]:
+        broker = RedisBroker([redis.url], timeout=0.5)
+        events = Events()
+        await broker.start(events)
+        old = redis_py.asyncio.Redis.from_url(redis.url)
+        await old.publish(CONTROL, b'oldnode {"op":"close_sid","sid":"s1"}')
+        await _until(lambda: events.controls)
+        await old.aclose()
+        await broker.close()
+        return events.controls
+
+    assert asyncio.run(scenario()) == [b'{"op":"close_sid","sid":"s1"}']

@@ -378,13 +378,16 @@ class RedisBroker:
             return
         self.received += 1
         if name == CONTROL:
-            number, _, body = rest.partition(b" ")
-            try:
-                if not self.seen.first(node, int(number)):
+            if rest[:1] == b"{":  # a process of the previous version: "<node> <body>", sent once, on the first
+                body = rest  # Redis only (nothing to de-duplicate); a rolling upgrade keeps its sign-outs working
+            else:
+                number, _, body = rest.partition(b" ")
+                try:
+                    if not self.seen.first(node, int(number)):
+                        return
+                except ValueError:
+                    log.warning("a malformed control message; ignored", extra=fields(size=len(data)))
                     return
-            except ValueError:
-                log.warning("a malformed control message; ignored", extra=fields(size=len(data)))
-                return
             if body == RESYNC:
                 self.recovered(None, None)
             else:
