@@ -38,7 +38,20 @@ def bearer_token(header: str) -> str | None:
     return None
 
 
-class BaseHandler(RequestHandler):
+class RequestIdentity(RequestHandler):
+    """Every answer carries X-Request-Id (the 101 of a WebSocket upgrade too) and no Server header."""
+
+    @functools.cached_property
+    def request_id(self) -> str:
+        """The X-Request-Id echoed and logged: the client's when well formed, else a new one."""
+        return request_id(self.request.headers)
+
+    def set_default_headers(self) -> None:
+        self.set_header("X-Request-Id", self.request_id)  # here, as an error clears the headers
+        self.clear_header("Server")  # no version for scanners
+
+
+class BaseHandler(RequestIdentity):
     """Every HTTP handler of the server."""
 
     services: Services  # everything a handler may call into
@@ -51,14 +64,8 @@ class BaseHandler(RequestHandler):
         self.principal = None
         self.started = time.perf_counter()  # for the latency metric
 
-    @functools.cached_property
-    def request_id(self) -> str:
-        """The X-Request-Id echoed and logged: the client's when well formed, else a new one."""
-        return request_id(self.request.headers)
-
     def set_default_headers(self) -> None:
-        self.set_header("X-Request-Id", self.request_id)  # here, as an error clears the headers
-        self.clear_header("Server")  # no version for scanners
+        super().set_default_headers()
         self.set_header("Content-Type", "application/json; charset=UTF-8")
         self.set_header("Cache-Control", "no-store")
 

@@ -17,7 +17,6 @@ dropping it for 4009).
 
 from __future__ import annotations
 
-import functools
 import logging
 import socket
 import time
@@ -30,8 +29,7 @@ from tornado.iostream import SSLIOStream, StreamClosedError
 from tornado.web import HTTPError
 from tornado.websocket import WebSocketHandler, WebSocketProtocol, WebSocketProtocol13, _WebSocketParams
 
-from handlers.base import bearer_token
-from handlers.edge import request_id
+from handlers.base import RequestIdentity, bearer_token
 from server.auth import Principal
 from server.errors import ApiError, CloseCode
 from server.logs import fields
@@ -63,7 +61,7 @@ class _Protocol(WebSocketProtocol13):
         return self._run_callback(self.handler.on_message, text)
 
 
-class SocketHandler(WebSocketHandler):
+class SocketHandler(WebSocketHandler, RequestIdentity):
     """One WebSocket connection; the transport of a ``Connection``."""
 
     def initialize(self, services: Services, route: str) -> None:
@@ -75,15 +73,6 @@ class SocketHandler(WebSocketHandler):
         self._socket: socket.socket | None = None  # its socket when plain TCP: frames are written to it directly
         self._ends: deque[int] = deque()  # where the stream's unwritten writes end: each a frame boundary
         self.started = time.perf_counter()  # for the access log's duration and the latency metric
-
-    @functools.cached_property
-    def request_id(self) -> str:
-        """The X-Request-Id echoed (on the 101 too) and logged: the client's when well formed, else a new one."""
-        return request_id(self.request.headers)
-
-    def set_default_headers(self) -> None:
-        self.set_header("X-Request-Id", self.request_id)  # here, as an error clears the headers
-        self.clear_header("Server")  # no version for scanners
 
     def check_origin(self, origin: str) -> bool:
         return True  # tokens, not cookies, authenticate: another origin gains nothing

@@ -12,8 +12,7 @@ import redis as redis_client
 from server.realtime.presence_redis import RedisPresence
 from tests.helpers.redis_process import RedisProcess, require_redis
 from tests.mongo_process import StoreProcess
-from tests.realtime.test_processes import _call, _signed_in, deployment, stop
-from tests.ws_client import Client
+from tests.realtime.test_processes import alice_and_bob_in_a_room, deployment, stop
 
 TTL = 2  # PRESENCE_TTL of these processes
 
@@ -25,14 +24,7 @@ def test_a_process_back_after_being_reaped_pushes_the_join_of_the_users_it_put_b
     a, b = servers = deployment(store, database, redis, 2, PRESENCE_TTL=str(TTL))
     try:
         async def scenario() -> list[Any]:
-            alice, bob = await _signed_in(a.url, "alice"), await _signed_in(b.url, "bob")
-            _, room = await _call(a.url, "POST", "/api/v1/rooms", {"name": "r", "public": True},
-                                  token=alice["access_token"])
-            channel = f"room:{room['id']}"
-            alice_a = await Client.connect(a.url, alice["access_token"])
-            await alice_a.call("subscribe", channel=channel)
-            bob_b = await Client.connect(b.url, bob["access_token"])
-            await bob_b.call("subscribe", channel=channel)
+            alice, bob, channel, alice_a, bob_b = await alice_and_bob_in_a_room(a, b)
             a.proc.send_signal(signal.SIGSTOP)
             try:
                 left = await bob_b.push(4 * TTL, kind="leave")  # B's reaper: A's key expired

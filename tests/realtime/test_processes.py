@@ -42,6 +42,20 @@ async def _signed_in(url: str, name: str) -> dict[str, Any]:
     return await asyncio.to_thread(sign_in, url, name)
 
 
+async def alice_and_bob_in_a_room(a: ServerProcess, b: ServerProcess) -> tuple[dict[str, Any], dict[str, Any],
+                                                                             str, Client, Client]:
+    """Alice (signed in on A) makes a public room; her socket on A and Bob's on B subscribe to it:
+    (alice, bob, channel, alice's socket, bob's socket)."""
+    alice, bob = await _signed_in(a.url, "alice"), await _signed_in(b.url, "bob")
+    _, room = await _call(a.url, "POST", "/api/v1/rooms", {"name": "r", "public": True}, token=alice["access_token"])
+    channel = f"room:{room['id']}"
+    alice_a = await Client.connect(a.url, alice["access_token"])
+    await alice_a.call("subscribe", channel=channel)
+    bob_b = await Client.connect(b.url, bob["access_token"])
+    await bob_b.call("subscribe", channel=channel)
+    return alice, bob, channel, alice_a, bob_b
+
+
 async def _seqs(client: Client, count: int, timeout: float = 10.0) -> list[int]:
     return [m["seq"] for m in await client.messages(count, timeout)]
 
@@ -257,14 +271,7 @@ def test_presence_is_the_union_over_processes_and_a_dead_process_leaves_it(
     a, b = servers = deployment(store, database, redis, 2, PRESENCE_TTL="1")
     try:
         async def scenario() -> list[Any]:
-            alice, bob = await _signed_in(a.url, "alice"), await _signed_in(b.url, "bob")
-            _, room = await _call(a.url, "POST", "/api/v1/rooms", {"name": "r", "public": True},
-                                       token=alice["access_token"])
-            channel = f"room:{room['id']}"
-            alice_a = await Client.connect(a.url, alice["access_token"])
-            await alice_a.call("subscribe", channel=channel)
-            bob_b = await Client.connect(b.url, bob["access_token"])
-            await bob_b.call("subscribe", channel=channel)
+            alice, bob, channel, alice_a, _bob_b = await alice_and_bob_in_a_room(a, b)
             bob_a = await Client.connect(a.url, bob["access_token"])  # bob's second socket, on the other process
             await bob_a.call("subscribe", channel=channel)
             joins = [(await alice_a.push(kind="join"))["user"]]

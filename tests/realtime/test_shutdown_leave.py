@@ -8,8 +8,7 @@ from typing import Any
 
 from tests.helpers.redis_process import RedisProcess
 from tests.mongo_process import StoreProcess
-from tests.realtime.test_processes import _call, _signed_in, deployment, stop
-from tests.ws_client import Client
+from tests.realtime.test_processes import alice_and_bob_in_a_room, deployment, stop
 
 
 def test_a_process_stopped_with_sigterm_pushes_the_leave_of_its_users(store: StoreProcess, database: str,
@@ -19,14 +18,7 @@ def test_a_process_stopped_with_sigterm_pushes_the_leave_of_its_users(store: Sto
     a, b = servers = deployment(store, database, redis, 2, PRESENCE_TTL="30")
     try:
         async def scenario() -> list[Any]:
-            alice, bob = await _signed_in(a.url, "alice"), await _signed_in(b.url, "bob")
-            _, room = await _call(a.url, "POST", "/api/v1/rooms", {"name": "r", "public": True},
-                                  token=alice["access_token"])
-            channel = f"room:{room['id']}"
-            alice_a = await Client.connect(a.url, alice["access_token"])
-            await alice_a.call("subscribe", channel=channel)
-            bob_b = await Client.connect(b.url, bob["access_token"])
-            await bob_b.call("subscribe", channel=channel)
+            alice, bob, channel, _alice_a, bob_b = await alice_and_bob_in_a_room(a, b)
             a.proc.send_signal(signal.SIGTERM)
             leave = await bob_b.push(5.0, kind="leave")  # PRESENCE_TTL is 30 s: only A's own call can say it
             present = (await bob_b.call("presence", channel=channel))["result"]["users"]
