@@ -432,4 +432,6 @@ if __name__ == "__main__":
     parser.add_argument("--publish-through", choices=("any", "one"), default="any",
                         help="fan-out publishes on new connections (any worker) or all through one worker")
     parser.add_argument("--storm-server-cpu", default="none", help="the same for the storm")
+    # SIGTERM (a timeout, pkill) unwinds like Ctrl-C: the servers, the store, Redis and the cgroups go too
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     main(parser.parse_args())
