@@ -69,6 +69,7 @@ from bench.loadgen import PAD
 from bench.storm_bench import publish
 from embedded_mongo.launcher import ChildStore
 from tests.helpers.redis_process import RedisProcess
+from tests.helpers.servers import children_of
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHANNEL = "feed:bench"
@@ -108,16 +109,7 @@ class Server:
             quotas.confine(self.pids)
 
     def _workers(self) -> list[int]:
-        found = []
-        for entry in os.listdir("/proc"):
-            if entry.isdigit():
-                try:
-                    with open(f"/proc/{entry}/stat") as stat:
-                        if int(stat.read().rsplit(")", 1)[1].split()[1]) == self.proc.pid:
-                            found.append(int(entry))
-                except OSError:
-                    continue
-        return sorted(found)
+        return children_of(self.proc.pid, b"--worker")
 
     def check(self, label: str) -> None:
         """Says if the supervisor restarted a worker since the last look (a new

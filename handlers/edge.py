@@ -42,17 +42,19 @@ _REFUSING: set[asyncio.Task[None]] = set()  # graceful closes under way, kept un
 
 class _Ids:
     """Request ids unique over processes and restarts: 16 random hex digits drawn
-    once per process, then a counter (a uuid4 per request cost a getrandom call
-    on every handshake of a reconnect storm)."""
+    per process (again in a forked worker), then a counter (a uuid4 per request
+    cost a getrandom call on every handshake of a reconnect storm)."""
 
     def __init__(self) -> None:
-        self.pid = -1  # the process the prefix was drawn in (a forked worker draws its own)
         self.prefix = ""  # 16 random hex digits
         self.counter = itertools.count()  # this process's requests
+        self.draw()
+        os.register_at_fork(after_in_child=self.draw)
+
+    def draw(self) -> None:
+        self.prefix, self.counter = os.urandom(8).hex(), itertools.count()
 
     def next(self) -> str:
-        if self.pid != os.getpid():
-            self.pid, self.prefix, self.counter = os.getpid(), os.urandom(8).hex(), itertools.count()
         return f"{self.prefix}{next(self.counter):016x}"
 
 

@@ -12,9 +12,9 @@ from tornado.web import stream_request_body
 
 from handlers.base import AuthenticatedHandler, BaseHandler
 from server.errors import ApiError
-from server.files import FORM_OVERHEAD, Upload, idempotency_key
+from server.files import FORM_OVERHEAD, Upload
 from server.params import integer_from_text
-from server.records import PAGE_LIMIT, envelope
+from server.records import PAGE_LIMIT, envelope, idempotency_key
 
 _RANGE = re.compile(r"bytes=([0-9]{0,19})-([0-9]{0,19})")  # whole (fullmatch); ASCII digits, at most 19
 MAX_LENGTH = 2**63 - 1  # the largest Content-Length read as a number

@@ -32,7 +32,6 @@ from pymongo.errors import DuplicateKeyError
 from server.errors import ApiError
 from server.filetypes import HEAD_BYTES, TYPES, sniff
 from server.multipart import MultipartError, MultipartParser, Part, boundary_of
-from server.records import IDEMPOTENCY_KEY
 from server.storage import Storage, iso, utcnow
 
 FILE_FIELD = "file"  # the form field wx.uploadFile is told to use
@@ -96,13 +95,6 @@ def safe_filename(name: str | None, kind: str) -> str:
     base = "".join(c for c in unicodedata.normalize("NFC", base) if unicodedata.category(c)[0] != "C")
     base = re.sub(r'["<>:|?*;]', "_", base).strip(" .")[:200]
     return base or f"file.{TYPES[kind][1]}"
-
-
-def idempotency_key(value: str | None) -> str | None:
-    """An ``Idempotency-Key`` header's key (None without one), by the rule of records."""
-    if value is not None and not IDEMPOTENCY_KEY.fullmatch(value):
-        raise ApiError("invalid_request", "Idempotency-Key takes 1 to 64 of A-Z a-z 0-9 _ . : -")
-    return value
 
 
 def public(doc: dict[str, Any]) -> dict[str, Any]:

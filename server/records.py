@@ -35,6 +35,14 @@ class SchemaFileError(Exception):
     """A schema file that cannot serve: the message names the file."""
 
 
+def idempotency_key(value: str | None) -> str | None:
+    """An ``Idempotency-Key`` header's key (None without one); invalid_request
+    unless it is 1 to 64 of A-Z a-z 0-9 _ . : - (records and files alike)."""
+    if value is not None and not IDEMPOTENCY_KEY.fullmatch(value):
+        raise ApiError("invalid_request", "Idempotency-Key takes 1 to 64 of A-Z a-z 0-9 _ . : -")
+    return value
+
+
 def load_schemas(directory: str) -> dict[str, Any]:
     """Every ``<kind>.json`` of ``directory``, compiled (``$`` in a pattern
     ends the text, as JSON Schema means it)."""
@@ -116,8 +124,7 @@ class Records:
 
     async def store(self, owner: str, kind: str, items: list[dict[str, Any]], batch: bool,
                     key: str | None) -> dict[str, Any]:
-        if key is not None and not IDEMPOTENCY_KEY.fullmatch(key):
-            raise ApiError("invalid_request", "Idempotency-Key takes 1 to 64 of A-Z a-z 0-9 _ . : -")
+        idempotency_key(key)
         now = utcnow()
         docs = []
         for index, item in enumerate(items):

@@ -203,3 +203,23 @@ def test_any_request_head_is_answered_in_the_envelope(live_server, lines: list[b
     if status >= 400:
         assert_envelope((status, headers, body), status, body["error"]["code"])
     assert status < 500
+
+
+def test_request_ids_differ_in_a_forked_worker() -> None:
+    """Request ids are a per-process prefix and a counter: a forked process draws its own prefix, so two workers
+    never hand out the same id."""
+    import os
+
+    from handlers.edge import _IDS
+
+    ours = _IDS.next()
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its first id, then out at once
+        os.write(write, _IDS.next().encode())
+        os._exit(0)
+    os.close(write)
+    theirs = os.read(read, 64).decode()
+    os.close(read)
+    os.waitpid(pid, 0)
+    assert len(ours) == len(theirs) == 32 and ours[:16] != theirs[:16]

@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from server.errors import ApiError
-from server.files import idempotency_key
+from server.records import idempotency_key
 from tests.strategies import PROPERTY
 from tests.test_uploads import PNG, wx_upload_body
 

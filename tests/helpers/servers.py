@@ -34,6 +34,24 @@ def environment(mongo_uri: str, database: str, redis_url: str | None, **extra: s
     return env
 
 
+def children_of(parent: int, marker: bytes = b"") -> list[int]:
+    """The pids of ``parent``'s child processes whose command line holds ``marker``, from /proc."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                if int(stat.read().rsplit(")", 1)[1].split()[1]) != parent:
+                    continue
+            with open(f"/proc/{entry}/cmdline", "rb") as cmdline:
+                if marker in cmdline.read():
+                    found.append(int(entry))
+        except OSError:
+            continue
+    return sorted(found)
+
+
 class ServerProcess:
     """``python run.py --port 0 [--processes N]``; its output kept for failures."""
 
@@ -66,19 +84,7 @@ class ServerProcess:
 
     def children(self) -> list[int]:
         """The pids of its worker processes (under the supervisor)."""
-        found = []
-        for entry in os.listdir("/proc"):
-            if entry.isdigit():
-                try:
-                    with open(f"/proc/{entry}/stat") as stat:
-                        fields = stat.read().rsplit(")", 1)[1].split()
-                except OSError:
-                    continue
-                if int(fields[1]) == self.proc.pid:
-                    with open(f"/proc/{entry}/cmdline", "rb") as cmdline:
-                        if b"--worker" in cmdline.read():
-                            found.append(int(entry))
-        return sorted(found)
+        return children_of(self.proc.pid, b"--worker")
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
         if self.proc.poll() is None:
