@@ -3,39 +3,18 @@
 // to 16 KiB): past 1 MB its writes failed silently, and an app killed then lost the
 // publishes it had accepted. Every publish accepted must reach the next client.
 import assert from "node:assert/strict";
-import { after, before, test } from "node:test";
+import { test } from "node:test";
 import { collect, connected, makeClient, publicRoom, waitFor } from "./helpers/clients.mjs";
-import { Server } from "./helpers/server.mjs";
+import { testServer } from "./helpers/fixture.mjs";
+import { wechatStorage } from "./helpers/wx.mjs";
 
-const KEY_MAX = 1024 * 1024; // WeChat's largest value of one storage key
-let server;
-const clients = [];
+const env = testServer();
+const { clients } = env;
 
-before(async () => {
-  server = await new Server().start();
-});
-
-after(async () => {
-  for (const c of clients) c.close();
-  await server?.close();
-});
-
-/** A Map that refuses values over KEY_MAX, as wx.setStorageSync does. */
-function wechatStorage() {
-  const storage = new Map();
-  const set = storage.set.bind(storage);
-  storage.set = (key, value) => {
-    if (typeof value === "string" && Buffer.byteLength(value) > KEY_MAX) {
-      throw new Error("setStorageSync:fail exceed storage item max length");
-    }
-    return set(key, value);
-  };
-  return storage;
-}
 
 test("publishes accepted while hidden are all sent by the next client, or refused queue_full", async () => {
-  const watcher = makeClient(server.url, "outbox-watcher");
-  const first = makeClient(server.url, "outbox-user", { storage: wechatStorage() });
+  const watcher = makeClient(env.server.url, "outbox-watcher");
+  const first = makeClient(env.server.url, "outbox-user", { storage: wechatStorage() });
   clients.push(watcher, first);
   await watcher.signIn();
   await first.signIn();
@@ -53,7 +32,7 @@ test("publishes accepted while hidden are all sent by the next client, or refuse
     sent.catch(() => {});
   }
   assert.ok(accepted.length > 0);
-  const second = makeClient(server.url, "outbox-user", { storage: first.wx.storage });
+  const second = makeClient(env.server.url, "outbox-user", { storage: first.wx.storage });
   clients.push(second);
   await waitFor(() => seen.messages.length >= accepted.length, `${accepted.length} accepted publishes`, 20000);
   assert.deepEqual(seen.texts(), accepted);

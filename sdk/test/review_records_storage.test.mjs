@@ -3,36 +3,15 @@
 // past WeChat's 1 MB a key its writes failed silently, and an app killed then lost
 // records createRecord had accepted. Every record accepted must reach the server.
 import assert from "node:assert/strict";
-import { after, before, test } from "node:test";
+import { test } from "node:test";
 import { makeClient } from "./helpers/clients.mjs";
 import { startProxy } from "./helpers/proxy.mjs";
-import { Server } from "./helpers/server.mjs";
+import { testServer } from "./helpers/fixture.mjs";
+import { wechatStorage } from "./helpers/wx.mjs";
 
-const KEY_MAX = 1024 * 1024; // WeChat's largest value of one storage key
-let server;
-const clients = [];
+const env = testServer();
+const { clients } = env;
 
-before(async () => {
-  server = await new Server().start();
-});
-
-after(async () => {
-  for (const c of clients) c.close();
-  await server?.close();
-});
-
-/** A Map that refuses values over KEY_MAX, as wx.setStorageSync does. */
-function wechatStorage() {
-  const storage = new Map();
-  const set = storage.set.bind(storage);
-  storage.set = (key, value) => {
-    if (typeof value === "string" && Buffer.byteLength(value) > KEY_MAX) {
-      throw new Error("setStorageSync:fail exceed storage item max length");
-    }
-    return set(key, value);
-  };
-  return storage;
-}
 
 /** Every feedback record of `client`'s user, paged. */
 async function stored(client) {
@@ -46,7 +25,7 @@ async function stored(client) {
 }
 
 test("records accepted while the network is down are all stored by the next client, or refused queue_full", async () => {
-  const proxy = await startProxy(server.port);
+  const proxy = await startProxy(env.server.port);
   const first = makeClient(proxy.url, "records-user", { storage: wechatStorage(), client: { requestRetries: 0 } });
   clients.push(first);
   await first.signIn();
@@ -63,7 +42,7 @@ test("records accepted while the network is down are all stored by the next clie
   }
   assert.ok(accepted.length > 0 && refused > 0, `${accepted.length} accepted, ${refused} refused`);
   first.close();
-  const second = makeClient(server.url, "records-user", { storage: first.wx.storage });
+  const second = makeClient(env.server.url, "records-user", { storage: first.wx.storage });
   clients.push(second);
   await second.signIn();
   const deadline = Date.now() + 20000; // a guard against hanging only

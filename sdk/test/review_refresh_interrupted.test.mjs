@@ -4,34 +4,22 @@
 // (REFRESH_REUSE_GRACE) instead of token_reused; a sign-in retried after a lost
 // answer asks wx.login for a new code, as a code is single-use.
 import assert from "node:assert/strict";
-import { after, before, test } from "node:test";
+import { test } from "node:test";
 import { makeClient } from "./helpers/clients.mjs";
-import { startProxy } from "./helpers/proxy.mjs";
-import { Server } from "./helpers/server.mjs";
+import { testServer } from "./helpers/fixture.mjs";
 
-let server;
-let proxy;
-const clients = [];
+const env = testServer({ proxy: true });
+const { clients } = env;
 
-before(async () => {
-  server = await new Server().start();
-  proxy = await startProxy(server.port);
-});
-
-after(async () => {
-  for (const c of clients) c.close();
-  await proxy?.close();
-  await server?.close();
-});
 
 test("a refresh whose answer was lost keeps the session", async () => {
-  const alice = makeClient(proxy.url, "lost-refresh", { client: { autoSignIn: false } });
+  const alice = makeClient(env.proxy.url, "lost-refresh", { client: { autoSignIn: false } });
   clients.push(alice);
   await alice.signIn();
   alice.platform.login = undefined; // as in a browser: no silent sign-in to hide a revoked session
-  proxy.dropNextResponse();
+  env.proxy.dropNextResponse();
   await alice.tokens.refresh();
-  assert.equal(proxy.dropped, 1, "the first answer was lost");
+  assert.equal(env.proxy.dropped, 1, "the first answer was lost");
   assert.ok(alice.signedIn, "still signed in");
   assert.ok(!alice.events.some(([name]) => name === "signedOut"));
   await alice.tokens.refresh(); // the pair the retry got is a live one
@@ -39,15 +27,15 @@ test("a refresh whose answer was lost keeps the session", async () => {
 });
 
 test("a sign-in whose answer was lost is retried with a new wx.login code", async () => {
-  const bob = makeClient(proxy.url, "lost-sign-in");
+  const bob = makeClient(env.proxy.url, "lost-sign-in");
   clients.push(bob);
   let codes = 0;
   bob.wx.login = ({ success }) => setTimeout(() => success({ code: "ok-lost-sign-in-" + ++codes }), 0);
-  const dropped = proxy.dropped;
-  proxy.dropNextResponse();
+  const dropped = env.proxy.dropped;
+  env.proxy.dropNextResponse();
   await bob.signIn();
-  assert.equal(proxy.dropped, dropped + 1, "the first answer was lost");
-  const sent = server.wechat.calls.map(([, args]) => args.js_code).filter((code) => code.startsWith("ok-lost-sign-in"));
+  assert.equal(env.proxy.dropped, dropped + 1, "the first answer was lost");
+  const sent = env.server.wechat.calls.map(([, args]) => args.js_code).filter((code) => code.startsWith("ok-lost-sign-in"));
   assert.deepEqual(sent, ["ok-lost-sign-in-1", "ok-lost-sign-in-2"], "each attempt presents its own code");
   assert.equal(bob.user.id, (await bob.api("GET", "/api/v1/me")).id);
 });

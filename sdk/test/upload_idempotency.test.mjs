@@ -6,14 +6,12 @@ import { randomBytes } from "node:crypto";
 import { writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { after, before, test } from "node:test";
+import { test } from "node:test";
 import { makeClient } from "./helpers/clients.mjs";
-import { startProxy } from "./helpers/proxy.mjs";
-import { Server } from "./helpers/server.mjs";
+import { testServer } from "./helpers/fixture.mjs";
 
-let server;
-let proxy;
-const clients = [];
+const env = testServer({ proxy: true });
+const { clients } = env;
 const PNG = Buffer.from("89504e470d0a1a0a0000000d49484452", "hex");
 
 /** A PNG-looking temp file of `size` random bytes. */
@@ -23,32 +21,22 @@ function pngFile(name, size) {
   return path;
 }
 
-before(async () => {
-  server = await new Server().start();
-  proxy = await startProxy(server.port);
-});
-
-after(async () => {
-  for (const c of clients) c.close();
-  await proxy?.close();
-  await server?.close();
-});
 
 test("an upload whose answer is lost is retried with its Idempotency-Key: one file, the first answer", async () => {
-  const user = makeClient(proxy.url, "uploads-lost");
+  const user = makeClient(env.proxy.url, "uploads-lost");
   clients.push(user);
   await user.signIn();
   const path = pngFile("lost", 600 * 1024);
-  proxy.dropNextResponse();
+  env.proxy.dropNextResponse();
   const file = await user.upload(path, { formData: { album: "trip" } });
-  assert.equal(proxy.dropped, 1, "the first answer was lost");
+  assert.equal(env.proxy.dropped, 1, "the first answer was lost");
   assert.equal(file.size, PNG.length + 600 * 1024);
-  assert.equal(server.count("files.files"), 1, "stored once");
-  assert.equal(server.count("files.chunks"), 3, "no chunks of a second copy");
+  assert.equal(env.server.count("files.files"), 1, "stored once");
+  assert.equal(env.server.count("files.chunks"), 3, "no chunks of a second copy");
   const again = await user.upload(path, { idempotencyKey: "album-trip-1" });
   assert.notEqual(again.id, file.id, "each upload() call has a key of its own");
   assert.deepEqual(await user.upload(path, { idempotencyKey: "album-trip-1" }), again, "the same key: the first answer");
   await assert.rejects(user.upload(pngFile("other", 10), { idempotencyKey: "album-trip-1" }),
     (error) => error.code === "conflict" && error.status === 409);
-  assert.equal(server.count("files.files"), 2);
+  assert.equal(env.server.count("files.files"), 2);
 });

@@ -9,6 +9,21 @@ import WebSocket from "ws";
 /** Storage shared by the wx objects given it: a restarted app keeps it. */
 export const memoryStorage = () => new Map();
 
+const KEY_MAX = 1024 * 1024; // WeChat's largest value of one storage key
+
+/** Storage that refuses values over 1 MB, as wx.setStorageSync does. */
+export function wechatStorage() {
+  const storage = memoryStorage();
+  const set = storage.set.bind(storage);
+  storage.set = (key, value) => {
+    if (typeof value === "string" && Buffer.byteLength(value) > KEY_MAX) {
+      throw new Error("setStorageSync:fail exceed storage item max length");
+    }
+    return set(key, value);
+  };
+  return storage;
+}
+
 export function makeWx({ storage = memoryStorage(), code = "ok-user" } = {}) {
   const listeners = { show: [], hide: [], network: [] };
   const sockets = [];
