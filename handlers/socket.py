@@ -170,7 +170,16 @@ class SocketHandler(WebSocketHandler, RequestIdentity):
         connection = self.ws_connection
         if connection is None or connection.is_closing():  # is_closing covers a closed stream
             return True
-        if self._socket is not None and not self.pending():
+        stream = self._stream
+        if self._socket is not None and stream._total_write_index != stream._total_write_done_index:
+            # The socket is full (the stream waits to write): the frame joins the stream's buffer, written with
+            # the rest when the socket drains; no write attempt bound to fail, and no Future per frame (a slow
+            # reader under fan-out made one each, thousands of them alive for the collector to walk).
+            stream._write_buffer.append(frame)
+            stream._total_write_index += len(frame)
+            self._frame_ends(stream)
+            return False
+        if self._socket is not None:
             try:
                 sent = self._socket.send(frame)
             except BlockingIOError:
@@ -180,13 +189,15 @@ class SocketHandler(WebSocketHandler, RequestIdentity):
             if sent == len(frame):
                 return True
             frame = frame[sent:]
-        stream = self._stream
         stream.write(frame)
+        self._frame_ends(stream)
+        return False
+
+    def _frame_ends(self, stream: Any) -> None:
         ends, done = self._ends, stream._total_write_done_index
         while ends and ends[0] < done:
             ends.popleft()
         ends.append(stream._total_write_index)  # whole frames, or the rest of one: a frame ends here
-        return False
 
     def get_compression_options(self) -> None:
         return None  # pre-built frames are uncompressed: never negotiate permessage-deflate

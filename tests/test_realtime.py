@@ -8,6 +8,7 @@ import base64
 import json
 import os
 import socket
+import time
 
 import pytest
 import websockets
@@ -676,3 +677,53 @@ async def test_a_publish_failing_inside_a_batch_fails_alone(services) -> None:
     assert isinstance(outcomes[2], RuntimeError)
     assert [o.message["seq"] for o in outcomes if not isinstance(o, BaseException)] == [1, 2, 3]
     assert delivered == [1, 2, 3]
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_after_a_long_flush_the_next_waits_as_long_and_carries_what_came_meanwhile(login, connect,
+                                                                                        services) -> None:
+    """A busy process batches: after a flush that took long (thousands of sockets' writes), the next waits
+    about as long (FLUSH_SHARE), so what is delivered meanwhile shares one write per socket; a flush that
+    took little does not delay the next one."""
+    import server.realtime.hub as hub_module
+    from server.protocol import encode_message_push
+
+    hub = services.realtime.hub
+    alice = await login("alice")
+    a = await connect(alice["access_token"])
+    await a.call("subscribe", channel="feed:pace")
+    connection = next(iter(hub.subscribers["feed:pace"]))
+    real_send = connection.transport.send_frame
+    writes: list[tuple[float, float, bytes]] = []  # (loop time begun, loop time done, what was written)
+    loop = asyncio.get_running_loop()
+
+    def timed_send(frame: bytes) -> bool:
+        begun = loop.time()
+        if not writes:
+            time.sleep(0.1)  # a long first flush, as thousands of sockets' writes would be
+        writes.append((begun, loop.time(), frame))
+        return real_send(frame)
+
+    connection.transport.send_frame = timed_send  # type: ignore[method-assign]
+
+    def push(seq: int) -> bytes:
+        return encode_message_push({"channel": "feed:pace", "seq": seq})
+
+    hub.deliver("feed:pace", 1, push(1))
+    while not writes:
+        await asyncio.sleep(0.001)
+    hub.deliver("feed:pace", 2, push(2))  # the loop turns after the long flush: these wait for the next
+    await asyncio.sleep(0.01)
+    hub.deliver("feed:pace", 3, push(3))
+    for seq in (1, 2, 3):
+        assert (await a.push())["message"]["seq"] == seq
+    assert len(writes) == 2, writes  # 2 and 3 went in one write
+    assert writes[1][0] - writes[0][1] >= 0.09 * (1 - hub_module.FLUSH_SHARE) / hub_module.FLUSH_SHARE
+    assert writes[1][2].count(b'"seq"') == 2
+    await asyncio.sleep(hub_module.FLUSH_WAIT_MAX)  # past the wait: a short flush delays nothing
+    started = loop.time()
+    hub.deliver("feed:pace", 4, push(4))
+    assert (await a.push())["message"]["seq"] == 4
+    hub.deliver("feed:pace", 5, push(5))
+    assert (await a.push())["message"]["seq"] == 5
+    assert len(writes) == 4 and writes[3][0] - started < 0.05

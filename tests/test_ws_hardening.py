@@ -8,6 +8,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 
@@ -315,6 +316,41 @@ async def test_a_4009_close_reaches_a_client_that_stopped_reading(login, server_
     while (frame := await raw.frame(10)) is not None and frame[0] != 0x8:
         pass  # what the kernel's buffers held
     assert frame is not None and int.from_bytes(frame[1][:2], "big") == CloseCode.TOO_SLOW
+    raw.close()
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_frames_for_a_full_socket_wait_in_one_buffer_and_arrive_whole_in_order(login, server_api,
+                                                                                   http_port: int,
+                                                                                   services) -> None:
+    """While a client's socket is full, pushes join the stream's buffer without a Future each (thousands of
+    them, alive until written, were work for the garbage collector under fan-out); when the client reads
+    again every push arrives whole, in seq order."""
+    alice = await login("alice")
+    raw = await RawSocket.connect(http_port, alice["access_token"], receive_buffer=4096)
+    await raw.send(json.dumps({"id": 1, "op": "subscribe", "channel": "feed:full"}).encode())
+    assert (await raw.frame())[0] == 0x1  # the subscribe's reply
+    session = next(iter(services.realtime.hub.subscribers["feed:full"]))
+    stream = session.transport._stream
+    session.transport._socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)  # the kernel holds little
+    blob = "y" * 3000
+    count = 120  # about 360 KB: far more than the socket buffers hold, well under the 4009 bound
+    for n in range(count):
+        status, _ = await server_api("POST", "/api/v1/server/publish", {"channel": "feed:full",
+                                                                        "data": {"n": n, "b": blob}})
+        assert status == 200
+    await asyncio.sleep(0.2)
+    assert session.transport.pending() > 100_000  # the socket is full: most of it waits in the stream
+    assert len(stream._write_futures) <= 2  # not one per push
+    seqs = []
+    while len(seqs) < count:
+        frame = await raw.frame(10)
+        assert frame is not None and frame[0] == 0x1
+        push = json.loads(frame[1])
+        assert push["message"]["data"] == {"n": len(seqs), "b": blob}
+        seqs.append(push["message"]["seq"])
+    assert seqs == list(range(1, count + 1))
+    assert session.transport.pending() == 0
     raw.close()
 
 

@@ -7,8 +7,13 @@ same pre-built WebSocket frame for each local subscriber without awaiting
 anyone (``Connection.deliver``); at the end of the loop turn each connection's
 queued frames go out with one write (``flush``): a batch of publishes stored
 together (group commit) costs one system call per subscriber, not one per
-message. A connection whose unsent bytes pass ``SEND_BUFFER_BYTES`` is closed
-with 4009, so a client that does not read costs a bounded amount of memory.
+message. A busy process batches more: after a flush that took longer than
+``FLUSH_FREE`` (a few hundred sockets' writes), the next one waits about as
+long (``FLUSH_SHARE``, at most ``FLUSH_WAIT_MAX``), so what is delivered
+meanwhile shares one system call per socket instead of each message paying
+its own; an idle process writes at the end of the turn as before. A
+connection whose unsent bytes pass ``SEND_BUFFER_BYTES`` is closed with 4009,
+so a client that does not read costs a bounded amount of memory.
 
 Presence goes through the node's ``Presence``: a user's first local socket in a
 room asks whether they are new anywhere (``join``), their last local one
@@ -22,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +43,10 @@ if TYPE_CHECKING:
     from server.realtime.connection import Connection
 
 log = logging.getLogger("server.hub")
+
+FLUSH_FREE = 0.002  # seconds a flush may take before the next one waits (a few hundred sockets' writes)
+FLUSH_SHARE = 0.5  # after a longer flush, the next waits until flushing took at most this share of the time
+FLUSH_WAIT_MAX = 0.2  # seconds, at most, that a flush waits that way
 
 
 class Hub:
@@ -55,6 +65,7 @@ class Hub:
         self.published = 0  # messages published through this process
         self.recent = Recent(recovery_max)  # each served channel's newest messages, for replays
         self._queued: list[Connection] = []  # connections with frames to write at the end of this loop turn
+        self._flush_at = 0.0  # loop time before which the next flush waits (the last one was long)
         self._ids = itertools.count(1)  # connection ids
         self._presence = asyncio.Lock()  # presence calls, one at a time, in order
         self._tasks: set[asyncio.Future[Any]] = set()  # presence and cap calls running
@@ -248,13 +259,26 @@ class Hub:
 
     def queued(self, connection: Connection) -> None:
         """``connection`` has frames to write: they go out together once the
-        current callbacks are done (``flush``), in the order queued."""
+        current callbacks are done (``flush``), in the order queued; after a
+        long flush, once as long again has passed (``FLUSH_SHARE``)."""
         if not self._queued:
-            asyncio.get_running_loop().call_soon(self.flush)
+            loop = asyncio.get_running_loop()
+            if self._flush_at > loop.time():
+                loop.call_at(self._flush_at, self.flush)
+            else:
+                loop.call_soon(self.flush)
         self._queued.append(connection)
 
     def flush(self) -> None:
         queued, self._queued = self._queued, []
+        started = time.perf_counter()
+        self._write(queued)
+        took = time.perf_counter() - started
+        if took > FLUSH_FREE:  # a busy process: writes wait, and more frames share each system call
+            self._flush_at = asyncio.get_running_loop().time() + min(took * (1 - FLUSH_SHARE) / FLUSH_SHARE,
+                                                                     FLUSH_WAIT_MAX)
+
+    def _write(self, queued: list[Connection]) -> None:
         for connection in queued:
             try:
                 connection.flush()
