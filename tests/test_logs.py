@@ -183,3 +183,39 @@ async def test_the_upgrade_has_a_request_id_and_a_duration(base_url: str, login,
     assert headers["X-Request-Id"] == "upgrade-id-12345" and "Server" not in headers
     line = next(r.fields for r in caplog.records if getattr(r, "fields", {}).get("route") == "/ws")
     assert line["request_id"] == "upgrade-id-12345" and line["status"] == 101 and line["duration_ms"] > 0
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.floats(min_value=0, max_value=4_102_444_800, allow_nan=False))
+def test_the_cached_timestamp_is_the_iso_utc_millisecond_of_the_record(created: float) -> None:
+    """The formatter's timestamp (the second's text cached) is the record's UTC time to the millisecond, as
+    ``datetime.isoformat`` writes it (at most a millisecond apart where that rounds microseconds up)."""
+    import datetime
+
+    record = logging.LogRecord("t", logging.INFO, __file__, 1, "event", None, None)
+    record.created = created + 1.5
+    formatter = JsonFormatter()
+    formatter.format(record)  # another second cached first
+    record.created = created
+    ts = json.loads(formatter.format(record))["ts"]
+    expected = datetime.datetime.fromtimestamp(created, datetime.UTC)
+    parsed = datetime.datetime.strptime(ts, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=datetime.UTC)
+    assert ts.endswith("Z") and len(ts) == 24
+    assert abs((parsed - expected).total_seconds()) < 0.001 + 1e-6
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=30), st.text(max_size=60))
+def test_a_remembered_field_name_is_redacted_as_the_pattern_says(name: str, value: str) -> None:
+    """Whether a field is secret is remembered by name: the same answer as searching the pattern each time,
+    asked once or twice; and a value with no ``=`` is never changed by the query-string redaction."""
+    from server.logs import REDACTED, SECRET_FIELDS, redact_text
+
+    for _ in range(2):
+        redacted = redact({name: value})[name]
+        if SECRET_FIELDS.search(name):
+            assert redacted == REDACTED
+        else:
+            assert redacted == redact_text(value)
+    if "=" not in value:
+        assert redact_text(value) == value
