@@ -10,13 +10,15 @@ Private parts of Tornado 6 this relies on (tests/test_ws_hardening.py covers
 each): ``_WebSocketParams`` (the protocol is built once, as ours);
 WebSocketProtocol13's ``_handle_message``, ``_frame_compressed``,
 ``_run_callback``, ``_message_bytes_in``, ``_waiting`` and ``_abort`` (1007, and
-the 4009 close's wait); IOStream's ``_write_buffer``, ``_write_futures``,
+the 4009 close's wait), ``_received_pong`` (set by Tornado on a pong; the
+``Pinger`` reads and clears it); IOStream's ``_write_buffer``, ``_write_futures``,
 ``_total_write_index`` and ``_total_write_done_index`` (what is unsent, and
 dropping it for 4009).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 import time
@@ -45,9 +47,69 @@ _TORNADO_CODES = {403: "forbidden", 404: "not_found", 405: "method_not_allowed",
 SLOW_CLOSE_SECONDS = 30.0  # how long a connection closed with 4009 waits for its client to read the close frame
 
 
+PING_FRAME = b"\x89\x00"  # a whole, empty, unmasked ping frame (RFC 6455)
+PING_SLICE = 500  # sockets pinged per loop turn in a round (10,000 are one round of 20 turns)
+
+
+class Pinger:
+    """Pings every open WebSocket of this process from one task, every ``interval``
+    seconds; a socket that has not answered the previous round's ping with a pong
+    is closed (1000, "ping timed out"), as Tornado's per-socket pinging does when
+    its timeout equals the interval (ours). Tornado starts a task per socket for
+    it, alive as long as the socket: a task, two coroutines, a future, a timer
+    and their contexts, each created on every reconnect and walked by the
+    garbage collector while the socket lives. A round pings ``PING_SLICE``
+    sockets per loop turn, so 10,000 sockets are not one long turn."""
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval  # seconds between rounds (WS_PING_INTERVAL)
+        self.sockets: dict[_Protocol, None] = {}  # open sockets, in the order they opened
+        self._task: asyncio.Task[None] | None = None  # the rounds, while there are sockets
+
+    def add(self, protocol: _Protocol) -> None:
+        self.sockets[protocol] = None
+        loop = asyncio.get_running_loop()
+        if self._task is None or self._task.done() or self._task.get_loop() is not loop:
+            self._task = loop.create_task(self._rounds())
+
+    def discard(self, protocol: _Protocol) -> None:
+        self.sockets.pop(protocol, None)
+        if not self.sockets and self._task is not None:  # the last socket closed: no round left to run
+            self._task.cancel()
+            self._task = None
+
+    async def _rounds(self) -> None:
+        while self.sockets:
+            await asyncio.sleep(self.interval)
+            for done, protocol in enumerate(list(self.sockets), 1):
+                self._ping(protocol)
+                if done % PING_SLICE == 0 and self.sockets:
+                    await asyncio.sleep(0)
+
+    def _ping(self, protocol: _Protocol) -> None:
+        if protocol.is_closing():
+            self.discard(protocol)
+        elif protocol.pinged and not protocol._received_pong:
+            self.discard(protocol)
+            protocol.close(reason="ping timed out")
+        else:
+            protocol.pinged = True
+            protocol._received_pong = False
+            cast(SocketHandler, protocol.handler).send_frame(PING_FRAME)
+
+
 class _Protocol(WebSocketProtocol13):
     """Tornado's RFC 6455 protocol, except that a text frame that is not UTF-8
-    closes the connection with 1007 (Tornado drops it without a close frame)."""
+    closes the connection with 1007 (Tornado drops it without a close frame),
+    and that the process's ``Pinger`` pings it (no task of its own)."""
+
+    pinged = False  # the Pinger sent it a ping (a pong is then due by the next round)
+
+    def start_pinging(self) -> None:
+        if self.ping_interval > 0:
+            handler = cast(SocketHandler, self.handler)
+            handler._pinged = self
+            handler.pinger().add(self)
 
     def _handle_message(self, opcode: int, data: bytes) -> Future[None] | None:
         if opcode != 0x1 or self.client_terminated or self._frame_compressed:
@@ -72,6 +134,7 @@ class SocketHandler(WebSocketHandler, RequestIdentity):
         self._stream: Any = None  # the connection's IOStream, once open
         self._socket: socket.socket | None = None  # its socket when plain TCP: frames are written to it directly
         self._ends: deque[int] = deque()  # where the stream's unwritten writes end: each a frame boundary
+        self._pinged: _Protocol | None = None  # its protocol while the Pinger pings it
         self.started = time.perf_counter()  # for the access log's duration and the latency metric
 
     def check_origin(self, origin: str) -> bool:
@@ -151,8 +214,19 @@ class SocketHandler(WebSocketHandler, RequestIdentity):
             self.commands.receive(message)  # returns at once: the next frame is read meanwhile
 
     def on_close(self) -> None:
+        pinged, self._pinged = self._pinged, None  # Tornado has let go of ws_connection by now
+        if pinged is not None:
+            self.pinger().discard(pinged)
         if self.commands is not None:
             self.commands.connection.detach()
+
+    def pinger(self) -> Pinger:
+        """The application's one Pinger (made on the first socket, on the serving loop)."""
+        app = cast(Any, self.application)
+        pinger: Pinger | None = getattr(app, "pinger", None)
+        if pinger is None:
+            pinger = app.pinger = Pinger(float(self.ping_interval or 0))
+        return pinger
 
     def refuse_frame(self, code: int, reason: str) -> None:
         """Closes the connection for a frame the protocol refuses."""
