@@ -66,15 +66,18 @@ class JsonFormatter(logging.Formatter):
 
     def __init__(self) -> None:
         super().__init__()
-        self._second = -1  # the whole second whose text is cached
-        self._second_text = ""  # "YYYY-MM-DDTHH:MM:SS" of it, UTC
+        self._cached: tuple[int | None, str] = (None, "")  # a whole second and its "YYYY-MM-DDTHH:MM:SS", UTC
 
     def _timestamp(self, created: float) -> str:
         second = int(created)
-        if second != self._second:
-            self._second = second
-            self._second_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        return f"{self._second_text}.{int((created - second) * 1000):03d}Z"
+        if second > created:  # before 1970: int() rounded up, and the millisecond would be negative
+            second -= 1
+        cached, text = self._cached  # one pair, read and written whole
+        if second != cached:
+            text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._cached = (second, text)
+        millisecond = int((created - second) * 1000)
+        return f"{text}.{millisecond if millisecond < 1000 else 999:03d}Z"  # 1000: a float just below a second
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
