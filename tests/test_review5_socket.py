@@ -105,3 +105,32 @@ async def test_refusals_and_the_close_go_at_once_while_the_hub_waits_to_flush(lo
     refusals = [json.loads(p)["error"]["message"] for op, p in frames if op == 0x1 and b"rate_limited" in p]
     assert len([m for m in refusals if "a second" in m]) == 20  # each strike answered before the close
     raw.close()
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_while_the_hub_waits_a_socket_may_leave_and_shutdown_sends_what_waited(
+        login, server_api, http_port: int, services, caplog) -> None:
+    """While the hub's next flush waits (20 s away here), pushes queue; a socket whose client leaves meanwhile
+    is simply forgotten, and the shutdown's 1001 close writes what waited, in seq order, before the close
+    frame; nothing is logged as a failed write."""
+    hub = services.realtime.hub
+    alice, bob = await login("alice"), await login("bob")
+    staying = await RawSocket.connect(http_port, alice["access_token"])
+    leaving = await RawSocket.connect(http_port, bob["access_token"])
+    for n, raw in enumerate((staying, leaving)):
+        await raw.send(json.dumps({"id": n, "op": "subscribe", "channel": "feed:wait"}).encode())
+        assert (await raw.frame())[0] == 0x1
+    hub._flush_at = asyncio.get_running_loop().time() + 20  # what a long flush leaves, stretched
+    for n in range(3):
+        status, _ = await server_api("POST", "/api/v1/server/publish", {"channel": "feed:wait", "data": {"n": n}})
+        assert status == 200
+    assert len(hub._queued) == 2  # both wait for the paced flush
+    leaving.close()
+    while hub.connection_count() > 1:
+        await asyncio.sleep(0.01)
+    await services.realtime.shutdown()
+    frames = await _frames_until_close(staying, timeout=5)
+    assert [json.loads(p)["message"]["seq"] for op, p in frames if op == 0x1] == [1, 2, 3]
+    assert int.from_bytes(frames[-1][1][:2], "big") == CloseCode.GOING_AWAY
+    assert not [r for r in caplog.records if r.getMessage() == "write failed"]
+    staying.close()
