@@ -19,7 +19,15 @@ from dataclasses import dataclass
 from typing import Any
 
 SECRET_FIELDS = re.compile(r"(token|secret|password|session_key|api_key|authorization|^code$|js_code)", re.I)
-_QUERY_SECRETS = re.compile(r"(?i)\b(token|access_token|refresh_token|js_code|code|secret|key)=[^&\s]*")
+
+
+def _as_sent(name: str) -> str:
+    """A pattern of ``name`` as a query string may carry it: servers decode names, so ``t%6Fken=`` is ``token=``."""
+    return "".join(f"(?:{re.escape(c)}|%{ord(c.lower()):02x}|%{ord(c.upper()):02x})" for c in name)
+
+
+_QUERY_SECRETS = re.compile(r"(?i)(?<!\w)(" + "|".join(map(_as_sent, (
+    "token", "access_token", "refresh_token", "js_code", "code", "secret", "key"))) + r")=[^&\s]*")
 REDACTED = "[redacted]"
 MAX_KINDS = 1000  # kinds of line rate-limited apart; past this, only by logger, level and error
 

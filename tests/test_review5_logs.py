@@ -8,6 +8,7 @@ import json
 import logging
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -70,3 +71,55 @@ def test_the_timestamp_is_the_records_utc_millisecond_for_any_time(created: floa
     parsed = datetime.datetime.strptime(ts, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=datetime.UTC)
     expected = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC) + datetime.timedelta(seconds=created)
     assert datetime.timedelta(0) <= expected - parsed < datetime.timedelta(milliseconds=1, microseconds=1), ts
+
+
+_SECRET_PARAMS = ["token", "access_token", "refresh_token", "js_code", "code", "secret", "key"]
+
+
+@st.composite
+def _sent_names(draw: st.DrawFn) -> tuple[str, str]:
+    """A secret query parameter's name as a client may send it: any letter's case changed, any character
+    percent-encoded (upper or lower hex): the server decodes names, so each is the same parameter."""
+    name = draw(st.sampled_from(_SECRET_PARAMS))
+    sent = ""
+    for char in name:
+        char = draw(st.sampled_from([char, char.upper()]))
+        if draw(st.booleans()):
+            code = f"{ord(char):02x}"
+            char = "%" + draw(st.sampled_from([code, code.upper()]))
+        sent += char
+    return name, sent
+
+
+@settings(max_examples=300, deadline=None)
+@given(_sent_names(), st.from_regex(r"[A-Za-z0-9._-]{8,40}", fullmatch=True),
+       st.sampled_from(["/ws?", "/ws?x=1&", "GET /api/v1/auth?a=b&"]))
+def test_a_secret_parameter_is_redacted_however_its_name_is_encoded(sent: tuple[str, str], value: str,
+                                                                    prefix: str) -> None:
+    """``?t%6Fken=<jwt>`` is ``?token=<jwt>`` to the server (parse_qs decodes names; Tornado authenticates
+    with it): its value is redacted however the name's characters are percent-encoded or cased."""
+    from urllib.parse import parse_qs, unquote
+
+    name, as_sent = sent
+    text = f"{prefix}{as_sent}={value}"
+    assert parse_qs(text.split("?", 1)[1])[as_sent_decoded := unquote(as_sent)] == [value]
+    assert as_sent_decoded.lower() == name
+    assert value not in logs.redact_text(text), text
+
+
+@pytest.mark.gen_test
+async def test_a_token_sent_with_an_encoded_name_authenticates_and_stays_out_of_the_access_log(
+        base_url: str, login, caplog) -> None:
+    """A socket opened with ``?t%6Fken=<access token>`` is authenticated by it, and the access line of the
+    upgrade, as the formatter writes it, does not hold the token."""
+    from tornado.websocket import websocket_connect
+
+    caplog.set_level(logging.INFO, logger="server.access")
+    alice = await login("alice")
+    url = base_url.replace("http", "ws", 1) + "/ws?t%6Fken=" + alice["access_token"]
+    socket = await websocket_connect(url)
+    socket.close()
+    record = next(r for r in caplog.records if getattr(r, "fields", {}).get("route") == "/ws")
+    line = JsonFormatter().format(record)
+    assert json.loads(line)["status"] == 101
+    assert alice["access_token"] not in line, line
