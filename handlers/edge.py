@@ -146,6 +146,7 @@ class Edge(httputil.HTTPMessageDelegate):
         self.request_id = ""  # the X-Request-Id of the answer, if the edge answers
         self.limit = 0  # the largest body this request may send
         self.count_body = False  # whether the edge counts a chunked body against the limit
+        self.chunked = False  # whether the body is chunked: broken framing is answered in the envelope
         self.received = 0  # body bytes read so far
         self.refused = False  # answered by the edge: the rest of the body is dropped
         self.answer_finished = False  # the edge's answer is finished on Tornado's connection
@@ -154,10 +155,12 @@ class Edge(httputil.HTTPMessageDelegate):
     def _watch(self, connection: HTTP1Connection) -> None:
         """Tornado writes a bare 400 for what it cannot parse, out of any delegate's
         reach: a request head (``HTTP1Connection._parse_headers``) and a chunked body's
-        framing (``_read_body``). These two are the only places this module reaches
-        into Tornado. A head that fails is remembered and replaced by a synthetic one,
-        which ``headers_received`` refuses in the envelope; a chunked body the edge
-        counts (its handler has written nothing yet) is answered in the envelope."""
+        framing (``_read_body``). These two, and ``_response_start_line`` (whether an
+        answer was begun), are the only places this module reaches into Tornado. A head
+        that fails is remembered and replaced by a synthetic one, which
+        ``headers_received`` refuses in the envelope; a chunked body whose framing
+        breaks before anything was answered is answered in the envelope, whether the
+        edge counts it or its handler streams it (an upload)."""
         parse, read_body = connection._parse_headers, connection._read_body
 
         def parse_or_remember(data: bytes) -> tuple[str, httputil.HTTPHeaders]:
@@ -172,19 +175,22 @@ class Edge(httputil.HTTPMessageDelegate):
         def read_or_answer(code: int, headers: httputil.HTTPHeaders,
                            delegate: httputil.HTTPMessageDelegate) -> Awaitable[None] | None:
             reading = read_body(code, headers, delegate)
-            return self._answer_bad_framing(reading) if reading is not None and self.count_body else reading
+            return self._answer_bad_framing(reading) if reading is not None and self.chunked else reading
 
         connection._parse_headers = parse_or_remember  # type: ignore[method-assign]
         connection._read_body = read_or_answer  # type: ignore[method-assign]
 
     async def _answer_bad_framing(self, reading: Awaitable[None]) -> None:
-        """Reads a counted chunked body; if its framing breaks (or it runs past the
-        limit plus LINGER_BYTES), answers invalid_request unless the edge already
-        answered, and closes the connection once the answer is written."""
+        """Reads a chunked body; if its framing breaks (or a counted one runs past
+        the limit plus LINGER_BYTES), answers invalid_request unless the edge or the
+        handler already answered (the handler is told its connection closed: an
+        upload drops what it stored), and closes the connection once the answer is
+        written."""
         try:
             await reading
         except httputil.HTTPInputError as exc:
-            if not self.refused:
+            if not self.refused and self.connection._response_start_line is None:  # nothing answered yet: a
+                # handler streaming its body (an upload) answers only once the body has ended
                 self.refused = True
                 error = ApiError("invalid_request", f"malformed chunked body: {exc}")
                 self.on_refused(self.start_line.method, self.start_line.path, error)
@@ -206,6 +212,7 @@ class Edge(httputil.HTTPMessageDelegate):
             if length is not None and length > self.limit:
                 raise ApiError("payload_too_large", f"this endpoint takes bodies of at most {self.limit} bytes")
             self.count_body = chunked and not handler_streams
+            self.chunked = chunked
             # Tornado's own check would answer a bare 400: the edge counts instead,
             # and lets a chunked body run past the limit only to drop the rest.
             self.connection.set_max_body_size(self.limit + LINGER_BYTES if chunked else self.limit)

@@ -300,3 +300,32 @@ def test_an_invalid_schema_stops_start_up(tmp_path, store) -> None:
                             env={"PATH": os.environ.get("PATH", ""), "DATA_DIR": str(tmp_path / "d"),
                                  "MONGO_URI": store.uri, "SCHEMAS_DIR": str(tmp_path)}, timeout=60)
     assert result.returncode == 2 and "bad.json" in result.stderr
+
+
+@pytest.mark.gen_test(timeout=30)
+@pytest.mark.parametrize("broken", [b"zz\r\nxx\r\n0\r\n\r\n", b"4\r\nxxxxYY0\r\n\r\n"])
+async def test_an_upload_whose_chunked_framing_breaks_is_answered_in_the_envelope(login, http_port, gridfs,
+                                                                                   broken: bytes) -> None:
+    """A chunked upload whose framing breaks midway (a chunk size that is not hexadecimal, a chunk not ended
+    by CRLF) is answered 400 invalid_request in the envelope, not Tornado's bare 400; what it stored is
+    deleted."""
+    alice = await login("alice")
+    reader, writer = await asyncio.open_connection("127.0.0.1", http_port)
+    writer.write((f"POST /api/v1/files HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {alice['access_token']}"
+                  "\r\nContent-Type: multipart/form-data; boundary=b\r\nTransfer-Encoding: chunked\r\n\r\n").encode())
+    part = (b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\nContent-Type: image/png'
+            b"\r\n\r\n" + PNG + b"\x00" * 300_000)
+    writer.write(b"%x\r\n%s\r\n" % (len(part), part) + broken)
+    await writer.drain()
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    lines = head.split(b"\r\n")
+    length = int(next(line.split(b":")[1] for line in lines if line.lower().startswith(b"content-length")))
+    body = json.loads(await asyncio.wait_for(reader.readexactly(length), 10))
+    writer.close()
+    assert head.startswith(b"HTTP/1.1 400 ") and body["error"]["code"] == "invalid_request", (head, body)
+    files, chunks = gridfs
+    for _ in range(50):
+        if files.count_documents({}) == 0 and chunks.count_documents({}) == 0:
+            break
+        await asyncio.sleep(0.1)
+    assert files.count_documents({}) == 0 and chunks.count_documents({}) == 0

@@ -108,6 +108,8 @@ class RedisPresence:
         # meanwhile (written again once they answer, each on its own)
         self._unsent_leaves: set[tuple[str, str]] = set()  # (channel, user) whose remove failed: sent when back
         self._unsent_closes: set[tuple[str, str]] = set()  # (user, conn) whose disconnected failed: sent when back
+        self._unannounced: set[tuple[str, str]] = set()  # (channel, user) put back after a reaping whose join
+        # push failed with its add: the next rewrite pushes it
         self._reaping: set[tuple[int, str]] = set()  # (shard, dead node) this process is removing
         self._rewriting: asyncio.Task[None] | None = None  # the rewrite running, beside the heartbeat (a long one
         # must not let this process's key expire)
@@ -366,10 +368,16 @@ class RedisPresence:
 
         def added(channel: str, user: str) -> Callable[[asyncio.Future[Any]], None]:
             def answered(future: asyncio.Future[Any]) -> None:
-                if not future.cancelled() and future.exception() is None and future.result() == 2 \
-                        and self.on_join is not None:
+                if future.cancelled() or future.exception() is not None:
+                    self._unannounced.add((channel, user))  # the join is still owed: the next rewrite pushes it
+                    return
+                self._unannounced.discard((channel, user))
+                if future.result() == 2 and self.on_join is not None:
                     self.on_join(channel, user)
             return answered
+
+        self._unannounced = {(channel, user) for channel, user in self._unannounced
+                             if user in self.local.rooms.get(channel, ())}  # gone since: no join owed
 
         for channel, user in list(self._unsent_leaves):
             if self._shard(channel) not in shards or (channel, user) not in self._unsent_leaves:
@@ -386,9 +394,10 @@ class RedisPresence:
         for channel, users in list(self.local.rooms.items()):
             if self._shard(channel) not in shards:
                 continue
-            announce = self._shard(channel) in reaped
+            reaped_here = self._shard(channel) in reaped
             for user in list(users):
                 if user in self.local.rooms.get(channel, ()):
+                    announce = reaped_here or (channel, user) in self._unannounced
                     await queued(self._room_call("add", channel, user), added(channel, user) if announce else None)
         for user, conns in list(self.local.sockets.items()):
             if self._shard(user) not in shards:

@@ -80,3 +80,49 @@ def test_joins_are_pushed_for_the_rooms_of_every_shard_a_process_was_reaped_on(r
         assert left == joined == [("room:a", "u1"), ("room:d", "u1")]
     finally:
         second.stop()
+
+
+def test_a_join_owed_after_being_reaped_is_pushed_when_the_failed_rewrite_is_retried(redis: RedisProcess) -> None:
+    """A process back after being reaped whose first rewrite fails (its shard drops again right after the
+    heartbeat consumed the reaped marker): the next rewrite, which no marker announces, still pushes the
+    join it owes, once."""
+    async def scenario() -> tuple[list[tuple[str, str]], list[tuple[str, str]], list[tuple[str, str]]]:
+        stalled = RedisPresence([redis.url], "stalled", ttl=30)
+        survivor = RedisPresence([redis.url], "survivor", ttl=30)
+        left: list[tuple[str, str]] = []
+        joined: list[tuple[str, str]] = []
+        survivor.bind(lambda channel, user: left.append((channel, user)))
+        stalled.bind(lambda channel, user: None, lambda channel, user: joined.append((channel, user)))
+        await stalled.start()
+        await survivor.start()
+        await stalled.add("room:a", "u1")
+        assert stalled._heartbeat is not None
+        stalled._heartbeat.cancel()
+        direct = redis_client.Redis.from_url(redis.url)
+        direct.delete("mp:node:stalled")
+        direct.zadd("mp:nodes", {"stalled": 0})
+        await survivor._reap(0, "stalled")
+        await stalled._beat()  # back: the marker is consumed and a rewrite is on its way...
+        stalled.down.add(0)  # ...but the shard drops again before it runs: its add fails
+        await _rewritten(stalled)
+        after_failure = list(joined)
+        await stalled._beat()  # the shard answers again: the failed calls are written again
+        await _rewritten(stalled)
+        await stalled._beat()  # and a later rewrite owes nothing more
+        await _rewritten(stalled)
+        await stalled.close()
+        await survivor.close()
+        return left, after_failure, joined
+
+    left, after_failure, joined = asyncio.run(scenario())
+    assert left == [("room:a", "u1")]
+    assert after_failure == []
+    assert joined == [("room:a", "u1")]
+
+
+async def _rewritten(presence: RedisPresence) -> None:
+    """Until the rewrite the last heartbeat started has run (a bounded guard)."""
+    for _ in range(50):
+        if presence._rewriting is None or presence._rewriting.done():
+            return
+        await asyncio.sleep(0.1)
