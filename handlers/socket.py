@@ -82,7 +82,11 @@ class Pinger:
         while self.sockets:
             await asyncio.sleep(self.interval)
             for done, protocol in enumerate(list(self.sockets), 1):
-                self._ping(protocol)
+                try:
+                    self._ping(protocol)
+                except Exception:  # one socket's failure must not stop the pinging of the others
+                    log.exception("a ping failed; the socket is dropped from pinging")
+                    self.discard(protocol)
                 if done % PING_SLICE == 0 and self.sockets:
                     await asyncio.sleep(0)
 

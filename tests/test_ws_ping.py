@@ -81,3 +81,31 @@ async def test_no_socket_has_a_pinging_task_and_closed_sockets_leave_the_pinger(
     assert not app.pinger.sockets
     await asyncio.sleep(0.01)  # the Pinger's task, cancelled with the last socket, ends before the loop does
     assert app.pinger._task is None
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_socket_whose_ping_fails_does_not_stop_the_pinging_of_the_others(login, http_port: int, app,
+                                                                                 services) -> None:
+    """A ping that raises (a broken transport) drops that socket from pinging, logged; the other socket is
+    still pinged round after round."""
+    alice, bob = await login("alice"), await login("bob")
+    broken = await RawSocket.connect(http_port, alice["access_token"])
+    healthy = await RawSocket.connect(http_port, bob["access_token"])
+    while len(app.pinger.sockets) < 2:
+        await asyncio.sleep(0.01)
+    first = next(iter(app.pinger.sockets))
+
+    def fail(frame: bytes) -> bool:
+        raise RuntimeError("a broken transport")
+
+    first.handler.send_frame = fail
+    pings, close = await _pings_until_close(healthy, True, 5 * INTERVAL)
+    assert close is None and pings >= 3
+    assert first not in app.pinger.sockets and len(app.pinger.sockets) == 1
+    broken.close()
+    healthy.close()
+    for _ in range(100):
+        if services.realtime.hub.connection_count() == 0:
+            break
+        await asyncio.sleep(0.02)
+    await asyncio.sleep(0.01)  # the Pinger's task, cancelled with the last socket, ends before the loop does

@@ -18,6 +18,7 @@ from server.errors import CloseCode
 from server.protocol import text_frame
 
 SEND_BUFFER_BYTES = 1024 * 1024  # unsent bytes past which a connection is closed (4009)
+OUTBOX_BYTES = 64 * 1024  # queued bytes past which a connection writes at once rather than with the hub's flush
 RATE_PER_SECOND = 20.0  # frames a connection may send per second, sustained
 RATE_BURST = 40.0  # and in a burst
 
@@ -69,6 +70,7 @@ class Connection:
         self.opened = time.monotonic()  # when it opened (the oldest closes first past WS_MAX_PER_USER)
         self._expiry: asyncio.TimerHandle | None = None  # closes with 4001 when the token expires
         self.outbox: list[bytes] | None = None  # frames queued this loop turn, written together by the hub
+        self.outbox_bytes = 0  # their size
         self.expire_at(expires_at)
 
     def __hash__(self) -> int:
@@ -148,9 +150,13 @@ class Connection:
     def _queue(self, frame: bytes) -> None:
         if self.outbox is None:
             self.outbox = [frame]
+            self.outbox_bytes = len(frame)
             self.holder.queued(self)  # the hub flushes every queued connection at the end of the loop turn
         else:
             self.outbox.append(frame)
+            self.outbox_bytes += len(frame)
+            if self.outbox_bytes > OUTBOX_BYTES:  # large messages while the hub's flush waits: written now,
+                self.flush()  # so no one write nears SEND_BUFFER_BYTES for a client that reads
 
     def flush(self) -> None:
         """Writes what this loop turn queued, as one write: several messages for
