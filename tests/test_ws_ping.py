@@ -5,6 +5,7 @@ socket carries a pinging task of its own."""
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 
@@ -36,6 +37,16 @@ async def _pings_until_close(raw: RawSocket, answer: bool, seconds: float) -> tu
     return pings, None
 
 
+async def _all_closed(services: Any) -> None:
+    """Until the server has seen every socket close (a bounded guard), and one turn more: the Pinger's task,
+    cancelled with the last socket, ends before the test's loop does."""
+    for _ in range(100):
+        if services.realtime.hub.connection_count() == 0:
+            break
+        await asyncio.sleep(0.02)
+    await asyncio.sleep(0.01)
+
+
 @pytest.mark.gen_test(timeout=30)
 async def test_a_socket_that_answers_stays_and_one_that_never_answers_is_closed(login, http_port: int,
                                                                                app, services) -> None:
@@ -51,11 +62,7 @@ async def test_a_socket_that_answers_stays_and_one_that_never_answers_is_closed(
     assert int.from_bytes(silent_close[1][:2], "big") == 1000 and silent_close[1][2:] == b"ping timed out"
     answering.close()
     silent.close()
-    for _ in range(100):
-        if services.realtime.hub.connection_count() == 0:
-            break
-        await asyncio.sleep(0.02)
-    await asyncio.sleep(0.01)  # the Pinger's task, cancelled with the last socket, ends before the loop does
+    await _all_closed(services)
     assert not app.pinger.sockets and app.pinger._task is None
 
 
@@ -104,8 +111,4 @@ async def test_a_socket_whose_ping_fails_does_not_stop_the_pinging_of_the_others
     assert first not in app.pinger.sockets and len(app.pinger.sockets) == 1
     broken.close()
     healthy.close()
-    for _ in range(100):
-        if services.realtime.hub.connection_count() == 0:
-            break
-        await asyncio.sleep(0.02)
-    await asyncio.sleep(0.01)  # the Pinger's task, cancelled with the last socket, ends before the loop does
+    await _all_closed(services)

@@ -50,21 +50,12 @@ def test_joins_are_pushed_for_the_rooms_of_every_shard_a_process_was_reaped_on(r
     try:
         async def scenario() -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
             urls = [redis.url, second.url]
-            stalled, survivor = RedisPresence(urls, "stalled", ttl=30), RedisPresence(urls, "survivor", ttl=30)
-            left: list[tuple[str, str]] = []
-            joined: list[tuple[str, str]] = []
-            survivor.bind(lambda channel, user: left.append((channel, user)))
-            stalled.bind(lambda channel, user: None, lambda channel, user: joined.append((channel, user)))
-            await stalled.start()
-            await survivor.start()
+            stalled, survivor, left, joined = await _stalled_and_survivor(urls)
             for room in ("room:a", "room:d"):
                 await stalled.add(room, "u1")
             assert stalled._heartbeat is not None
             stalled._heartbeat.cancel()  # stalled: its key expires (done by hand below), the survivor reaps it
-            for url in urls:
-                direct = redis_client.Redis.from_url(url)
-                direct.delete("mp:node:stalled")
-                direct.zadd("mp:nodes", {"stalled": 0})
+            _expire(urls, "stalled")
             for shard in range(2):
                 await survivor._reap(shard, "stalled")
             await stalled._beat()  # back
@@ -87,20 +78,11 @@ def test_a_join_owed_after_being_reaped_is_pushed_when_the_failed_rewrite_is_ret
     heartbeat consumed the reaped marker): the next rewrite, which no marker announces, still pushes the
     join it owes, once."""
     async def scenario() -> tuple[list[tuple[str, str]], list[tuple[str, str]], list[tuple[str, str]]]:
-        stalled = RedisPresence([redis.url], "stalled", ttl=30)
-        survivor = RedisPresence([redis.url], "survivor", ttl=30)
-        left: list[tuple[str, str]] = []
-        joined: list[tuple[str, str]] = []
-        survivor.bind(lambda channel, user: left.append((channel, user)))
-        stalled.bind(lambda channel, user: None, lambda channel, user: joined.append((channel, user)))
-        await stalled.start()
-        await survivor.start()
+        stalled, survivor, left, joined = await _stalled_and_survivor([redis.url])
         await stalled.add("room:a", "u1")
         assert stalled._heartbeat is not None
         stalled._heartbeat.cancel()
-        direct = redis_client.Redis.from_url(redis.url)
-        direct.delete("mp:node:stalled")
-        direct.zadd("mp:nodes", {"stalled": 0})
+        _expire([redis.url], "stalled")
         await survivor._reap(0, "stalled")
         await stalled._beat()  # back: the marker is consumed and a rewrite is on its way...
         stalled.down.add(0)  # ...but the shard drops again before it runs: its add fails
@@ -126,3 +108,24 @@ async def _rewritten(presence: RedisPresence) -> None:
         if presence._rewriting is None or presence._rewriting.done():
             return
         await asyncio.sleep(0.1)
+
+
+async def _stalled_and_survivor(urls: list[str]) -> tuple[RedisPresence, RedisPresence, list[tuple[str, str]],
+                                                           list[tuple[str, str]]]:
+    """Two started presences on ``urls``: "stalled" (its joins recorded) and "survivor" (its leaves recorded)."""
+    stalled, survivor = RedisPresence(urls, "stalled", ttl=30), RedisPresence(urls, "survivor", ttl=30)
+    left: list[tuple[str, str]] = []
+    joined: list[tuple[str, str]] = []
+    survivor.bind(lambda channel, user: left.append((channel, user)))
+    stalled.bind(lambda channel, user: None, lambda channel, user: joined.append((channel, user)))
+    await stalled.start()
+    await survivor.start()
+    return stalled, survivor, left, joined
+
+
+def _expire(urls: list[str], node: str) -> None:
+    """``node``'s key gone and its score aged, on every server: as if its TTL passed (its heartbeat stopped)."""
+    for url in urls:
+        direct = redis_client.Redis.from_url(url)
+        direct.delete(f"mp:node:{node}")
+        direct.zadd("mp:nodes", {node: 0})

@@ -5,20 +5,11 @@ with the seq its ack gave gets each message exactly once."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
 import pytest
 
-from tests.helpers.redis_process import RedisProcess, require_redis
+from tests.helpers.redis_process import RedisProcess
 from tests.ws_client import RawSocket
-
-
-@pytest.fixture
-def redis() -> Iterator[RedisProcess]:
-    """A redis-server on a free port (fails in CI, skips elsewhere, when none is installed)."""
-    process = RedisProcess(require_redis()).start()
-    yield process
-    process.stop()
 
 
 @pytest.fixture
