@@ -20,7 +20,7 @@ from handlers.edge import Edge
 from handlers.ops import DemoHandler, HealthHandler, MetricsHandler, OpenApiHandler, ReadyHandler, SdkModuleHandler
 from handlers.rooms import DirectRoomHandler, HistoryHandler, MembersHandler, RoomsHandler
 from handlers.server_api import BroadcastHandler, DisconnectHandler, PresenceHandler, PublishHandler, StatsHandler
-from handlers.socket import SocketHandler
+from handlers.socket import Pinger, SocketHandler
 from handlers.uploads import RECORDS_MAX_BYTES, FileHandler, FilesHandler, RecordsHandler
 from server.app import Services
 from server.errors import ApiError
@@ -95,6 +95,7 @@ class ServerApplication(Application):
         super().__init__([(r.pattern, r.handler, {"services": services, "route": r.pattern}) for r in routes],
                          **settings)
         self.services = services  # for the refusals' log lines and metrics
+        self.pinger = Pinger(services.settings.ws_ping_interval)  # pings every WebSocket of this application
         limits = body_limits(services.settings)
         self.limits = [(re.compile(r.pattern), limits[r.body], _streams(r.handler))
                        for r in routes]  # (path pattern, largest body, whether the handler reads a stream)

@@ -39,6 +39,7 @@ from server.realtime.commands import Commands
 from server.storage import as_api_error
 
 if TYPE_CHECKING:
+    from handlers.app import ServerApplication
     from server.app import Services
 
 log = logging.getLogger("server.socket")
@@ -225,12 +226,8 @@ class SocketHandler(WebSocketHandler, RequestIdentity):
             self.commands.connection.detach()
 
     def pinger(self) -> Pinger:
-        """The application's one Pinger (made on the first socket, on the serving loop)."""
-        app = cast(Any, self.application)
-        pinger: Pinger | None = getattr(app, "pinger", None)
-        if pinger is None:
-            pinger = app.pinger = Pinger(float(self.ping_interval or 0))
-        return pinger
+        """The application's one Pinger."""
+        return cast("ServerApplication", self.application).pinger
 
     def refuse_frame(self, code: int, reason: str) -> None:
         """Closes the connection for a frame the protocol refuses."""

@@ -354,16 +354,11 @@ class RedisPresence:
             if len(window) >= REWRITE_WINDOW:  # the oldest pipeline's worth answered before more are queued
                 await asyncio.wait([window.popleft() for _ in range(PIPELINE)])
 
-        def left_unsent(channel: str, user: str) -> Callable[[asyncio.Future[Any]], None]:
+        def unsent_again(unsent: set[tuple[str, str]], entry: tuple[str, str]
+                         ) -> Callable[[asyncio.Future[Any]], None]:
             def answered(future: asyncio.Future[Any]) -> None:
                 if future.cancelled() or future.exception() is not None:
-                    self._unsent_leaves.add((channel, user))
-            return answered
-
-        def closed_unsent(user: str, conn: str) -> Callable[[asyncio.Future[Any]], None]:
-            def answered(future: asyncio.Future[Any]) -> None:
-                if future.cancelled() or future.exception() is not None:
-                    self._unsent_closes.add((user, conn))
+                    unsent.add(entry)  # a later rewrite sends it
             return answered
 
         def added(channel: str, user: str) -> Callable[[asyncio.Future[Any]], None]:
@@ -384,13 +379,15 @@ class RedisPresence:
                 continue
             self._unsent_leaves.discard((channel, user))  # added back if this removal fails
             if user not in self.local.rooms.get(channel, ()):
-                await queued(self._room_call("remove", channel, user), left_unsent(channel, user))
+                await queued(self._room_call("remove", channel, user),
+                             unsent_again(self._unsent_leaves, (channel, user)))
         for user, conn in list(self._unsent_closes):
             if self._shard(user) not in shards or (user, conn) not in self._unsent_closes:
                 continue
             self._unsent_closes.discard((user, conn))  # added back if this close fails
             if conn not in self.local.sockets.get(user, ()):
-                await queued(self._socket_call("disconnected", user, conn), closed_unsent(user, conn))
+                await queued(self._socket_call("disconnected", user, conn),
+                             unsent_again(self._unsent_closes, (user, conn)))
         for channel, users in list(self.local.rooms.items()):
             if self._shard(channel) not in shards:
                 continue
