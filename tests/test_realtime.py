@@ -684,7 +684,8 @@ async def test_after_a_long_flush_the_next_waits_as_long_and_carries_what_came_m
                                                                                         services) -> None:
     """A busy process batches: after a flush that took long (thousands of sockets' writes), the next waits
     about as long (FLUSH_SHARE, never less), so what is delivered meanwhile shares one write per socket;
-    once that wait is over, a flush that took little does not delay the next one."""
+    once that wait is over, a write goes at the end of the loop turn again (whether a flush counts as short
+    depends on the machine, so that is not asserted)."""
     import server.realtime.hub as hub_module
     from server.protocol import encode_message_push
 
@@ -721,12 +722,11 @@ async def test_after_a_long_flush_the_next_waits_as_long_and_carries_what_came_m
     assert writes[1][2].count(b'"seq"') == 2
     waited = writes[1][0] - writes[0][1]  # a lower bound (a timer never fires early), whatever the machine
     assert waited >= min(0.3 * (1 - hub_module.FLUSH_SHARE) / hub_module.FLUSH_SHARE, hub_module.FLUSH_WAIT_MAX) - 0.01
-    while loop.time() < hub._flush_at:  # past the wait: a short flush delays nothing
+    while loop.time() < hub._flush_at:  # past the wait
         await asyncio.sleep(0.01)
     hub.deliver("feed:pace", 4, push(4))
     await asyncio.sleep(0)  # one loop turn: the flush queued with call_soon runs before this resumes
     assert len(writes) == 3 and writes[2][2].count(b'"seq"') == 1
-    assert hub._flush_at <= loop.time()  # that flush was short: the next one waits for nothing
     assert (await a.push())["message"]["seq"] == 4
 
 
