@@ -15,12 +15,12 @@ from tornado.httpclient import AsyncHTTPClient
 from tornado.web import Application, RequestHandler
 
 from handlers.auth import DevLoginHandler, LogoutHandler, MeHandler, RefreshHandler, WeChatLoginHandler
-from handlers.base import JSON_MAX_BYTES, NotFoundHandler
+from handlers.base import JSON_MAX_BYTES, NotFoundHandler, record_answer
 from handlers.edge import Edge
 from handlers.ops import DemoHandler, HealthHandler, MetricsHandler, OpenApiHandler, ReadyHandler, SdkModuleHandler
 from handlers.rooms import DirectRoomHandler, HistoryHandler, MembersHandler, RoomsHandler
 from handlers.server_api import BroadcastHandler, DisconnectHandler, PresenceHandler, PublishHandler, StatsHandler
-from handlers.socket import Pinger, SocketHandler
+from handlers.socket import Pinger, Upgrades
 from handlers.uploads import RECORDS_MAX_BYTES, FileHandler, FilesHandler, RecordsHandler
 from server.app import Services
 from server.errors import ApiError
@@ -47,8 +47,7 @@ class Route:
     body: str = JSON  # JSON, RECORDS or FILE
 
 
-ROUTES: list[Route] = [
-    Route(r"/ws", SocketHandler),  # first: matched before every other on each of a reconnect storm's handshakes
+ROUTES: list[Route] = [  # and GET /ws, the WebSocket upgrade, answered at the edge (handlers.socket.Upgrades)
     Route(r"/", DemoHandler),
     Route(r"/sdk/index\.mjs", SdkModuleHandler),
     Route(r"/healthz", HealthHandler),
@@ -96,6 +95,7 @@ class ServerApplication(Application):
                          **settings)
         self.services = services  # for the refusals' log lines and metrics
         self.pinger = Pinger(services.settings.ws_ping_interval)  # pings every WebSocket of this application
+        self.upgrades = {Upgrades.route: Upgrades(services, self.pinger).start}  # answered at the edge
         limits = body_limits(services.settings)
         self.limits = [(re.compile(r.pattern), limits[r.body], _streams(r.handler))
                        for r in routes]  # (path pattern, largest body, whether the handler reads a stream)
@@ -112,7 +112,7 @@ class ServerApplication(Application):
         delegate = super().start_request(server_conn, request_conn)
         if not isinstance(request_conn, HTTP1Connection):
             return delegate
-        return Edge(delegate, request_conn, self.body_limit, self.refused)
+        return Edge(delegate, request_conn, self.body_limit, self.refused, self.upgrades)
 
     def refused(self, method: str, path: str, error: ApiError) -> None:
         """The access log and metrics of a request the edge answered."""
@@ -127,19 +127,13 @@ def _streams(handler: type[RequestHandler]) -> bool:
 
 
 def access_log(services: Services, handler: RequestHandler) -> None:
-    """The access log and the request metrics: one structured line per request,
-    no tokens (the query string is redacted)."""
-    status = handler.get_status()
-    route = getattr(handler, "route", "unmatched")
-    elapsed = time.perf_counter() - getattr(handler, "started", time.perf_counter())
-    services.metrics.answered(route, handler.request.method, status, elapsed)
+    """The access line and request metrics of a request a handler answered."""
     principal = getattr(handler, "principal", None)
-    level = logging.ERROR if status >= 500 else logging.INFO
-    log.log(level, "request", extra=fields(
-        request_id=getattr(handler, "request_id", None), method=handler.request.method,
-        path=redact_text(handler.request.uri or ""), route=route, status=status,
-        duration_ms=round(elapsed * 1000, 2), user=principal.user_id if principal else None,
-        ip=handler.client_ip() if hasattr(handler, "client_ip") else handler.request.remote_ip))
+    record_answer(services, route=getattr(handler, "route", "unmatched"), method=handler.request.method or "",
+                  uri=handler.request.uri or "", status=handler.get_status(),
+                  elapsed=time.perf_counter() - getattr(handler, "started", time.perf_counter()),
+                  request_id=getattr(handler, "request_id", None), user=principal.user_id if principal else None,
+                  ip=handler.client_ip() if hasattr(handler, "client_ip") else handler.request.remote_ip or "")
 
 
 def make_app(settings: Settings, mongo_uri: str | None = None, *, storage: Storage | None = None,
@@ -155,8 +149,5 @@ def make_app(settings: Settings, mongo_uri: str | None = None, *, storage: Stora
         default_handler_class=NotFoundHandler,
         default_handler_args={"services": services, "route": "unmatched"},
         xheaders=False,
-        websocket_ping_interval=settings.ws_ping_interval,
-        websocket_ping_timeout=settings.ws_ping_interval,  # Tornado allows no more than the interval
-        websocket_max_message_size=settings.ws_max_message_bytes,
     )
     return app, services

@@ -10,12 +10,13 @@ from typing import TYPE_CHECKING, Any
 
 import ujson
 from jsonschema import Draft202012Validator
+from tornado.httputil import HTTPHeaders
 from tornado.web import HTTPError, RequestHandler
 
 from handlers.edge import request_id
 from server.auth import Principal
 from server.errors import ApiError
-from server.logs import fields
+from server.logs import fields, redact_text
 from server.storage import as_api_error
 from server.validation import parse_json, validate
 from server.values import Envelope
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
     from server.app import Services
 
 log = logging.getLogger("server.http")
+access = logging.getLogger("server.access")
 
 JSON_MAX_BYTES = 1024 * 1024  # the largest JSON body accepted
 _TORNADO_CODES = {400: "invalid_request", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
@@ -36,6 +38,26 @@ def bearer_token(header: str) -> str | None:
     if scheme.lower() == "bearer" and token.strip():
         return token.strip()
     return None
+
+
+def client_ip(behind_proxy: bool, peer: str, headers: HTTPHeaders) -> str:
+    """The client's address: X-Forwarded-For's last hop when ``behind_proxy`` and
+    the connection comes from the proxy on this machine, else the peer."""
+    if behind_proxy and peer in ("127.0.0.1", "::1"):
+        hops = [h.strip() for h in headers.get("X-Forwarded-For", "").split(",") if h.strip()]
+        if hops:
+            return hops[-1]
+    return peer
+
+
+def record_answer(services: Services, *, route: str, method: str, uri: str, status: int, elapsed: float,
+                  request_id: str | None, user: str | None, ip: str) -> None:
+    """The access log and the request metrics of one answer: one structured line,
+    no tokens (the query string is redacted)."""
+    services.metrics.answered(route, method, status, elapsed)
+    access.log(logging.ERROR if status >= 500 else logging.INFO, "request", extra=fields(
+        request_id=request_id, method=method, path=redact_text(uri), route=route, status=status,
+        duration_ms=round(elapsed * 1000, 2), user=user, ip=ip))
 
 
 class RequestIdentity(RequestHandler):
@@ -83,15 +105,8 @@ class BaseHandler(RequestIdentity):
     # -- requests --------------------------------------------------------------------
 
     def client_ip(self) -> str:
-        """The client's address: X-Forwarded-For's last hop when BEHIND_PROXY and
-        the connection comes from the proxy on this machine, else the peer."""
-        peer = self.request.remote_ip or ""
-        if self.services.settings.behind_proxy and peer in ("127.0.0.1", "::1"):
-            forwarded = self.request.headers.get("X-Forwarded-For", "")
-            hops = [h.strip() for h in forwarded.split(",") if h.strip()]
-            if hops:
-                return hops[-1]
-        return peer
+        """The client's address (``client_ip``, with BEHIND_PROXY)."""
+        return client_ip(self.services.settings.behind_proxy, self.request.remote_ip or "", self.request.headers)
 
     def json_payload(self, max_bytes: int = JSON_MAX_BYTES, envelope: Envelope = 1) -> Any:
         """The request's body as JSON: application/json, at most ``max_bytes``,

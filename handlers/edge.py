@@ -20,7 +20,7 @@ import http
 import itertools
 import os
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 
 import ujson
 from tornado import httputil
@@ -38,6 +38,8 @@ REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{8,64}")  # an X-Request-Id the server e
 _DIGITS = re.compile(r"[0-9]+")
 _SYNTHETIC = "GET / HTTP/1.1"  # stands for a request Tornado could not parse, which Edge refuses
 _REFUSING: set[asyncio.Task[None]] = set()  # graceful closes under way, kept until done
+
+Upgrade = Callable[["Edge", httputil.RequestStartLine, httputil.HTTPHeaders], Awaitable[None] | None]
 
 
 class _Ids:
@@ -136,8 +138,10 @@ class Edge(httputil.HTTPMessageDelegate):
 
     def __init__(self, inner: httputil.HTTPMessageDelegate, connection: HTTP1Connection,
                  body_limit: Callable[[str], tuple[int, bool]],
-                 on_refused: Callable[[str, str, ApiError], None]) -> None:
+                 on_refused: Callable[[str, str, ApiError], None], upgrades: Mapping[str, Upgrade] | None = None
+                 ) -> None:
         self.inner = inner  # the application's delegate (routing, then the handler)
+        self.upgrades = upgrades or {}  # paths answered here instead of by a handler: path -> its upgrade
         self.connection = connection  # the request's HTTP/1 connection
         self.body_limit = body_limit  # a path's largest body, and whether its handler judges a streamed body itself
         self.on_refused = on_refused  # logs and counts a refusal: (method, path, error)
@@ -150,6 +154,7 @@ class Edge(httputil.HTTPMessageDelegate):
         self.received = 0  # body bytes read so far
         self.refused = False  # answered by the edge: the rest of the body is dropped
         self.answer_finished = False  # the edge's answer is finished on Tornado's connection
+        self.upgrading = False  # the request is an upgrade's: the application's delegate never sees it
         self._watch(connection)
 
     def _watch(self, connection: HTTP1Connection) -> None:
@@ -216,6 +221,10 @@ class Edge(httputil.HTTPMessageDelegate):
             # Tornado's own check would answer a bare 400: the edge counts instead,
             # and lets a chunked body run past the limit only to drop the rest.
             self.connection.set_max_body_size(self.limit + LINGER_BYTES if chunked else self.limit)
+            upgrade = self.upgrades.get(start_line.path.partition("?")[0])
+            if upgrade is not None:  # it answers, or takes the stream, before its awaitable is done
+                self.upgrading = True
+                return upgrade(self, start_line, headers)
             return self.inner.headers_received(start_line, headers)
         except ApiError as error:
             self._refuse_now(headers, error)
@@ -225,10 +234,13 @@ class Edge(httputil.HTTPMessageDelegate):
         return None
 
     def _refuse_now(self, headers: httputil.HTTPHeaders, error: ApiError) -> None:
-        """Answers before any of the body is read: the stream is taken from Tornado,
-        the answer written, and the connection closed gracefully."""
-        self.refused = True
         self.on_refused(self.start_line.method, self.start_line.path, error)
+        self.answer(headers, error)
+
+    def answer(self, headers: httputil.HTTPHeaders, error: ApiError) -> None:
+        """Answers ``error`` before any of the body is read: the stream is taken from
+        Tornado, the answer written, and the connection closed gracefully."""
+        self.refused = True
         stream = self.connection.detach()
         expected = None if self.malformed else _length_or_none(headers)
         if headers.get("Expect", "").lower() == "100-continue":
@@ -272,13 +284,15 @@ class Edge(httputil.HTTPMessageDelegate):
             pass
 
     def finish(self) -> None:
+        if self.upgrading and not self.refused:
+            return  # the upgrade took the stream
         if self.refused:
             self._finish_answer()
             return
         self.inner.finish()
 
     def on_connection_close(self) -> None:
-        if not self.refused:
+        if not self.refused and not self.upgrading:
             self.inner.on_connection_close()
 
 

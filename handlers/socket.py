@@ -6,12 +6,18 @@ Every answer before the upgrade (a plain GET, a bad token, the server shutting
 down) is an error in the contract's JSON shape. After it, frames are handed to
 the commands as they arrive, without waiting for them to finish.
 
+The upgrade is answered at the HTTP edge (``Upgrades``, called by
+``handlers.edge.Edge``), not by a Tornado ``RequestHandler``; Tornado's RFC 6455
+protocol (``WebSocketProtocol13``) still reads and checks every frame, with a
+``WebSocket`` as its delegate, as Tornado's own client uses it.
+
 Private parts of Tornado 6 this relies on (tests/test_ws_hardening.py covers
 each): ``_WebSocketParams`` (the protocol is built once, as ours);
-WebSocketProtocol13's ``_handle_message``, ``_frame_compressed``,
-``_run_callback``, ``_message_bytes_in``, ``_waiting`` and ``_abort`` (1007, and
-the 4009 close's wait), ``_received_pong`` (set by Tornado on a pong; the
-``Pinger`` reads and clears it); IOStream's ``_write_buffer``, ``_write_futures``,
+WebSocketProtocol13's ``_receive_frame_loop`` (run as the socket's task),
+``_handle_message``, ``_frame_compressed``, ``_run_callback``,
+``_message_bytes_in``, ``_waiting`` and ``_abort`` (1007, and the 4009 close's
+wait), ``_received_pong`` (set by Tornado on a pong; the ``Pinger`` reads and
+clears it); IOStream's ``_write_buffer``, ``_write_futures``,
 ``_total_write_index`` and ``_total_write_done_index`` (what is unsent, and
 dropping it for 4009).
 """
@@ -19,32 +25,33 @@ dropping it for 4009).
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import logging
 import socket
 import time
 from collections import deque
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any, cast
 
-import ujson
 from tornado.concurrent import Future
-from tornado.iostream import SSLIOStream, StreamClosedError
-from tornado.web import HTTPError
-from tornado.websocket import WebSocketHandler, WebSocketProtocol, WebSocketProtocol13, _WebSocketParams
+from tornado.escape import parse_qs_bytes
+from tornado.httputil import HTTPHeaders, RequestStartLine, format_timestamp
+from tornado.iostream import IOStream, SSLIOStream, StreamClosedError
+from tornado.websocket import WebSocketProtocol13, _WebSocketParams
 
-from handlers.base import RequestIdentity, bearer_token
-from server.auth import Principal
+from handlers.base import bearer_token, client_ip, record_answer
+from handlers.edge import Edge
 from server.errors import ApiError, CloseCode
 from server.logs import fields
 from server.realtime.commands import Commands
 from server.storage import as_api_error
 
 if TYPE_CHECKING:
-    from handlers.app import ServerApplication
     from server.app import Services
 
 log = logging.getLogger("server.socket")
 
-_TORNADO_CODES = {403: "forbidden", 404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
 SLOW_CLOSE_SECONDS = 30.0  # how long a connection closed with 4009 waits for its client to read the close frame
 
 
@@ -100,7 +107,7 @@ class Pinger:
         else:
             protocol.pinged = True
             protocol._received_pong = False
-            cast(SocketHandler, protocol.handler).send_frame(PING_FRAME)
+            cast(WebSocket, protocol.handler).send_frame(PING_FRAME)
 
 
 class _Protocol(WebSocketProtocol13):
@@ -112,9 +119,9 @@ class _Protocol(WebSocketProtocol13):
 
     def start_pinging(self) -> None:
         if self.ping_interval > 0:
-            handler = cast(SocketHandler, self.handler)
+            handler = cast(WebSocket, self.handler)
             handler._pinged = self
-            handler.pinger().add(self)
+            handler.pinger.add(self)
 
     def _handle_message(self, opcode: int, data: bytes) -> Future[None] | None:
         if opcode != 0x1 or self.client_terminated or self._frame_compressed:
@@ -122,112 +129,187 @@ class _Protocol(WebSocketProtocol13):
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError:
-            cast(SocketHandler, self.handler).refuse_frame(CloseCode.INVALID_DATA, "invalid UTF-8")
+            cast(WebSocket, self.handler).refuse_frame(CloseCode.INVALID_DATA, "invalid UTF-8")
             return None
         self._message_bytes_in += len(data)
         return self._run_callback(self.handler.on_message, text)
 
 
-class SocketHandler(WebSocketHandler, RequestIdentity):
-    """One WebSocket connection; the transport of a ``Connection``."""
+class Upgrades:
+    """GET /ws, answered at the HTTP edge (``Edge.upgrades``) rather than by a
+    Tornado ``RequestHandler``: the checks and the token come first, every refusal
+    is an error in the contract's JSON shape, and a good request gets its 101 and
+    then its ``WebSocket``. A reconnect storm is thousands of these at once;
+    Tornado's handler path made a handler, its headers, output transforms and a
+    chain of coroutines per socket and kept them alive as long as the socket
+    (its frame loop ran inside the handler's ``get()``), all walked again by the
+    garbage collector. Here a socket keeps its protocol, its ``WebSocket`` and
+    the stream."""
 
-    def initialize(self, services: Services, route: str) -> None:
-        self.services = services  # everything the connection calls into
-        self.route = route  # for logs and metrics
-        self.principal: Principal | None = None  # who connected
-        self.commands: Commands | None = None  # the connection's state and commands, once open
-        self._stream: Any = None  # the connection's IOStream, once open
-        self._socket: socket.socket | None = None  # its socket when plain TCP: frames are written to it directly
-        self._ends: deque[int] = deque()  # where the stream's unwritten writes end: each a frame boundary
-        self._pinged: _Protocol | None = None  # its protocol while the Pinger pings it
-        self.started = time.perf_counter()  # for the access log's duration and the latency metric
+    route = "/ws"  # for logs and metrics
 
-    def check_origin(self, origin: str) -> bool:
-        return True  # tokens, not cookies, authenticate: another origin gains nothing
+    def __init__(self, services: Services, pinger: Pinger) -> None:
+        self.services = services
+        self.pinger = pinger
+        settings = services.settings
+        self.params = _WebSocketParams(  # built once: every socket's protocol shares them
+            ping_interval=settings.ws_ping_interval, ping_timeout=settings.ws_ping_interval,
+            max_message_size=settings.ws_max_message_bytes, compression_options=None)
 
-    async def prepare(self) -> None:
+    def start(self, edge: Edge, start_line: RequestStartLine, headers: HTTPHeaders) -> Awaitable[None] | None:
+        """The edge's upgrade for /ws: refused at once, or authenticated and upgraded."""
+        started = time.perf_counter()
         try:
-            self._check_upgrade()
-            token = bearer_token(self.request.headers.get("Authorization", "")) or self.get_query_argument("token", "")
-            self.principal = await self.services.auth.authenticate(token or None, vouched=True)
+            check_upgrade(start_line.method, headers)
+            token = bearer_token(headers.get("Authorization", "")) or query_token(start_line.path)
+        except ApiError as error:
+            self._refuse(edge, start_line, headers, error, started)
+            return None
+        return self._upgrade(edge, start_line, headers, token, started)
+
+    async def _upgrade(self, edge: Edge, start_line: RequestStartLine, headers: HTTPHeaders, token: str,
+                       started: float) -> None:
+        try:
+            principal = await self.services.auth.authenticate(token or None, vouched=True)
             if not self.services.realtime.accepting:
                 raise ApiError("unavailable", "the server is shutting down")
         except Exception as exc:
-            self._refuse(exc)
+            self._refuse(edge, start_line, headers, exc, started)
+            return
+        stream = edge.connection.detach()
+        if stream.closed():  # the client left while its token was checked
+            return
+        key = headers["Sec-WebSocket-Key"]
+        accept = base64.b64encode(hashlib.sha1(key.encode() + _GUID).digest())
+        socket = WebSocket(self.pinger, self.params, stream)
+        socket.send_frame(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                          b"Sec-WebSocket-Accept: " + accept + b"\r\nX-Request-Id: " + edge.request_id.encode()
+                          + b"\r\nDate: " + _date().encode() + b"\r\n\r\n")
+        socket.open(self.services.realtime.open(principal, socket))
+        self._record(edge, start_line, headers, 101, started, principal.user_id)
 
-    def _check_upgrade(self) -> None:
-        """The checks Tornado makes before upgrading, answered in the contract's shape."""
-        headers = self.request.headers
-        if self.request.method != "GET":
-            raise ApiError("method_not_allowed", "/ws answers GET (a WebSocket upgrade) only", headers={"Allow": "GET"})
-        if headers.get("Upgrade", "").lower() != "websocket":
-            raise ApiError("invalid_request", "/ws is a WebSocket endpoint: the request needs Upgrade: websocket")
-        if "upgrade" not in (part.strip().lower() for part in headers.get("Connection", "").split(",")):
-            raise ApiError("invalid_request", "a WebSocket upgrade needs Connection: Upgrade")
-        if headers.get("Sec-WebSocket-Version") != "13":
-            raise ApiError("invalid_request", "only WebSocket version 13 (RFC 6455) is spoken",
-                           headers={"Sec-WebSocket-Version": "13"})
-        if not headers.get("Sec-WebSocket-Key") or not headers.get("Host"):
-            raise ApiError("invalid_request", "a WebSocket upgrade needs Host and Sec-WebSocket-Key")
-
-    def _refuse(self, exc: BaseException) -> None:
-        """Answers the upgrade request with an error instead."""
-        if isinstance(exc, HTTPError) and exc.status_code < 500:  # Tornado's own refusal: a query not UTF-8, say
-            exc = ApiError(_TORNADO_CODES.get(exc.status_code, "invalid_request"), exc.log_message or "bad request")
+    def _refuse(self, edge: Edge, start_line: RequestStartLine, headers: HTTPHeaders, exc: BaseException,
+                started: float) -> None:
+        """Answers the upgrade request with an error instead, and closes the connection."""
         error = exc if isinstance(exc, ApiError) else as_api_error(exc)
         if error is None:
             log.error("upgrade failed", exc_info=exc, extra=fields(route=self.route))
             error = ApiError("internal", "the server failed to answer; the error is logged")
         elif not isinstance(exc, ApiError):
             log.warning("database unavailable", extra=fields(route=self.route, error=type(exc).__name__))
-        self._write_api_error(error)
+        edge.answer(headers, error)
+        self._record(edge, start_line, headers, error.status, started, None)
 
-    def _write_api_error(self, error: ApiError) -> None:
-        self.set_status(error.status)
-        self.set_header("Content-Type", "application/json; charset=UTF-8")
-        self.set_header("Cache-Control", "no-store")
-        for name, value in error.headers.items():
-            self.set_header(name, value)
-        self.finish(ujson.dumps(error.body(), ensure_ascii=False))
+    def _record(self, edge: Edge, start_line: RequestStartLine, headers: HTTPHeaders, status: int,
+                started: float, user: str | None) -> None:
+        peer = getattr(edge.connection.context, "remote_ip", "") or ""
+        record_answer(self.services, route=self.route, method=start_line.method, uri=start_line.path,
+                      status=status, elapsed=time.perf_counter() - started, request_id=edge.request_id,
+                      user=user, ip=client_ip(self.services.settings.behind_proxy, peer, headers))
 
-    def write_error(self, status_code: int, **kwargs: Any) -> None:
-        """What Tornado answers itself, in the contract's shape."""
-        exc = kwargs.get("exc_info", (None, None, None))[1]
-        if isinstance(exc, ApiError):
-            error = exc
-        else:
-            code = _TORNADO_CODES.get(status_code, "internal" if status_code >= 500 else "invalid_request")
-            error = ApiError(code, exc.log_message if isinstance(exc, HTTPError) and exc.log_message else code)
-        self._write_api_error(error)
 
-    def get_websocket_protocol(self) -> WebSocketProtocol | None:
-        if self.request.headers.get("Sec-WebSocket-Version") != "13":
-            return None  # _check_upgrade refused it already
-        return _Protocol(self, False, _WebSocketParams(
-            ping_interval=self.ping_interval, ping_timeout=self.ping_timeout,
-            max_message_size=self.max_message_size, compression_options=None))
+def check_upgrade(method: str, headers: HTTPHeaders) -> None:
+    """What a WebSocket upgrade needs (RFC 6455 4.2.1), refused in the contract's shape."""
+    if method != "GET":
+        raise ApiError("method_not_allowed", "/ws answers GET (a WebSocket upgrade) only", headers={"Allow": "GET"})
+    if headers.get("Upgrade", "").lower() != "websocket":
+        raise ApiError("invalid_request", "/ws is a WebSocket endpoint: the request needs Upgrade: websocket")
+    if "upgrade" not in (part.strip().lower() for part in headers.get("Connection", "").split(",")):
+        raise ApiError("invalid_request", "a WebSocket upgrade needs Connection: Upgrade")
+    if headers.get("Sec-WebSocket-Version") != "13":
+        raise ApiError("invalid_request", "only WebSocket version 13 (RFC 6455) is spoken",
+                       headers={"Sec-WebSocket-Version": "13"})
+    if not headers.get("Sec-WebSocket-Key") or not headers.get("Host"):
+        raise ApiError("invalid_request", "a WebSocket upgrade needs Host and Sec-WebSocket-Key")
 
-    def open(self, *args: Any, **kwargs: Any) -> None:
-        assert self.principal is not None
-        stream = getattr(self.ws_connection, "stream", None)
-        self._stream = stream  # the connection's IOStream, for send_frame and pending
-        self._socket = None if stream is None or isinstance(stream, SSLIOStream) else stream.socket  # plain TCP
-        self.commands = self.services.realtime.open(self.principal, self)
+
+def query_token(target: str) -> str:
+    """The last ``token`` query argument of a request target, as Tornado's
+    ``get_query_argument`` reads it (names percent-decoded, blanks kept)."""
+    values = parse_qs_bytes(target.partition("?")[2], keep_blank_values=True).get("token")
+    if not values:
+        return ""
+    try:
+        return values[-1].decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise ApiError("invalid_request", "the token query argument is not UTF-8") from None
+
+
+_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455's key suffix
+_dates: list[Any] = [0, ""]  # [the second, its HTTP date]: one formatting per second of handshakes
+
+
+def _date() -> str:
+    now = int(time.time())
+    if _dates[0] != now:
+        _dates[:] = [now, format_timestamp(now)]
+    return str(_dates[1])
+
+
+class WebSocket:
+    """One upgraded WebSocket: the delegate of Tornado's RFC 6455 protocol (frames
+    in, to its connection's commands, without waiting for them to finish) and its
+    connection's transport (pre-built frames out)."""
+
+    close_code: int | None = None  # the client's close code, once closed
+    close_reason: str | None = None
+
+    def __init__(self, pinger: Pinger, params: _WebSocketParams, stream: IOStream) -> None:
+        self.pinger = pinger  # the process's one Pinger
+        self.ws_connection: _Protocol | None = _Protocol(self, False, params)  # None once closed
+        self.ws_connection.stream = stream
+        self.commands: Commands | None = None  # the connection's state and commands, once open
+        self._stream: Any = stream  # the connection's IOStream, for send_frame and pending
+        self._socket: socket.socket | None = None if isinstance(stream, SSLIOStream) else stream.socket  # plain TCP
+        self._ends: deque[int] = deque()  # where the stream's unwritten writes end: each a frame boundary
+        self._pinged: _Protocol | None = None  # its protocol while the Pinger pings it
+        self._reading: asyncio.Task[None] | None = None  # the protocol's frame loop
+        self._on_close_called = False
+
+    def open(self, commands: Commands) -> None:
+        """Starts pinging and reading frames, for ``commands``."""
+        self.commands = commands
+        protocol = self.ws_connection
+        assert protocol is not None
+        protocol.start_pinging()
+        self._reading = asyncio.ensure_future(protocol._receive_frame_loop())
+        self._reading.add_done_callback(self._read_done)
+
+    def _read_done(self, task: asyncio.Task[None]) -> None:
+        self._reading = None
+        if not task.cancelled() and task.exception() is not None:
+            exc = task.exception()
+            self.log_exception(type(exc), exc, exc.__traceback__ if exc else None)
+
+    # -- Tornado's _WebSocketDelegate --------------------------------------------------
 
     def on_message(self, message: str | bytes) -> None:
         if self.commands is not None:
             self.commands.receive(message)  # returns at once: the next frame is read meanwhile
 
-    def on_close(self) -> None:
-        pinged, self._pinged = self._pinged, None  # Tornado has let go of ws_connection by now
+    def on_ping(self, data: bytes) -> None:
+        pass  # Tornado answers with a pong
+
+    def on_pong(self, data: bytes) -> None:
+        pass  # Tornado marks _received_pong, which the Pinger reads
+
+    def on_ws_connection_close(self, close_code: int | None = None, close_reason: str | None = None) -> None:
+        self.close_code, self.close_reason = close_code, close_reason
+        protocol, self.ws_connection = self.ws_connection, None
+        if protocol is not None:
+            protocol.on_connection_close()
+        if self._on_close_called:
+            return
+        self._on_close_called = True
+        pinged, self._pinged = self._pinged, None
         if pinged is not None:
-            self.pinger().discard(pinged)
+            self.pinger.discard(pinged)
         if self.commands is not None:
             self.commands.connection.detach()
 
-    def pinger(self) -> Pinger:
-        """The application's one Pinger."""
-        return cast("ServerApplication", self.application).pinger
+    def log_exception(self, typ: Any, value: BaseException | None, tb: Any) -> None:
+        log.error("a WebSocket callback failed", exc_info=(typ, value, tb) if value is not None else None,
+                  extra=fields(route=Upgrades.route))
 
     def refuse_frame(self, code: int, reason: str) -> None:
         """Closes the connection for a frame the protocol refuses."""
@@ -274,9 +356,6 @@ class SocketHandler(WebSocketHandler, RequestIdentity):
             ends.popleft()
         ends.append(stream._total_write_index)  # whole frames, or the rest of one: a frame ends here
 
-    def get_compression_options(self) -> None:
-        return None  # pre-built frames are uncompressed: never negotiate permessage-deflate
-
     def pending(self) -> int:
         stream = self._stream
         if stream is None:
@@ -315,10 +394,13 @@ class SocketHandler(WebSocketHandler, RequestIdentity):
             futures.pop()[1].set_exception(StreamClosedError())
 
     def close(self, code: int | None = None, reason: str | None = None) -> None:
-        connection = self.ws_connection
-        super().close(code, reason)
-        if (code == CloseCode.TOO_SLOW and self._socket is not None and isinstance(connection, WebSocketProtocol13)
-                and connection._waiting):
+        """Sends a close frame (``code``, ``reason``); the client's answer, or a
+        timeout, ends the connection."""
+        connection, self.ws_connection = self.ws_connection, None
+        if connection is None:
+            return
+        connection.close(code, reason)
+        if code == CloseCode.TOO_SLOW and self._socket is not None and connection._waiting:
             # Its backlog was dropped: the socket holds at most a frame and the close frame, so the client,
             # which stopped reading, gets longer than Tornado's 5 s to read why it was closed.
             loop = connection.stream.io_loop
