@@ -67,6 +67,7 @@ class Counts:
     ack_latencies: list[float] = field(default_factory=list)  # seconds from publish to its reply
     latencies: list[float] = field(default_factory=list)  # seconds, a sample of deliveries
     by_seq: dict[int, int] = field(default_factory=dict)  # seq -> sessions that received it
+    why_failed: dict[str, int] = field(default_factory=dict)  # why sessions failed -> how many
 
 
 def _frame(opcode: int, payload: bytes) -> bytes:
@@ -130,7 +131,7 @@ class Session(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.settled:
-            self._settle(False)
+            self._settle(False, f"connection lost before subscribing ({type(exc).__name__ if exc else 'closed'})")
         elif not self.worker.dropping:
             self.worker.counts.closed += 1
 
@@ -143,7 +144,8 @@ class Session(asyncio.Protocol):
                 return
             if not buffer.startswith(b"HTTP/1.1 101"):
                 self.buffer = b""
-                self._fail()
+                self._fail(buffer[:buffer.find(b"\r\n")].decode("latin-1") + " " + buffer[end + 4:end + 164].decode(
+                    "utf-8", "replace"))
                 return
             self.upgraded = True
             buffer = buffer[end + 4:]
@@ -168,6 +170,9 @@ class Session(asyncio.Protocol):
             elif opcode == 9:
                 self.send(10, buffer[start:end])
             elif opcode == 8 and self.transport is not None:
+                if not self.settled:
+                    self._fail(f"closed {int.from_bytes(buffer[start:start + 2], 'big')} before subscribing: "
+                               + buffer[start + 2:end].decode("utf-8", "replace"))
                 self.transport.close()
         self.buffer = buffer[position:]
 
@@ -193,14 +198,17 @@ class Session(asyncio.Protocol):
         if not self.settled:
             self._settle(True)
 
-    def _fail(self) -> None:
+    def _fail(self, why: str) -> None:
         if not self.settled:
-            self._settle(False)
+            self._settle(False, why)
         if self.transport is not None:
             self.transport.close()
 
-    def _settle(self, ok: bool) -> None:
+    def _settle(self, ok: bool, why: str = "") -> None:
         self.settled = True
+        if not ok:
+            failures = self.worker.counts.why_failed
+            failures[why] = failures.get(why, 0) + 1
         self.worker.settled(self, ok)
 
     def _text(self, payload: bytes) -> None:
@@ -239,11 +247,11 @@ class Session(asyncio.Protocol):
             return
         reply = ujson.loads(payload)
         if reply["id"] is None:  # the server could not read a command
-            self._fail()
+            self._fail("a command unread: " + payload[:160].decode("utf-8", "replace"))
             return
         if reply["id"] > SHARED_IDS and self.shared_due:  # a shared channel's subscribe reply
             if "result" not in reply:
-                self._fail()
+                self._fail("a shared channel's subscribe refused: " + payload[:160].decode("utf-8", "replace"))
                 return
             self.shared_due -= 1
             self._subscribed()
@@ -266,7 +274,7 @@ class Session(asyncio.Protocol):
                 raise ValueError("an error")
             current, seqs = replay_seqs(payload)
         except ValueError:
-            self._fail()
+            self._fail("subscribe refused: " + payload[:160].decode("utf-8", "replace"))
             return
         self.subscribing = False
         for seq in seqs:
@@ -380,7 +388,7 @@ class Worker:
         """Fails the sessions still not subscribed OPEN_SECONDS after their connect (a guard)."""
         now = time.monotonic()
         for session in [s for s in self.connecting if now - s.started > OPEN_SECONDS]:
-            session._fail()
+            session._fail(f"not subscribed {OPEN_SECONDS:.0f} s after its connect")
         self.expiry = asyncio.get_running_loop().call_later(OPEN_SECONDS / 4, self._expire)
 
     def drop(self) -> None:
@@ -441,7 +449,8 @@ async def _worker(url: str, tokens: list[str], dialect: str, sessions: int, chan
                 await asyncio.sleep(0.02)
             lost = sum(max(0, argument - s.last) for s in worker.sessions) + worker.counts.skipped
             reports.put(("storm", worker.counts.opened, worker.counts.failed, start,
-                         worker.all_caught_up or time.time(), lost, worker.counts.doubled, worker.counts.deliveries))
+                         worker.all_caught_up or time.time(), lost, worker.counts.doubled, worker.counts.deliveries,
+                         worker.counts.why_failed))
         elif name == "publish":  # argument: (messages per second per session, seconds)
             publishing = asyncio.create_task(_publish(worker, *argument))
         elif name == "stop":

@@ -66,7 +66,7 @@ from bench import cpu
 from bench.cpu import Quotas, Snapshot, Usage
 from bench.harness import API_KEY, Generators, ms, publish_at, sign_in
 from bench.loadgen import PAD
-from bench.storm_bench import publish
+from bench.storm_bench import merged_failures, publish
 from embedded_mongo.launcher import ChildStore
 from tests.helpers.redis_process import RedisProcess
 from tests.helpers.servers import children_of
@@ -332,6 +332,9 @@ def storm(label: str, server: Server, store: ChildStore, redis: RedisProcess | N
         print(f"[{label}]   at best {max(each):.2f} s with a core per worker and the load generators elsewhere "
               f"(a lower bound: the busiest worker's CPU seconds during this storm)", flush=True)
         print(f"[{label}]   {watch.describe(usage)[1]}", flush=True)
+        why = merged_failures(a[8] for a in answers)
+        if why:
+            print(f"[{label}]   why sessions failed: {why}", flush=True)
     finally:
         generators.stop()
 

@@ -54,6 +54,15 @@ async def publish(base: str, count: int, channel: str = CHANNEL) -> int:
     return seq
 
 
+def merged_failures(each: Any) -> dict[str, int]:
+    """The load generators' reasons for failed sessions, summed."""
+    total: dict[str, int] = {}
+    for reasons in each:
+        for why, count in reasons.items():
+            total[why] = total.get(why, 0) + count
+    return total
+
+
 def storm(args: argparse.Namespace, baseline: bool) -> dict[str, Any]:
     label = "baseline (no cache, no vouching)" if baseline else "this server"
     process, base = benchserver.start({"API_KEYS": API_KEY}, baseline=baseline)
@@ -89,6 +98,9 @@ def storm(args: argparse.Namespace, baseline: bool) -> dict[str, Any]:
               f"{args.missed} missed messages {seconds:.2f} s after the first reconnect; {delivered} messages "
               f"delivered (expected {back * args.missed}), {lost} lost, {doubled} received twice; server CPU "
               f"{cpu / max(back, 1) * 1e6:.0f} us per reconnected session", flush=True)
+        why = merged_failures(a[8] for a in answers)
+        if why:
+            print(f"[{label}] why sessions failed: {why}", flush=True)
         return {"seconds": seconds, "cpu_us": cpu / max(back, 1) * 1e6, "lost": lost, "doubled": doubled}
     finally:
         generators.stop()
