@@ -26,8 +26,9 @@ def _as_sent(name: str) -> str:
     return "".join(f"(?:{re.escape(c)}|%{ord(c.lower()):02x}|%{ord(c.upper()):02x})" for c in name)
 
 
+# A value ends at & or an ASCII blank (\s would stop at \xa0 or \x85, which a server strips from a token).
 _QUERY_SECRETS = re.compile(r"(?i)(?<!\w)(" + "|".join(map(_as_sent, (
-    "token", "access_token", "refresh_token", "js_code", "code", "secret", "key"))) + r")=[^&\s]*")
+    "token", "access_token", "refresh_token", "js_code", "code", "secret", "key"))) + r")=[^& \t\r\n\f\v]*")
 REDACTED = "[redacted]"
 MAX_KINDS = 1000  # kinds of line rate-limited apart; past this, only by logger, level and error
 
