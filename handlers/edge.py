@@ -69,14 +69,15 @@ def request_id(headers: httputil.HTTPHeaders) -> str:
     return incoming if REQUEST_ID.fullmatch(incoming) else _IDS.next()
 
 
-def answer_bytes(error: ApiError, rid: str) -> bytes:
-    """A whole HTTP/1.1 response carrying ``error`` in the envelope, closing the connection."""
+def answer_bytes(error: ApiError, rid: str, head_only: bool = False) -> bytes:
+    """A whole HTTP/1.1 response carrying ``error`` in the envelope, closing the
+    connection; without the body when ``head_only`` (the answer to a HEAD)."""
     body = ujson.dumps(error.body(), ensure_ascii=False, escape_forward_slashes=False).encode()
     reason = http.HTTPStatus(error.status).phrase
     head = [f"HTTP/1.1 {error.status} {reason}", "Content-Type: application/json; charset=UTF-8",
             f"Content-Length: {len(body)}", "Cache-Control: no-store", f"X-Request-Id: {rid}", "Connection: close"]
     head += [f"{name}: {value}" for name, value in error.headers.items()]
-    return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body
+    return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + (b"" if head_only else body)
 
 
 async def close_gracefully(stream: IOStream, answer: bytes, expected: int | None) -> None:
@@ -237,15 +238,18 @@ class Edge(httputil.HTTPMessageDelegate):
         self.on_refused(self.start_line.method, self.start_line.path, error)
         self.answer(headers, error)
 
-    def answer(self, headers: httputil.HTTPHeaders, error: ApiError) -> None:
+    def answer(self, headers: httputil.HTTPHeaders, error: ApiError, stream: IOStream | None = None) -> None:
         """Answers ``error`` before any of the body is read: the stream is taken from
-        Tornado, the answer written, and the connection closed gracefully."""
+        Tornado (unless given, taken already), the answer written, and the connection
+        closed gracefully."""
         self.refused = True
-        stream = self.connection.detach()
+        if stream is None:
+            stream = self.connection.detach()
         expected = None if self.malformed else _length_or_none(headers)
         if headers.get("Expect", "").lower() == "100-continue":
             expected = 0  # the client waits for a go-ahead it will not get: nothing to drop
-        task = asyncio.ensure_future(close_gracefully(stream, answer_bytes(error, self.request_id), expected))
+        answer = answer_bytes(error, self.request_id, self.start_line.method == "HEAD")
+        task = asyncio.ensure_future(close_gracefully(stream, answer, expected))
         _REFUSING.add(task)
         task.add_done_callback(_REFUSING.discard)
 

@@ -41,7 +41,7 @@ from tornado.iostream import IOStream, SSLIOStream, StreamClosedError
 from tornado.websocket import WebSocketProtocol13, _WebSocketParams
 
 from handlers.base import bearer_token, client_ip, record_answer
-from handlers.edge import Edge
+from handlers.edge import Edge, content_length
 from server.errors import ApiError, CloseCode
 from server.logs import fields
 from server.realtime.commands import Commands
@@ -124,6 +124,10 @@ class _Protocol(WebSocketProtocol13):
             handler.pinger.add(self)
 
     def _handle_message(self, opcode: int, data: bytes) -> Future[None] | None:
+        if opcode == 0x8 and not self.client_terminated and not _utf8(data[2:]):
+            self.client_terminated = True  # a close reason that is not UTF-8 (Tornado raised): 1007, then closed
+            self.close(CloseCode.INVALID_DATA, "invalid UTF-8")
+            return None
         if opcode != 0x1 or self.client_terminated or self._frame_compressed:
             return super()._handle_message(opcode, data)
         try:
@@ -133,6 +137,14 @@ class _Protocol(WebSocketProtocol13):
             return None
         self._message_bytes_in += len(data)
         return self._run_callback(self.handler.on_message, text)
+
+
+def _utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 class Upgrades:
@@ -179,17 +191,22 @@ class Upgrades:
         stream = edge.connection.detach()
         if stream.closed():  # the client left while its token was checked
             return
+        socket = WebSocket(self.pinger, self.params, stream)
+        try:
+            commands = self.services.realtime.open(principal, socket)
+        except Exception as exc:  # nothing sent yet: answered, not a 101 with nothing behind it
+            self._refuse(edge, start_line, headers, exc, started, stream)
+            return
         key = headers["Sec-WebSocket-Key"]
         accept = base64.b64encode(hashlib.sha1(key.encode() + _GUID).digest())
-        socket = WebSocket(self.pinger, self.params, stream)
         socket.send_frame(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                           b"Sec-WebSocket-Accept: " + accept + b"\r\nX-Request-Id: " + edge.request_id.encode()
                           + b"\r\nDate: " + _date().encode() + b"\r\n\r\n")
-        socket.open(self.services.realtime.open(principal, socket))
+        socket.open(commands)
         self._record(edge, start_line, headers, 101, started, principal.user_id)
 
     def _refuse(self, edge: Edge, start_line: RequestStartLine, headers: HTTPHeaders, exc: BaseException,
-                started: float) -> None:
+                started: float, stream: IOStream | None = None) -> None:
         """Answers the upgrade request with an error instead, and closes the connection."""
         error = exc if isinstance(exc, ApiError) else as_api_error(exc)
         if error is None:
@@ -197,7 +214,7 @@ class Upgrades:
             error = ApiError("internal", "the server failed to answer; the error is logged")
         elif not isinstance(exc, ApiError):
             log.warning("database unavailable", extra=fields(route=self.route, error=type(exc).__name__))
-        edge.answer(headers, error)
+        edge.answer(headers, error, stream)
         self._record(edge, start_line, headers, error.status, started, None)
 
     def _record(self, edge: Edge, start_line: RequestStartLine, headers: HTTPHeaders, status: int,
@@ -221,6 +238,8 @@ def check_upgrade(method: str, headers: HTTPHeaders) -> None:
                        headers={"Sec-WebSocket-Version": "13"})
     if not headers.get("Sec-WebSocket-Key") or not headers.get("Host"):
         raise ApiError("invalid_request", "a WebSocket upgrade needs Host and Sec-WebSocket-Key")
+    if "Transfer-Encoding" in headers or content_length(headers):  # it would be read as the first frames
+        raise ApiError("invalid_request", "a WebSocket upgrade carries no body")
 
 
 def query_token(target: str) -> str:
