@@ -31,7 +31,7 @@ import base64
 import os
 import re
 import time
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -66,7 +66,7 @@ class Counts:
     refused: int = 0  # publishes answered with an error
     ack_latencies: list[float] = field(default_factory=list)  # seconds from publish to its reply
     latencies: list[float] = field(default_factory=list)  # seconds, a sample of deliveries
-    by_seq: dict[int, int] = field(default_factory=dict)  # seq -> sessions that received it
+    by_seq: Counter[int] = field(default_factory=Counter)  # seq -> sessions that received it
     why_failed: dict[str, int] = field(default_factory=dict)  # why sessions failed -> how many
 
 
@@ -277,13 +277,27 @@ class Session(asyncio.Protocol):
             self._fail("subscribe refused: " + payload[:160].decode("utf-8", "replace"))
             return
         self.subscribing = False
-        for seq in seqs:
-            self._message(seq, None)
+        self._replayed(seqs)
         if self.last and current > self.last:
             self.worker.counts.skipped += current - self.last
         self.last = max(self.last, current)
         self._subscribed()
         self._check_target()
+
+    def _replayed(self, seqs: list[int]) -> None:
+        """A replay's messages counted as ``_message`` counts each, in one go when
+        they are exactly the seqs after the session's last (the common case: a
+        replay of 100 messages per session in a storm was 100 calls, a fifth of the
+        generator's CPU, which it takes from the server on this 2-core machine)."""
+        last = self.last
+        if not seqs or seqs != list(range(last + 1, last + 1 + len(seqs))):
+            for seq in seqs:
+                self._message(seq, None)
+            return
+        counts = self.worker.counts
+        counts.deliveries += len(seqs)
+        counts.by_seq.update(seqs)
+        self.last = seqs[-1]
 
     def _message(self, seq: int, sent: float | None) -> None:
         counts = self.worker.counts

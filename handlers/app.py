@@ -102,6 +102,8 @@ class ServerApplication(Application):
 
     def body_limit(self, path: str) -> tuple[int, bool]:
         """A path's largest body, and whether its handler judges a streamed body itself."""
+        if path in self.upgrades:  # /ws: every handshake of a storm, decided without a pattern
+            return JSON_MAX_BYTES, False
         for pattern, limit, streams in self.limits:
             if pattern.fullmatch(path):
                 return limit, streams

@@ -180,11 +180,20 @@ class Edge(httputil.HTTPMessageDelegate):
 
         def read_or_answer(code: int, headers: httputil.HTTPHeaders,
                            delegate: httputil.HTTPMessageDelegate) -> Awaitable[None] | None:
+            self._unwatch("_read_body")  # called once, right after headers_received
             reading = read_body(code, headers, delegate)
             return self._answer_bad_framing(reading) if reading is not None and self.chunked else reading
 
         connection._parse_headers = parse_or_remember  # type: ignore[method-assign]
         connection._read_body = read_or_answer  # type: ignore[method-assign]
+
+    def _unwatch(self, *names: str) -> None:
+        """Gives the connection back Tornado's own methods once they have run: the
+        wrappers refer to this edge, which refers to the connection, a cycle only the
+        garbage collector would free (with the connection's stream, task and
+        coroutines: a reconnect storm made thousands a second)."""
+        for name in names:
+            self.connection.__dict__.pop(name, None)
 
     async def _answer_bad_framing(self, reading: Awaitable[None]) -> None:
         """Reads a chunked body; if its framing breaks (or a counted one runs past
@@ -207,6 +216,7 @@ class Edge(httputil.HTTPMessageDelegate):
     def headers_received(self, start_line: httputil.RequestStartLine | httputil.ResponseStartLine,
                          headers: httputil.HTTPHeaders) -> Awaitable[None] | None:
         assert isinstance(start_line, httputil.RequestStartLine)
+        self._unwatch("_parse_headers")  # the head is parsed
         self.start_line = start_line
         self.request_id = request_id(headers)
         try:
@@ -225,6 +235,7 @@ class Edge(httputil.HTTPMessageDelegate):
             upgrade = self.upgrades.get(start_line.path.partition("?")[0])
             if upgrade is not None:  # it answers, or takes the stream, before its awaitable is done
                 self.upgrading = True
+                self._unwatch("_read_body")  # no body is read: the stream is answered or taken
                 return upgrade(self, start_line, headers)
             return self.inner.headers_received(start_line, headers)
         except ApiError as error:
@@ -243,6 +254,7 @@ class Edge(httputil.HTTPMessageDelegate):
         Tornado (unless given, taken already), the answer written, and the connection
         closed gracefully."""
         self.refused = True
+        self._unwatch("_read_body")  # the stream is taken: no body is read through the connection
         if stream is None:
             stream = self.connection.detach()
         expected = None if self.malformed else _length_or_none(headers)

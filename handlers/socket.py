@@ -323,8 +323,9 @@ class WebSocket:
         pinged, self._pinged = self._pinged, None
         if pinged is not None:
             self.pinger.discard(pinged)
-        if self.commands is not None:
-            self.commands.connection.detach()
+        commands, self.commands = self.commands, None  # commands still running hold their connection
+        if commands is not None:
+            commands.connection.detach()
 
     def log_exception(self, typ: Any, value: BaseException | None, tb: Any) -> None:
         log.error("a WebSocket callback failed", exc_info=(typ, value, tb) if value is not None else None,
