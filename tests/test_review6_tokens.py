@@ -62,7 +62,6 @@ def _name() -> st.SearchStrategy[str]:
 BLANKS = ["", "\xa0", "\x85", "\xc2\xa0", "\xc2\x85", "%20", "+", "%C2%A0"]  # as latin-1 request bytes
 
 
-@pytest.mark.timeout(300)
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(name=_name(), before=st.sampled_from(["", "a=1&", "token=&", "&&", "x=token%3D&"]),
        blank=st.sampled_from(BLANKS), after=st.sampled_from(["", "&b=2", "\xa0", "\xc2\xa0&c", "#frag"]),
