@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import json
 import socket
-import urllib.request
 from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+from tests.helpers.servers import sign_in
 
 ABSENT = None  # the header is not sent
 BODIES = {"none": "", "empty": "Content-Length: 0\r\n\r\n", "sized": "Content-Length: 3\r\n\r\nabc",
@@ -20,10 +21,7 @@ BODIES = {"none": "", "empty": "Content-Length: 0\r\n\r\n", "sized": "Content-Le
 @pytest.fixture(scope="module")
 def token(live_server: Any) -> str:
     """An access token of the live server (dev sign-in)."""
-    call = urllib.request.Request(live_server.url + "/api/v1/auth/dev", data=json.dumps({"name": "hs"}).encode(),
-                                  headers={"Content-Type": "application/json"}, method="POST")
-    with urllib.request.urlopen(call, timeout=10) as answer:
-        return str(json.loads(answer.read())["access_token"])
+    return str(sign_in(live_server.url, "hs")["access_token"])
 
 
 def expected(method: str, upgrade: str | None, connection: str | None, version: str | None, key: str | None,

@@ -4,11 +4,9 @@ server strips, other arguments around it), upgraded or refused."""
 
 from __future__ import annotations
 
-import json
 import logging
 import socket
 import time
-import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from server.logs import JsonFormatter
+from tests.helpers.servers import sign_in
 
 UPGRADE = ("Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n")
@@ -37,10 +36,7 @@ class Lines(logging.Handler):
 @pytest.fixture(scope="module")
 def token(live_server: Any) -> str:
     """An access token of the live server (dev sign-in)."""
-    call = urllib.request.Request(live_server.url + "/api/v1/auth/dev", data=json.dumps({"name": "tok"}).encode(),
-                                  headers={"Content-Type": "application/json"}, method="POST")
-    with urllib.request.urlopen(call, timeout=10) as answer:
-        return str(json.loads(answer.read())["access_token"])
+    return str(sign_in(live_server.url, "tok")["access_token"])
 
 
 @pytest.fixture
