@@ -283,7 +283,7 @@ class WebSocket:
         self._ends: deque[int] = deque()  # where the stream's unwritten writes end: each a frame boundary
         self._pinged: _Protocol | None = None  # its protocol while the Pinger pings it
         self._reading: asyncio.Task[None] | None = None  # the protocol's frame loop
-        self._on_close_called = False
+        self._on_close_called = False  # on_ws_connection_close ran (the protocol may call it again)
 
     def open(self, commands: Commands) -> None:
         """Starts pinging and reading frames, for ``commands``."""
