@@ -15,7 +15,7 @@ from tornado.httpclient import AsyncHTTPClient
 from tornado.web import Application, RequestHandler
 
 from handlers.auth import DevLoginHandler, LogoutHandler, MeHandler, RefreshHandler, WeChatLoginHandler
-from handlers.base import JSON_MAX_BYTES, NotFoundHandler, record_answer
+from handlers.base import JSON_MAX_BYTES, NotFoundHandler, client_ip, record_answer
 from handlers.edge import Edge
 from handlers.ops import DemoHandler, HealthHandler, MetricsHandler, OpenApiHandler, ReadyHandler, SdkModuleHandler
 from handlers.rooms import DirectRoomHandler, HistoryHandler, MembersHandler, RoomsHandler
@@ -131,11 +131,12 @@ def _streams(handler: type[RequestHandler]) -> bool:
 def access_log(services: Services, handler: RequestHandler) -> None:
     """The access line and request metrics of a request a handler answered."""
     principal = getattr(handler, "principal", None)
+    request = handler.request
     record_answer(services, route=getattr(handler, "route", "unmatched"), method=handler.request.method or "",
                   uri=handler.request.uri or "", status=handler.get_status(),
                   elapsed=time.perf_counter() - getattr(handler, "started", time.perf_counter()),
                   request_id=getattr(handler, "request_id", None), user=principal.user_id if principal else None,
-                  ip=handler.client_ip() if hasattr(handler, "client_ip") else handler.request.remote_ip or "")
+                  ip=client_ip(services.settings.behind_proxy, request.remote_ip or "", request.headers))
 
 
 def make_app(settings: Settings, mongo_uri: str | None = None, *, storage: Storage | None = None,

@@ -60,25 +60,18 @@ def record_answer(services: Services, *, route: str, method: str, uri: str, stat
         duration_ms=round(elapsed * 1000, 2), user=user, ip=ip))
 
 
-class RequestIdentity(RequestHandler):
-    """Every answer carries X-Request-Id (the 101 of a WebSocket upgrade too) and no Server header."""
+class BaseHandler(RequestHandler):
+    """Every HTTP handler of the server. Every answer carries X-Request-Id and no
+    Server header."""
+
+    services: Services  # everything a handler may call into
+    route: str  # the URL pattern, for logs and metrics
+    principal: Principal | None  # who the request speaks for, once authenticated
 
     @functools.cached_property
     def request_id(self) -> str:
         """The X-Request-Id echoed and logged: the client's when well formed, else a new one."""
         return request_id(self.request.headers)
-
-    def set_default_headers(self) -> None:
-        self.set_header("X-Request-Id", self.request_id)  # here, as an error clears the headers
-        self.clear_header("Server")  # no version for scanners
-
-
-class BaseHandler(RequestIdentity):
-    """Every HTTP handler of the server."""
-
-    services: Services  # everything a handler may call into
-    route: str  # the URL pattern, for logs and metrics
-    principal: Principal | None  # who the request speaks for, once authenticated
 
     def initialize(self, services: Services, route: str) -> None:
         self.services = services
@@ -87,7 +80,8 @@ class BaseHandler(RequestIdentity):
         self.started = time.perf_counter()  # for the latency metric
 
     def set_default_headers(self) -> None:
-        super().set_default_headers()
+        self.set_header("X-Request-Id", self.request_id)  # here, as an error clears the headers
+        self.clear_header("Server")  # no version for scanners
         self.set_header("Content-Type", "application/json; charset=UTF-8")
         self.set_header("Cache-Control", "no-store")
 
@@ -103,10 +97,6 @@ class BaseHandler(RequestIdentity):
             self.services.track_request(-1)
 
     # -- requests --------------------------------------------------------------------
-
-    def client_ip(self) -> str:
-        """The client's address (``client_ip``, with BEHIND_PROXY)."""
-        return client_ip(self.services.settings.behind_proxy, self.request.remote_ip or "", self.request.headers)
 
     def json_payload(self, max_bytes: int = JSON_MAX_BYTES, envelope: Envelope = 1) -> Any:
         """The request's body as JSON: application/json, at most ``max_bytes``,

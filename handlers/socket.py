@@ -296,9 +296,9 @@ class WebSocket:
 
     def _read_done(self, task: asyncio.Task[None]) -> None:
         self._reading = None
-        if not task.cancelled() and task.exception() is not None:
-            exc = task.exception()
-            self.log_exception(type(exc), exc, exc.__traceback__ if exc else None)
+        exc = None if task.cancelled() else task.exception()
+        if exc is not None:
+            self.log_exception(type(exc), exc, exc.__traceback__)
 
     # -- Tornado's _WebSocketDelegate --------------------------------------------------
 
