@@ -195,6 +195,8 @@ def choose(coll: Collection, query: dict[str, Any], sort: SortSpec, hint: Any = 
         return _index_plan(index, preds, sort, exact)[1]
     best: tuple[tuple[int, ...], Plan] | None = None
     for index in list(coll.indexes.values()):  # a snapshot: the writer may add one meanwhile
+        if not index.ready:
+            continue  # being built: its table is not committed
         if (index.sparse or index.partial is not None) and not _holds_every_match(index, preds):
             continue  # holds only some documents, maybe not every match
         score, plan = _index_plan(index, preds, sort, exact)
@@ -225,10 +227,11 @@ def _holds_every_match(index: Index, preds: dict[str, list[tuple[str, Any]]]) ->
 def find_index(coll: Collection, hint: Any) -> Index | None:
     """The index a hint names, by name or by key pattern."""
     if isinstance(hint, str):
-        return coll.indexes.get(hint)
+        named = coll.indexes.get(hint)
+        return named if named is not None and named.ready else None
     if isinstance(hint, dict):
-        for index in coll.indexes.values():
-            if list(index.spec["key"].items()) == list(hint.items()):
+        for index in list(coll.indexes.values()):
+            if index.ready and list(index.spec["key"].items()) == list(hint.items()):
                 return index
     return None
 

@@ -55,6 +55,7 @@ class Index:
     paths: list[list[str]] = field(init=False)  # the key's dotted paths, split
     directions: list[Any] = field(init=False)  # the key's directions (1, -1, "hashed")
     partial: Matcher | None = None  # matcher of partialFilterExpression
+    ready: bool = True  # committed: False while the transaction that builds it is open, so no plan uses it
 
     def __post_init__(self) -> None:
         self.paths = [name.split(".") for name in self.spec["key"]]
@@ -136,6 +137,10 @@ class Store:
         self._db.executescript(_SCHEMA)
         self._compile = compile_filter  # builds partialFilterExpression matchers
         self._depth = 0  # nesting of transaction()
+        # Tables the open transaction creates: a reader that finds one missing reads it as
+        # empty (its creation is not committed). Emptied only once COMMIT or ROLLBACK returns.
+        self._creating: set[str] = set()
+        self._building: list[Index] = []  # indexes the open transaction creates, made ready by its COMMIT
         self.collections: dict[tuple[str, str], Collection] = {}  # the catalog, cached
         self._load_catalog()
 
@@ -176,18 +181,18 @@ class Store:
     def _fetch(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
         """Rows of one read statement; a statement stopped by the operation's
         limits raises the operation's error."""
-        for attempt in range(2):
+        for _attempt in range(2):
             try:
                 return self._reads().execute(sql, params).fetchall()
             except sqlite3.OperationalError as exc:
                 checkpoint()  # interrupted by killOp or maxTimeMS: that error, not SQLite's
-                if "no such table" not in str(exc):
+                message = str(exc)
+                if not message.startswith("no such table: "):
                     raise
-                # The catalog (shared with the writer) names a collection whose table this
-                # reader's snapshot lacks: created by a write not yet committed (it holds
-                # nothing yet, as mongod would answer), committed since (read it again),
-                # or dropped while the query ran.
-                if self._depth > 0 and attempt == 1:
+                # The catalog (shared with the writer) names a table this reader's snapshot
+                # lacks: created by a write not yet committed (it holds nothing yet, as mongod
+                # would answer), committed since (read it again), or dropped while the query ran.
+                if message[len("no such table: "):] in self._creating:
                     return []
         raise MongoError(175, "the collection was dropped while the query ran")
 
@@ -208,14 +213,27 @@ class Store:
         except BaseException:
             self._depth -= 1
             if self._depth == 0:
-                self._db.execute("ROLLBACK")
-                self._load_catalog()
+                try:
+                    self._db.execute("ROLLBACK")
+                    self._load_catalog()
+                finally:
+                    self._creating.clear()
+                    self._building.clear()
             else:
                 self._db.execute(f"ROLLBACK TO {name}")
                 self._db.execute(f"RELEASE {name}")
             raise
         self._depth -= 1
-        self._db.execute("COMMIT" if self._depth == 0 else f"RELEASE {name}")
+        if self._depth:
+            self._db.execute(f"RELEASE {name}")
+            return
+        try:
+            self._db.execute("COMMIT")
+        finally:
+            self._creating.clear()
+        for index in self._building:
+            index.ready = True
+        self._building.clear()
 
     # -- catalog -------------------------------------------------------------
 
@@ -254,6 +272,7 @@ class Store:
                 (db, name, encode_document(options or {})),
             )
             cid = int(cur.lastrowid or 0)
+            self._creating.add(f"c{cid}")
             self._db.execute(f"CREATE TABLE c{cid} (rid INTEGER PRIMARY KEY, doc BLOB NOT NULL)")
             coll = Collection(cid, db, name, options or {})
             self.collections[(db, name)] = coll
@@ -288,6 +307,8 @@ class Store:
                 (coll.id, spec["name"], encode_document(spec)),
             )
             index = self._make_index(int(cur.lastrowid or 0), spec, False)
+            index.ready = False
+            self._building.append(index)
             if index.unique:
                 self._db.execute(
                     f"CREATE TABLE {index.table} (key BLOB PRIMARY KEY, rid INTEGER NOT NULL) WITHOUT ROWID"
@@ -386,10 +407,12 @@ class Store:
     # -- reads ---------------------------------------------------------------
 
     def count(self, coll: Collection) -> int:
-        return int(self._fetch(f"SELECT COUNT(*) FROM {coll.table}")[0][0])
+        rows = self._fetch(f"SELECT COUNT(*) FROM {coll.table}")
+        return int(rows[0][0]) if rows else 0  # no rows: the collection's creation is not committed
 
     def data_size(self, coll: Collection) -> int:
-        return int(self._fetch(f"SELECT COALESCE(SUM(LENGTH(doc)), 0) FROM {coll.table}")[0][0])
+        rows = self._fetch(f"SELECT COALESCE(SUM(LENGTH(doc)), 0) FROM {coll.table}")
+        return int(rows[0][0]) if rows else 0
 
     def scan(self, coll: Collection, reverse: bool = False, chunk: int = 256) -> Iterator[tuple[int, bytes]]:
         """Every document in storage order, read a chunk at a time so that no

@@ -204,7 +204,8 @@ def test_reads_never_see_half_a_write(clients) -> None:
 
 
 def test_a_collection_being_created_reads_as_empty_not_dropped(clients) -> None:
-    """A read racing the first insert (which creates the collection) sees nothing or the committed batch, never 175."""
+    """A read racing the first insert (which creates the collection) sees nothing or the committed batch, never 175
+    (CI once met 175: the writer's nesting depth, which this used to look at, drops to 0 before COMMIT returns)."""
     reader, writer = clients
     seen: set[int] = set()
     for round_ in range(40):
@@ -212,9 +213,29 @@ def test_a_collection_being_created_reads_as_empty_not_dropped(clients) -> None:
         thread, outcome = _in_thread(lambda name=name: writer.conc[name].insert_many([{"i": i} for i in range(200)]))
         while thread.is_alive():
             seen.add(reader.conc[name].count_documents({"i": {"$gte": 0}}))
+            seen.add(reader.conc[name].estimated_document_count())  # the count command, from the table's size
         thread.join()
         assert "error" not in outcome
     assert seen <= {0, 200}
+
+
+def test_a_read_racing_an_index_build_uses_another_plan(clients) -> None:
+    """An index being built (in the catalog, its table not committed) is no plan for another client's read:
+    the read answers every match, never an empty result or 175; once built, a hint may name it."""
+    reader, writer = clients
+    coll_name = "indexed_later"
+    writer.conc[coll_name].insert_many([{"k": i % 10, "pad": "x" * 50} for i in range(5_000)])
+    counts: set[int] = set()
+    for round_ in range(10):
+        name = f"k_{round_}"
+        thread, outcome = _in_thread(lambda name=name: writer.conc[coll_name].create_index([("k", 1)], name=name))
+        while thread.is_alive():
+            counts.add(reader.conc[coll_name].count_documents({"k": 3}))
+        thread.join()
+        assert "error" not in outcome
+        assert reader.conc[coll_name].count_documents({"k": 3}, hint=name) == 500
+        writer.conc[coll_name].drop_index(name)
+    assert counts == {500}
 
 
 def test_a_cursors_max_time_ms_covers_its_getmores(clients) -> None:
