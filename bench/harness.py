@@ -45,6 +45,7 @@ class Generators:
                                                  sample_every, dialect, f"127.0.0.{2 + i}", shared), daemon=True)
             for i, n in enumerate(shares)]
         self.timeout = seconds
+        self.why_failed: dict[str, int] = {}  # why sessions failed to open -> how many (printed by ready)
         for process in self.processes:
             process.start()
 
@@ -52,8 +53,12 @@ class Generators:
         """Waits until every process has opened its sessions: (opened, failed)."""
         opened = failed = 0
         for _ in self.processes:
-            _, ok, bad, _ = self.reports.get(timeout=self.timeout)
+            _, ok, bad, _, why = self.reports.get(timeout=self.timeout)
             opened, failed = opened + ok, failed + bad
+            for reason, count in why.items():
+                self.why_failed[reason] = self.why_failed.get(reason, 0) + count
+        if self.why_failed:
+            print(f"# why sessions failed to open: {self.why_failed}", flush=True)
         return opened, failed
 
     def send(self, command: Any) -> None:

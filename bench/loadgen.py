@@ -192,6 +192,19 @@ class Session(asyncio.Protocol):
             for index, channel in enumerate(self.worker.shared, 1):  # held only: their pushes are not tracked
                 self.send(1, ujson.dumps({"id": SHARED_IDS + index, "op": "subscribe", "channel": channel}).encode())
 
+    def stage(self) -> str:
+        """Where an unsettled session stands, for the reason it failed."""
+        link = self.transport
+        if link is None:
+            return "no connection"
+        if link.pending:
+            return f"connect not established, {len(link.pending)} bytes of the upgrade unsent"
+        if not self.upgraded:
+            return "upgrade sent, no answer" if not self.buffer else f"upgrade answered in part: {self.buffer[:80]!r}"
+        if self.subscribing:
+            return "upgraded, subscribe unanswered"
+        return f"upgraded, {self.shared_due} shared subscribes unanswered"
+
     def _subscribed(self) -> None:
         if self.subscribing or self.shared_due:
             return
@@ -402,7 +415,7 @@ class Worker:
         """Fails the sessions still not subscribed OPEN_SECONDS after their connect (a guard)."""
         now = time.monotonic()
         for session in [s for s in self.connecting if now - s.started > OPEN_SECONDS]:
-            session._fail(f"not subscribed {OPEN_SECONDS:.0f} s after its connect")
+            session._fail(f"not subscribed {OPEN_SECONDS:.0f} s after its connect ({session.stage()})")
         self.expiry = asyncio.get_running_loop().call_later(OPEN_SECONDS / 4, self._expire)
 
     def drop(self) -> None:
@@ -439,7 +452,8 @@ async def _worker(url: str, tokens: list[str], dialect: str, sessions: int, chan
     started = time.perf_counter()
     await worker.open([Session(worker, channels[i % len(channels)] if channels else "",
                                worker.tokens[i % len(worker.tokens)]) for i in range(sessions)])
-    reports.put(("ready", worker.counts.opened, worker.counts.failed, time.perf_counter() - started))
+    reports.put(("ready", worker.counts.opened, worker.counts.failed, time.perf_counter() - started,
+                 dict(worker.counts.why_failed)))
     loop = asyncio.get_running_loop()
     deadline = started + seconds
     publishing: asyncio.Task[None] | None = None
