@@ -45,6 +45,9 @@ class ReaderPool(Executor):
         self._on_exit = on_exit  # called on an extra thread as it exits (closes its SQLite connection)
         self._name = name  # thread names: reader-1, reader-2...
         self._lock = threading.Condition()  # guards everything below; workers wait on it
+        # The watcher waits on a condition of its own (same lock): submit's one notify must reach an idle
+        # worker, never the watcher (which would find nothing to do and leave the read queued).
+        self._watcher = threading.Condition(self._lock)
         self._tasks: deque[tuple[Future[Any], Callable[..., Any], tuple[Any, ...]]] = deque()  # reads waiting
         self._busy: dict[int, float | None] = {}  # worker number -> when its read started, None while idle
         self._workers: list[threading.Thread] = []  # every thread started and not yet joined
@@ -83,6 +86,7 @@ class ReaderPool(Executor):
                     short_read_started()  # never to run: no longer waiting
                     short_read_over()
             self._lock.notify_all()
+            self._watcher.notify_all()
             workers = list(self._workers)
         if wait:
             for worker in workers:
@@ -125,7 +129,7 @@ class ReaderPool(Executor):
     def _watch(self) -> None:
         with self._lock:
             while not self._stopping and len(self._tasks) > self._idle() and len(self._busy) < self.most:
-                self._lock.wait(self.long_after)
+                self._watcher.wait(self.long_after)
                 if len(self._tasks) > self._idle() and self._all_long():
                     self._start(extra=True)
             self._watching = False

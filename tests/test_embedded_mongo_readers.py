@@ -84,3 +84,23 @@ def test_shutdown_cancels_what_waits_and_an_error_reaches_the_caller() -> None:
     pool.shutdown(wait=True, cancel_futures=True)
     assert running.result(GUARD) == "long"
     assert queued.cancelled() or queued.result(GUARD) == "never"
+
+
+def test_a_read_submitted_while_the_watcher_waits_is_not_left_queued() -> None:
+    """The watcher (started when reads waited behind short ones) never takes the wake-up meant for an idle
+    thread. It used to: it waited on the same condition, took submit's one notify, saw nothing to do and left,
+    while the idle thread slept on with the read queued until another read came (CI: a WebSocket handshake's
+    session lookup answered after 120 s)."""
+    pool = ReaderPool(1, 4, long_after=0.5)  # the watcher looks again every 0.5 s
+    release, started = threading.Event(), threading.Event()
+    try:
+        holding = pool.submit(_hold, release, started)
+        assert started.wait(GUARD)
+        queued = pool.submit(lambda: "queued")  # waits behind a read not yet long: the watcher starts
+        release.set()
+        assert holding.result(GUARD) == "long" and queued.result(GUARD) == "queued"
+        # The one thread is idle now, and waits after the watcher (still in its 0.5 s wait).
+        assert pool.submit(lambda: "next").result(GUARD) == "next"  # before the fix: never, with no other read
+    finally:
+        release.set()
+        pool.shutdown()
