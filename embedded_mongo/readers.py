@@ -44,10 +44,11 @@ class ReaderPool(Executor):
         self.idle_exit = idle_exit  # seconds an extra thread stays idle before it exits
         self._on_exit = on_exit  # called on an extra thread as it exits (closes its SQLite connection)
         self._name = name  # thread names: reader-1, reader-2...
-        self._lock = threading.Condition()  # guards everything below; workers wait on it
+        lock = threading.Lock()
+        self._lock = threading.Condition(lock)  # guards everything below; workers wait on it
         # The watcher waits on a condition of its own (same lock): submit's one notify must reach an idle
         # worker, never the watcher (which would find nothing to do and leave the read queued).
-        self._watcher = threading.Condition(self._lock)
+        self._watcher = threading.Condition(lock)
         self._tasks: deque[tuple[Future[Any], Callable[..., Any], tuple[Any, ...]]] = deque()  # reads waiting
         self._busy: dict[int, float | None] = {}  # worker number -> when its read started, None while idle
         self._workers: list[threading.Thread] = []  # every thread started and not yet joined
