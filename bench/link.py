@@ -21,6 +21,7 @@ import asyncio
 import errno
 import socket
 
+IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)  # Linux 4.2+ (Python names it from 3.12)
 READ_SIZE = 262_144  # bytes asked of each recv (a replay of 100 messages is about 20 KiB)
 
 
@@ -38,6 +39,10 @@ class Link:
         self.sock.setblocking(False)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
+            # The port is chosen at connect, for the 4-tuple: a bind to (source, 0) alone searches for a port
+            # free of every bound socket. Measured alone with 8,000 ports held it cost 190-380 us of CPU a
+            # connection (25-30 us with this option); in the storm benches the difference was within noise.
+            self.sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
             self.sock.bind((source, 0))
             code = self.sock.connect_ex(address)
             if code not in (0, errno.EINPROGRESS):
