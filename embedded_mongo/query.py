@@ -195,8 +195,8 @@ def choose(coll: Collection, query: dict[str, Any], sort: SortSpec, hint: Any = 
         return _index_plan(index, preds, sort, exact)[1]
     best: tuple[tuple[int, ...], Plan] | None = None
     for index in list(coll.indexes.values()):  # a snapshot: the writer may add one meanwhile
-        if not index.ready:
-            continue  # being built: its table is not committed
+        if not index.usable:
+            continue  # being built by the writer: its table is not committed
         if (index.sparse or index.partial is not None) and not _holds_every_match(index, preds):
             continue  # holds only some documents, maybe not every match
         score, plan = _index_plan(index, preds, sort, exact)
@@ -228,10 +228,10 @@ def find_index(coll: Collection, hint: Any) -> Index | None:
     """The index a hint names, by name or by key pattern."""
     if isinstance(hint, str):
         named = coll.indexes.get(hint)
-        return named if named is not None and named.ready else None
+        return named if named is not None and named.usable else None
     if isinstance(hint, dict):
         for index in list(coll.indexes.values()):
-            if index.ready and list(index.spec["key"].items()) == list(hint.items()):
+            if index.usable and list(index.spec["key"].items()) == list(hint.items()):
                 return index
     return None
 

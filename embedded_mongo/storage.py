@@ -55,7 +55,14 @@ class Index:
     paths: list[list[str]] = field(init=False)  # the key's dotted paths, split
     directions: list[Any] = field(init=False)  # the key's directions (1, -1, "hashed")
     partial: Matcher | None = None  # matcher of partialFilterExpression
-    ready: bool = True  # committed: False while the transaction that builds it is open, so no plan uses it
+    # While the transaction that builds it is open: the writer's thread, the only one its table exists for
+    # (another thread's plan never uses it); 0 once committed.
+    builder: int = 0
+
+    @property
+    def usable(self) -> bool:
+        """Whether a plan on this thread may read it: committed, or built by this thread's transaction."""
+        return self.builder == 0 or self.builder == threading.get_ident()
 
     def __post_init__(self) -> None:
         self.paths = [name.split(".") for name in self.spec["key"]]
@@ -140,7 +147,7 @@ class Store:
         # Tables the open transaction creates: a reader that finds one missing reads it as
         # empty (its creation is not committed). Emptied only once COMMIT or ROLLBACK returns.
         self._creating: set[str] = set()
-        self._building: list[Index] = []  # indexes the open transaction creates, made ready by its COMMIT
+        self._building: list[Index] = []  # indexes the open transaction creates, usable by all once it commits
         self.collections: dict[tuple[str, str], Collection] = {}  # the catalog, cached
         self._load_catalog()
 
@@ -232,7 +239,7 @@ class Store:
         finally:
             self._creating.clear()
         for index in self._building:
-            index.ready = True
+            index.builder = 0
         self._building.clear()
 
     # -- catalog -------------------------------------------------------------
@@ -307,7 +314,7 @@ class Store:
                 (coll.id, spec["name"], encode_document(spec)),
             )
             index = self._make_index(int(cur.lastrowid or 0), spec, False)
-            index.ready = False
+            index.builder = threading.get_ident()
             self._building.append(index)
             if index.unique:
                 self._db.execute(

@@ -255,3 +255,29 @@ def test_a_cursors_max_time_ms_covers_its_getmores(clients) -> None:
         if count % 5000 == 0:
             time.sleep(0.25)  # idle between getMores: not the cursor's time
     assert count == 20_000
+
+
+def test_an_index_being_built_serves_its_own_transaction_only(tmp_path) -> None:
+    """Inside the transaction that builds an index (an upsert batch that creates its collection, say), the
+    writer's own plans use it (its table exists for the writer: no scan per statement); another thread's plans
+    do not, until the transaction commits."""
+    from embedded_mongo.query import choose
+    from embedded_mongo.storage import Store
+
+    store = Store(str(tmp_path), lambda spec: (lambda doc: True))
+    plans: dict[str, Any] = {}
+
+    def from_another_thread(key: str) -> None:
+        reader = threading.Thread(target=lambda: plans.__setitem__(key, choose(coll, {"_id": 7}, [])))
+        reader.start()
+        reader.join()
+
+    with store.transaction():
+        coll = store.create("db", "fresh")
+        plans["writer"] = choose(coll, {"_id": 7}, [])
+        from_another_thread("reader, before the commit")
+    from_another_thread("reader, after it")
+    store.close()
+    assert plans["writer"].index is not None and plans["writer"].index.name == "_id_"
+    assert plans["reader, before the commit"].index is None
+    assert plans["reader, after it"].index is not None
