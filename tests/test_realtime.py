@@ -747,3 +747,43 @@ async def test_large_messages_are_written_at_once_while_the_hubs_flush_waits(log
     for seq in (1, 2):
         assert (await a.push(timeout=5))["message"]["seq"] == seq  # not 20 s later
     hub._flush_at = 0.0
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_flush_written_in_slices_lets_the_loop_run_and_keeps_every_socket_in_order(
+        login, connect, services, monkeypatch) -> None:
+    """A flush writes its sockets a slice at a time, the loop running between slices: a message delivered
+    meanwhile goes with the next flush, after the running one, on every socket; a socket closed mid-flush
+    gets what waited for it (the running flush's frames, then the next one's) before its close frame."""
+    import server.realtime.hub as hub_module
+    from server.protocol import encode_message_push
+
+    monkeypatch.setattr(hub_module, "FLUSH_STEP", 1)  # a pause after every socket,
+    monkeypatch.setattr(hub_module, "FLUSH_SLICE", 0.0)  # and a loop turn at every pause
+    hub = services.realtime.hub
+    users = [await login(f"slice{i}") for i in range(12)]
+    clients = [await connect(u["access_token"]) for u in users]
+    for client in clients:
+        await client.call("subscribe", channel="feed:slices")
+    connections = list(hub.subscribers["feed:slices"])
+    closing = connections[-1]  # the last the flush reaches
+
+    def push(seq: int) -> bytes:
+        return encode_message_push({"channel": "feed:slices", "seq": seq})
+
+    for seq in (1, 2, 3):
+        hub.deliver("feed:slices", seq, push(seq))
+    turns = 0
+    while hub._steps is None:  # the flush starts at the end of this turn
+        await asyncio.sleep(0)
+    while hub._steps is not None:
+        turns += 1
+        if turns == 2:
+            hub.deliver("feed:slices", 4, push(4))  # while the flush runs: the next window
+        if turns == 4:
+            closing.close(CloseCode.GOING_AWAY, "test")  # its writes are still ahead in this flush
+        await asyncio.sleep(0)
+    assert turns >= len(connections) - 1  # the loop ran between the sockets' writes
+    for client in clients:
+        assert [m["seq"] for m in await client.messages(4)] == [1, 2, 3, 4]
+    assert await clients[-1].wait_closed() == CloseCode.GOING_AWAY

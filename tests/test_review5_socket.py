@@ -124,7 +124,7 @@ async def test_while_the_hub_waits_a_socket_may_leave_and_shutdown_sends_what_wa
     for n in range(3):
         status, _ = await server_api("POST", "/api/v1/server/publish", {"channel": "feed:wait", "data": {"n": n}})
         assert status == 200
-    assert len(hub._queued) == 2  # both wait for the paced flush
+    assert hub._windows["feed:wait"].seqs == [1, 2, 3]  # they wait for the paced flush
     leaving.close()
     while hub.connection_count() > 1:
         await asyncio.sleep(0.01)

@@ -16,6 +16,7 @@ from typing import Protocol
 
 from server.errors import CloseCode
 from server.protocol import text_frame
+from server.realtime.window import Window
 
 SEND_BUFFER_BYTES = 1024 * 1024  # unsent bytes past which a connection is closed (4009)
 OUTBOX_BYTES = 64 * 1024  # queued bytes past which a connection writes at once rather than with the hub's flush
@@ -44,6 +45,9 @@ class Holder(Protocol):
 
     def queued(self, connection: Connection) -> None:
         """``connection`` has frames to write at the end of this loop turn."""
+
+    def catch_up(self, connection: Connection) -> None:
+        """What the hub's flush windows hold for ``connection``, taken now (it is closing)."""
 
     def log_close(self, connection: Connection, code: int, reason: str) -> None: ...
 
@@ -87,10 +91,13 @@ class Connection:
         self._expiry = asyncio.get_running_loop().call_later(
             delay, self.close, CloseCode.TOKEN_INVALID, "the access token expired")
 
-    def close(self, code: int, reason: str) -> None:
+    def close(self, code: int, reason: str, write_first: bool = True) -> None:
+        """Closes with ``code``; what waits to be written goes first unless not ``write_first`` (writing failed)."""
         if self.closed:
             return
-        self.flush()  # what was queued (an error reply, say) goes before the close frame
+        if write_first:
+            self.holder.catch_up(self)  # what was delivered and waits for the hub's flush, and
+            self.flush()  # what was queued (an error reply, say), go before the close frame
         self.closed = True
         self.holder.log_close(self, code, reason)
         self.transport.close(code, reason)
@@ -124,7 +131,9 @@ class Connection:
 
     def deliver(self, channel: str, frame: bytes, seq: int) -> bool:
         """Queues a pre-built frame of ``channel`` unless already delivered (by
-        seq); held while the channel's replay is being read."""
+        seq); held while the channel's replay is being read. Messages reach
+        subscribers through the hub's flush windows (``take``); this queues the
+        frames held during a replay and pushes outside the seq order (seq 0)."""
         if self.closed:
             return False
         held = self.buffering.get(channel)
@@ -138,8 +147,36 @@ class Connection:
         self._queue(frame)
         return True
 
+    def take(self, channel: str, window: Window, queue: bool = False) -> int:
+        """Takes the frames of ``channel``'s flush window this connection has not
+        had (by seq); held while the channel's replay is being read. A connection
+        with nothing else to write (one channel, no reply queued) writes them at
+        once, as the bytes shared with the channel's other subscribers; otherwise
+        (or with ``queue``) they join its outbox after what it holds. Returns how
+        many frames it took to write."""
+        if self.closed:
+            return 0
+        held = self.buffering.get(channel)
+        if held is not None:
+            held.extend(window.entries())  # delivered after the replay, by seq (what it holds is dropped)
+            return 0
+        last = self.channels.get(channel)
+        if last is None:
+            return 0  # no longer subscribed
+        part = window.after(last)
+        if part is None:
+            return 0
+        count, frames = part
+        self.channels[channel] = window.last
+        if queue or self.outbox is not None or len(self.channels) > 1:
+            self._queue(frames)
+        elif not self.transport.send_frame(frames):
+            self._within_bound()
+        return count
+
     def send(self, payload: bytes | str) -> bool:
-        """Queues a reply, in order with the pushes before it."""
+        """Queues a reply, in order with what was queued before it; the
+        messages waiting in the hub's flush windows follow it in the same write."""
         if self.closed:
             return False
         if isinstance(payload, str):  # a lone surrogate (echoed from a client) is written escaped, as JSON allows

@@ -2,18 +2,23 @@
 
 A message published here goes to the node (``Node.published``), which delivers
 it to this process and sends it to the others; a message of a served channel
-from anywhere reaches ``deliver`` once, in seq order. ``deliver`` queues the
-same pre-built WebSocket frame for each local subscriber without awaiting
-anyone (``Connection.deliver``); at the end of the loop turn each connection's
-queued frames go out with one write (``flush``): a batch of publishes stored
-together (group commit) costs one system call per subscriber, not one per
-message. A busy process batches more: after a flush that took longer than
-``FLUSH_FREE`` (a few hundred sockets' writes), the next one waits about as
-long (``FLUSH_SHARE``, at most ``FLUSH_WAIT_MAX``), so what is delivered
-meanwhile shares one system call per socket instead of each message paying
-its own; an idle process writes at the end of the turn as before. A
-connection whose unsent bytes pass ``SEND_BUFFER_BYTES`` is closed with 4009,
-so a client that does not read costs a bounded amount of memory.
+from anywhere reaches ``deliver`` once, in seq order. ``deliver`` adds the
+message's pre-built WebSocket frame to its channel's flush window (``Window``)
+without touching any socket; at the end of the loop turn (``flush``) each
+subscriber takes the window's frames it has not had, by seq: nearly always all
+of them, as one bytes object joined once for the channel and written as it is
+to every such socket. A batch of publishes stored together (group commit) so
+costs one system call per subscriber and one Python step per subscriber, not
+one per message. Replies and pushes outside the seq order (join, leave) are
+queued on their connection (``Connection.send``), which writes them with the
+window's frames after them, in one write. A busy process batches more: after a
+flush that took longer than ``FLUSH_FREE`` (a few hundred sockets' writes),
+the next one waits about as long (``FLUSH_SHARE``, at most
+``FLUSH_WAIT_MAX``), so what is delivered meanwhile shares one system call per
+socket; an idle process writes at the end of the turn as before. A window
+larger than ``WINDOW_BYTES`` is written at once. A connection whose unsent
+bytes pass ``SEND_BUFFER_BYTES`` is closed with 4009, so a client that does
+not read costs a bounded amount of memory.
 
 Presence goes through the node's ``Presence``: a user's first local socket in a
 room asks whether they are new anywhere (``join``), their last local one
@@ -28,7 +33,7 @@ import asyncio
 import itertools
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from server.channels import Channel
@@ -38,6 +43,7 @@ from server.metrics import Metrics
 from server.protocol import encode_presence_push, text_frame
 from server.realtime.node import Node
 from server.realtime.recent import Recent
+from server.realtime.window import Window
 
 if TYPE_CHECKING:
     from server.realtime.connection import Connection
@@ -47,6 +53,10 @@ log = logging.getLogger("server.hub")
 FLUSH_FREE = 0.002  # seconds a flush may take before the next one waits (a few hundred sockets' writes)
 FLUSH_SHARE = 0.5  # after a longer flush, the next waits until flushing took at most this share of the time
 FLUSH_WAIT_MAX = 0.2  # seconds, at most, that a flush waits that way
+FLUSH_SLICE = 0.005  # seconds of writing after which a flush lets the loop run before going on
+FLUSH_STEP = 64  # sockets written between looks at the clock
+WINDOW_BYTES = 64 * 1024  # a channel's flush window past this size is closed: later messages start another
+WINDOWS_MAX = 64  # full windows waiting past which everything is written at once (a process far behind)
 
 
 class Hub:
@@ -65,6 +75,13 @@ class Hub:
         self.published = 0  # messages published through this process
         self.recent = Recent(recovery_max)  # each served channel's newest messages, for replays
         self._queued: list[Connection] = []  # connections with frames to write at the end of this loop turn
+        self._windows: dict[str, Window] = {}  # channel -> its messages to write at the end of this loop turn
+        self._full: list[tuple[str, Window]] = []  # (channel, window) past WINDOW_BYTES, in order, for that flush
+        self._scheduled = False  # a flush is due (or running)
+        self._steps: Iterator[None] | None = None  # the running flush's writes still to do (it runs in slices)
+        self._writing: list[tuple[str, Window]] = []  # the (channel, window)s the running flush writes, in order
+        self._writes_took = 0.0  # seconds the running flush's slices took so far
+        self._timer: asyncio.TimerHandle | None = None  # the next flush, when it waits (a long one went before)
         self._flush_at = 0.0  # loop time before which the next flush waits (the last one was long)
         self._ids = itertools.count(1)  # connection ids
         self._presence = asyncio.Lock()  # presence calls, one at a time, in order
@@ -239,53 +256,130 @@ class Hub:
 
     def deliver(self, channel: str, seq: int, payload: bytes) -> None:
         """The node's hand-off (in seq order for messages; seq 0 for presence):
-        writes the push to every local subscriber."""
+        the push goes to every local subscriber with the next flush."""
         if seq:
             self.recent.add(channel, seq, payload)
         subscribers = self.subscribers.get(channel)
         if not subscribers:
             return
         frame = text_frame(payload)  # the whole WebSocket frame, once for every subscriber
-        delivered = 0
-        for connection in list(subscribers):
-            if connection.deliver(channel, frame, seq):
-                delivered += 1
+        if not seq:  # outside the seq order (join, leave): queued on each subscriber now
+            delivered = 0
+            for connection in list(subscribers):
+                if connection.deliver(channel, frame, 0):
+                    delivered += 1
+            self._count(delivered)
+            return
+        window = self._windows.get(channel)
+        if window is None:
+            window = self._windows[channel] = Window()
+            self._schedule()
+        window.add(seq, frame)
+        if window.size > WINDOW_BYTES:  # full: the next messages start another, so no one write nears
+            del self._windows[channel]  # SEND_BUFFER_BYTES for a client that reads
+            self._full.append((channel, window))
+            if self._timer is not None:  # a full window gains nothing by waiting for the paced flush
+                self._timer.cancel()
+                self._timer = None
+                asyncio.get_running_loop().call_soon(self.flush)
+            if len(self._full) > WINDOWS_MAX:  # far behind: everything is written now, the loop held meanwhile
+                self.flush(whole=True)
+
+    def _count(self, delivered: int) -> None:
         self.delivered += delivered
         self.metrics.messages_delivered.inc(delivered)
+
+    def catch_up(self, connection: Connection) -> None:
+        """What the flush windows hold for ``connection``, queued now: it is
+        closing, and they go before its close frame."""
+        for channel, window in [*self._writing, *self._full, *self._windows.items()]:  # oldest first
+            if channel in connection.channels:
+                connection.take(channel, window, queue=True)
 
     def forget(self, channel: str) -> None:
         """The node stopped serving ``channel``: its recent messages would go stale."""
         self.recent.forget(channel)
 
     def queued(self, connection: Connection) -> None:
-        """``connection`` has frames to write: they go out together once the
-        current callbacks are done (``flush``), in the order queued; after a
-        long flush, once as long again has passed (``FLUSH_SHARE``)."""
-        if not self._queued:
-            loop = asyncio.get_running_loop()
-            if self._flush_at > loop.time():
-                loop.call_at(self._flush_at, self.flush)
-            else:
-                loop.call_soon(self.flush)
+        """``connection`` has frames to write: they go out with the next flush, in the order queued."""
+        self._schedule()
         self._queued.append(connection)
 
-    def flush(self) -> None:
-        queued, self._queued = self._queued, []
-        started = time.perf_counter()
-        self._write(queued)
-        took = time.perf_counter() - started
+    def _schedule(self) -> None:
+        """The next flush, once the current callbacks are done; after a long
+        flush, once as long again has passed (``FLUSH_SHARE``)."""
+        if self._scheduled:
+            return
+        self._scheduled = True
+        loop = asyncio.get_running_loop()
+        if self._flush_at > loop.time():
+            self._timer = loop.call_at(self._flush_at, self.flush)
+        else:
+            loop.call_soon(self.flush)
+
+    def flush(self, whole: bool = False) -> None:
+        """Writes what the windows and outboxes hold, ``FLUSH_SLICE`` seconds at a
+        time: between slices the loop runs (publishes, the broker, replies come
+        in, for the next flush), so thousands of sockets' writes on a busy
+        process never hold it for long. ``whole``: the running flush and a new one, to the end, now."""
+        began = time.perf_counter()
+        self._timer = None
+        if whole and self._steps is not None:
+            for _ in self._steps:
+                pass
+            self._steps = None
+        if self._steps is None:  # a new flush: what was delivered and queued until now
+            windows = [*self._full, *self._windows.items()]
+            self._full, self._windows = [], {}
+            queued, self._queued = self._queued, []
+            self._writing = windows
+            self._writes_took = 0.0
+            self._steps = self._steps_of(windows, queued)
+        until = began + FLUSH_SLICE
+        for _ in self._steps:
+            if not whole and time.perf_counter() > until:  # the rest in a later loop turn
+                self._writes_took += time.perf_counter() - began
+                asyncio.get_running_loop().call_soon(self.flush)
+                return
+        self._steps = None
+        self._writing = []
+        took = self._writes_took + time.perf_counter() - began  # the writing itself, not what ran between slices
         if took > FLUSH_FREE:  # a busy process: writes wait, and more frames share each system call
             self._flush_at = asyncio.get_running_loop().time() + min(took * (1 - FLUSH_SHARE) / FLUSH_SHARE,
                                                                      FLUSH_WAIT_MAX)
+        self._scheduled = False
+        if self._windows or self._full or self._queued:  # delivered or queued meanwhile: the next flush
+            self._schedule()
 
-    def _write(self, queued: list[Connection]) -> None:
-        for connection in queued:
+    def _steps_of(self, windows: list[tuple[str, Window]], queued: list[Connection]) -> Iterator[None]:
+        """The flush's writes, pausing (a ``yield``) every ``FLUSH_STEP`` sockets."""
+        for channel, window in windows:  # a connection with a reply queued adds these after it
+            subscribers = self.subscribers.get(channel)
+            if not subscribers:
+                continue
+            delivered = 0
+            for n, connection in enumerate(list(subscribers), 1):  # a write may close one (4009): a copy
+                try:
+                    delivered += connection.take(channel, window)
+                except Exception:  # one broken connection must not stall the others' writes
+                    self._broken(connection)
+                if n % FLUSH_STEP == 0:
+                    self._count(delivered)
+                    delivered = 0
+                    yield
+            self._count(delivered)
+        for n, connection in enumerate(queued, 1):
             try:
                 connection.flush()
-            except Exception:  # one broken connection must not stall the others' writes
-                log.exception("write failed", extra=fields(user=connection.user))
-                connection.outbox = None
-                connection.close(CloseCode.INTERNAL, "the server could not write to this connection")
+            except Exception:
+                self._broken(connection)
+            if n % FLUSH_STEP == 0:
+                yield
+
+    def _broken(self, connection: Connection) -> None:
+        log.exception("write failed", extra=fields(user=connection.user))
+        connection.outbox = None
+        connection.close(CloseCode.INTERNAL, "the server could not write to this connection", write_first=False)
 
     def log_close(self, connection: Connection, code: int, reason: str) -> None:
         self.metrics.ws_closed.labels(str(code)).inc()
