@@ -19,7 +19,7 @@ from collections.abc import Iterator
 class Window:
     """One channel's frames since the last flush, by ascending seq."""
 
-    __slots__ = ("seqs", "frames", "size", "_joined")
+    __slots__ = ("_joined", "frames", "seqs", "size")
 
     def __init__(self) -> None:
         self.seqs: list[int] = []  # the frames' seqs, ascending

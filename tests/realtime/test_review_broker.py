@@ -35,3 +35,70 @@ def test_the_writer_survives_a_connection_lost_while_it_holds_a_publish_back(red
 
     eb = asyncio.run(scenario())
     assert [seq for _, seq, _ in eb.messages] == [1, 2]
+
+
+class _HangingRedis:
+    """A TCP peer speaking Redis's protocol that answers PING (and the client's
+    CLIENT SETINFO) but never confirms a SUBSCRIBE: a Redis that hangs mid-way,
+    which a real redis-server cannot be made to do on cue."""
+
+    def __init__(self) -> None:
+        self.subscribes = 0  # SUBSCRIBE commands received, over every connection
+        self.server: asyncio.AbstractServer | None = None
+
+    async def start(self) -> str:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        port = self.server.sockets[0].getsockname()[1]
+        return f"redis://127.0.0.1:{port}/0"
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                header = await reader.readline()  # *<n>\r\n, then n bulk strings: $<len>\r\n<bytes>\r\n
+                if not header:
+                    return
+                words = []
+                for _ in range(int(header[1:])):
+                    size = int((await reader.readline())[1:])
+                    words.append((await reader.readexactly(size + 2))[:-2].upper())
+                if words[0] == b"PING":
+                    writer.write(b"+PONG\r\n")
+                elif words[0] == b"SUBSCRIBE":
+                    self.subscribes += 1  # never confirmed
+                else:
+                    writer.write(b"+OK\r\n")
+                await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            return
+        finally:
+            writer.close()
+
+    async def close(self) -> None:
+        assert self.server is not None
+        self.server.close()
+        await self.server.wait_closed()
+
+
+def test_closing_while_subscriptions_wait_for_redis_leaves_no_task_behind() -> None:
+    """close() while a (re)connection waits for Redis to confirm its subscriptions: the connection's reader and
+    pinger end with it, instead of living on and failing a second later ('Task exception was never retrieved')."""
+    async def scenario() -> tuple[list[asyncio.Task[object]], list[dict[str, object]]]:
+        errors: list[dict[str, object]] = []
+        asyncio.get_running_loop().set_exception_handler(lambda loop, context: errors.append(context))
+        fake = _HangingRedis()
+        broker = RedisBroker([await fake.start()], timeout=5.0)
+        starting = asyncio.ensure_future(broker.start(Events()))
+        deadline = asyncio.get_running_loop().time() + 5
+        while not fake.subscribes and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.01)
+        assert fake.subscribes, "the broker never subscribed"
+        await broker.close()  # the connection waits for its SUBSCRIBE to be confirmed
+        starting.cancel()
+        await asyncio.sleep(1.3)  # past the pinger's first wake-up (PING_SECONDS)
+        left = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        await fake.close()
+        return left, errors
+
+    left, errors = asyncio.run(scenario())
+    assert left == []
+    assert errors == []

@@ -164,18 +164,16 @@ class _Shard:
         waiting = [self._expect(t) for t in topics]
         if topics:
             await within(pubsub.subscribe(*topics), timeout)
-        tasks = [asyncio.create_task(self._read()), asyncio.create_task(self._ping()),
+        tasks = [asyncio.create_task(self._read()), asyncio.create_task(self._ping(self._client)),
                  asyncio.create_task(self._lost.wait())]
         confirmed = asyncio.ensure_future(within(asyncio.gather(*waiting), timeout))
-        done, _ = await asyncio.wait([confirmed, *tasks], return_when=asyncio.FIRST_COMPLETED)
-        if confirmed not in done:
-            confirmed.cancel()
-            for task in tasks:
-                task.cancel()
-            raise ConnectionError("the connection was lost while subscribing")
         try:
+            done, _ = await asyncio.wait([confirmed, *tasks], return_when=asyncio.FIRST_COMPLETED)
+            if confirmed not in done:
+                raise ConnectionError("the connection was lost while subscribing")
             confirmed.result()
-        except BaseException:
+        except BaseException:  # a failure, or close() while the subscriptions wait: no task outlives it
+            confirmed.cancel()
             for task in tasks:
                 task.cancel()
             raise
@@ -223,11 +221,11 @@ class _Shard:
                 except (RedisError, OSError, TimeoutError, RuntimeError):
                     pass
 
-    async def _ping(self) -> None:
+    async def _ping(self, client: Redis) -> None:
+        """Checks the connection's liveness; ends (the connection is lost) when Redis does not answer in time."""
         while True:
             await asyncio.sleep(PING_SECONDS)
-            assert self._client is not None
-            await within(self._client.ping(), self.broker.timeout)
+            await within(client.ping(), self.broker.timeout)
 
     # -- what arrives ------------------------------------------------------------------------
 
