@@ -12,6 +12,7 @@ this server's Redis broker hung a SIGTERM that way. ``within`` is built on
 from __future__ import annotations
 
 import asyncio
+import weakref
 from collections.abc import Awaitable
 from typing import TypeVar
 
@@ -22,3 +23,87 @@ async def within(awaitable: Awaitable[T], seconds: float | None) -> T:
     """``await awaitable``, raising TimeoutError after ``seconds`` (None: no bound)."""
     async with asyncio.timeout(seconds):
         return await awaitable
+
+
+LAG_CAP = 5  # an answer_within wait never exceeds this many times its seconds, however busy the loop
+LAG_TICK = 0.05  # seconds between the lag monitor's looks while a wait is under way
+
+
+class _Lag:
+    """How late this loop's timers fire, summed: the time it was too busy to
+    run anything else. Ticks only while some ``answer_within`` waits."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.total = 0.0  # seconds of lateness, summed over the ticks that fired
+        self.waiting = 0  # answer_within calls under way
+        self._due = 0.0  # loop time the next tick is due
+        self._handle: asyncio.TimerHandle | None = None  # the next tick, while any call waits
+
+    def now(self) -> float:
+        """The lateness so far, counting the tick that is overdue right now."""
+        overdue = self.loop.time() - self._due if self._handle is not None else 0.0
+        return self.total + max(0.0, overdue)
+
+    def enter(self) -> None:
+        self.waiting += 1
+        if self._handle is None:
+            self._due = self.loop.time() + LAG_TICK
+            self._handle = self.loop.call_at(self._due, self._tick)
+
+    def leave(self) -> None:
+        self.waiting -= 1
+
+    def _tick(self) -> None:
+        now = self.loop.time()
+        self.total += max(0.0, now - self._due)
+        if self.waiting:
+            self._due = now + LAG_TICK
+            self._handle = self.loop.call_at(self._due, self._tick)
+        else:
+            self._handle = None
+
+
+_lags: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Lag] = weakref.WeakKeyDictionary()
+
+
+async def answer_within(awaitable: Awaitable[T], seconds: float) -> T:
+    """``await awaitable``, raising TimeoutError once the other side (Redis) has
+    had ``seconds`` to answer, not counting the time this process's loop was too
+    busy to run anything (at most ``LAG_CAP`` times ``seconds`` in all).
+
+    A plain timeout on a loop that lags counts the lag against the peer: an
+    answer that arrived in time but was read after the deadline fails the
+    call. A worker seconds behind its own work then took a Redis that answered
+    at once for one that was down, and its recovery (writing all its presence
+    entries again) made it further behind."""
+    loop = asyncio.get_running_loop()
+    lag = _lags.get(loop)
+    if lag is None:
+        lag = _lags[loop] = _Lag(loop)
+    lag.enter()
+    began = lag.now()
+    hard = loop.time() + seconds * LAG_CAP
+    credited = 0.0  # lag already added to the deadline
+    handle: asyncio.TimerHandle | None = None  # the next look at the deadline
+    try:
+        async with asyncio.timeout(None) as bound:
+
+            def check() -> None:
+                nonlocal handle, credited
+                owed = lag.now() - began - credited
+                now = loop.time()
+                if owed > 0.001 and now < hard:  # the loop was busy meanwhile: that time does not count
+                    credited += owed
+                    handle = loop.call_at(min(now + owed, hard), check)
+                else:
+                    bound.reschedule(now)  # expires: the awaiting task is cancelled, TimeoutError raised
+
+            handle = loop.call_at(loop.time() + seconds, check)
+            try:
+                return await awaitable
+            finally:
+                if handle is not None:
+                    handle.cancel()
+    finally:
+        lag.leave()

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 
-from server.timeouts import within
+from server.timeouts import LAG_CAP, answer_within, within
 
 
 async def _cancelled_as_it_completes(bounded: Callable[[Awaitable[Any], float], Awaitable[Any]]) -> bool:
@@ -34,8 +35,9 @@ async def _cancelled_as_it_completes(bounded: Callable[[Awaitable[Any], float], 
 
 
 def test_within_lets_a_cancellation_through() -> None:
-    """Cancelled as its call completes, a task awaiting within() ends cancelled."""
+    """Cancelled as its call completes, a task awaiting within() or answer_within() ends cancelled."""
     assert asyncio.run(_cancelled_as_it_completes(within))
+    assert asyncio.run(_cancelled_as_it_completes(answer_within))
 
 
 @pytest.mark.skipif(sys.version_info >= (3, 12), reason="the flaw is Python 3.11's (fixed in 3.12)")
@@ -55,3 +57,49 @@ def test_within_times_out_and_answers() -> None:
         return answer, slow.cancelled()
 
     assert asyncio.run(scenario()) == (7, True)
+
+
+def test_an_answer_read_late_because_the_loop_was_busy_is_not_a_timeout() -> None:
+    """The answer comes after 50 ms; the loop is then busy for 600 ms (a worker behind its own work), past
+    the 200 ms bound: ``within`` counts that against the peer and fails, ``answer_within`` does not."""
+    async def scenario(bound: Any) -> str:
+        loop = asyncio.get_running_loop()
+        answer: asyncio.Future[str] = loop.create_future()
+        loop.call_later(0.05, answer.set_result, "pong")
+        loop.call_later(0.02, time.sleep, 0.6)  # the loop held: nothing else runs meanwhile
+        return await bound(answer, 0.2)
+
+    assert asyncio.run(scenario(answer_within)) == "pong"
+    with pytest.raises(TimeoutError):
+        asyncio.run(scenario(within))
+
+
+def test_no_answer_still_times_out_on_a_busy_loop_within_the_cap() -> None:
+    """A peer that never answers: on an idle loop after the bound; on a loop busy again and again, the busy
+    time is added, but never past LAG_CAP times the bound."""
+    async def never(busy: bool) -> float:
+        loop = asyncio.get_running_loop()
+        if busy:
+            for n in range(40):
+                loop.call_later(0.03 + n * 0.1, time.sleep, 0.09)  # busy nine tenths of the time, for 4 s
+        began = loop.time()
+        with pytest.raises(TimeoutError):
+            await answer_within(loop.create_future(), 0.2)
+        return loop.time() - began
+
+    idle = asyncio.run(never(False))
+    assert 0.2 <= idle < 0.2 + 0.15
+    busy = asyncio.run(never(True))
+    assert 0.3 < busy < 0.2 * LAG_CAP + 0.15
+
+
+def test_answer_within_is_cancelled_like_any_await() -> None:
+    """A cancellation of the waiting task goes through (no TimeoutError, no waiting out the bound)."""
+    async def scenario() -> None:
+        task = asyncio.ensure_future(answer_within(asyncio.get_running_loop().create_future(), 5))
+        await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(scenario())

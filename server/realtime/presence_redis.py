@@ -57,7 +57,7 @@ from server.logs import fields
 from server.realtime import presence_lua as lua
 from server.realtime.brokers.redis import PREFIX, shard_of
 from server.realtime.presence import MemoryPresence
-from server.timeouts import within
+from server.timeouts import LAG_CAP, answer_within, within
 
 log = logging.getLogger("server.presence")
 
@@ -90,7 +90,8 @@ class RedisPresence:
         self.node = node  # this process's id (the broker's)
         self.timeout = timeout  # seconds any Redis call may take
         self.ttl = ttl or PRESENCE_TTL  # seconds this process's entries outlive its last heartbeat
-        self.clients = [Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout,
+        backstop = timeout * LAG_CAP  # the calls' own bound is answer_within's; this one only if that fails
+        self.clients = [Redis.from_url(url, socket_timeout=backstop, socket_connect_timeout=backstop,
                                        retry=Retry(NoBackoff(), 0)) for url in urls]  # one per shard
         self.local = MemoryPresence(node)  # this process's entries: re-written after a Redis restart, and the
         # fallback answer while Redis is away
@@ -180,7 +181,7 @@ class RedisPresence:
     async def _pipeline(self, shard: int, batch: list[Call]) -> None:
         try:
             try:
-                results = await within(self._execute(shard, batch), self.timeout)
+                results = await answer_within(self._execute(shard, batch), self.timeout)
             except (RedisError, OSError, TimeoutError) as exc:
                 results = [exc] * len(batch)
             for (_, _, _, future), result in zip(batch, results, strict=True):
@@ -247,7 +248,7 @@ class RedisPresence:
         vanished (Redis restarted empty), writes this process's entries again;
         starts reaping the dead nodes each shard names. The shards are asked at
         once: one that hangs costs REDIS_TIMEOUT once, not once per shard after it."""
-        answers = await asyncio.gather(*(within(
+        answers = await asyncio.gather(*(answer_within(
             self.scripts[shard]["beat"](keys=[NODE + self.node, NODES, f"{PREFIX}reaped:{self.node}"],
                                         args=[self.node, self.ttl]), self.timeout)
             for shard in range(len(self.clients))), return_exceptions=True)

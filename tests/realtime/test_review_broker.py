@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import time
+
+from redis.asyncio import Redis
 
 from server.realtime.brokers.redis import RedisBroker
 from tests.helpers.redis_process import RedisProcess
@@ -102,3 +105,49 @@ def test_closing_while_subscriptions_wait_for_redis_leaves_no_task_behind() -> N
     left, errors = asyncio.run(scenario())
     assert left == []
     assert errors == []
+
+
+SPIN = """local t = redis.call('TIME') local start = t[1] * 1000000 + t[2]
+repeat local n = redis.call('TIME') until n[1] * 1000000 + n[2] - start > tonumber(ARGV[1])"""  # Redis busy
+
+
+def test_a_loop_busy_past_redis_timeout_does_not_take_a_live_redis_for_down(redis: RedisProcess) -> None:
+    """A worker whose loop is held longer than REDIS_TIMEOUT (here 0.3 s, held 0.8 s) while its calls are in
+    flight: Redis answered in time, so presence and the broker still count it up, the answers are used, and
+    nothing is rewritten or logged as unreachable."""
+    from server.realtime.brokers.redis import RedisBroker as Broker
+    from server.realtime.presence_redis import RedisPresence
+
+    async def scenario() -> tuple[list[object], bool, bool, int]:
+        loop = asyncio.get_running_loop()
+        presence = RedisPresence([redis.url], "busy", timeout=0.3)
+        broker, other = Broker([redis.url], timeout=0.3), Broker([redis.url], timeout=0.3)
+        events = Events()
+        await presence.start()
+        await broker.start(Events())
+        await other.start(events)
+        await other.subscribe("room:busy")
+        stall = Redis.from_url(redis.url)  # Redis busy for 150 ms, so the calls below are still unanswered
+        busy = asyncio.ensure_future(stall.eval(SPIN, 0, 150_000))  # when this process's loop is then held
+        await asyncio.sleep(0.02)
+        calls = [asyncio.ensure_future(presence.add("room:busy", "u1")),
+                 asyncio.ensure_future(presence.users("room:busy"))]
+        broker.publish("room:busy", 1, b"one")
+        await asyncio.sleep(0.03)  # the pipelines are sent, Redis still spinning
+        loop.call_soon(time.sleep, 0.8)  # the loop is held, as by a long burst of work; Redis answers meanwhile
+        answers = await asyncio.gather(*calls)
+        await busy
+        await stall.aclose()
+        deadline = loop.time() + 5
+        while not events.messages and loop.time() < deadline:
+            await asyncio.sleep(0.02)
+        up = presence.reachable and broker.up and other.up
+        rewrote = bool(presence._stale)  # a failed call marks its shard stale: all entries written again
+        await presence.close()
+        await broker.close()
+        await other.close()
+        return answers, up, rewrote, len(events.messages)
+
+    answers, up, rewrote, delivered = asyncio.run(scenario())
+    assert answers == [True, ["u1"]]
+    assert up and not rewrote and delivered == 1

@@ -37,7 +37,7 @@ from redis.retry import Retry
 
 from server.logs import fields
 from server.realtime.brokers.base import BrokerEvents
-from server.timeouts import within
+from server.timeouts import LAG_CAP, answer_within, within
 
 log = logging.getLogger("server.broker")
 
@@ -154,19 +154,20 @@ class _Shard:
         """Connects, subscribes to every wanted topic and waits for Redis to confirm
         them; returns the tasks whose end means the connection is lost."""
         timeout = self.broker.timeout
-        self._client = Redis.from_url(self.url, socket_timeout=timeout, socket_connect_timeout=timeout,
+        backstop = timeout * LAG_CAP  # the calls' own bound is answer_within's; this one only if that fails
+        self._client = Redis.from_url(self.url, socket_timeout=backstop, socket_connect_timeout=backstop,
                                       retry=Retry(NoBackoff(), 0), health_check_interval=0)
-        await within(self._client.ping(), timeout)
+        await answer_within(self._client.ping(), timeout)
         pubsub = self._client.pubsub()
-        await within(pubsub.connect(), timeout)  # type: ignore[no-untyped-call]
+        await answer_within(pubsub.connect(), timeout)  # type: ignore[no-untyped-call]
         self._pubsub = pubsub  # from here a subscribe() goes to Redis itself
         topics = sorted(self.topics)
         waiting = [self._expect(t) for t in topics]
         if topics:
-            await within(pubsub.subscribe(*topics), timeout)
+            await answer_within(pubsub.subscribe(*topics), timeout)
         tasks = [asyncio.create_task(self._read()), asyncio.create_task(self._ping(self._client)),
                  asyncio.create_task(self._lost.wait())]
-        confirmed = asyncio.ensure_future(within(asyncio.gather(*waiting), timeout))
+        confirmed = asyncio.ensure_future(answer_within(asyncio.gather(*waiting), timeout))
         try:
             done, _ = await asyncio.wait([confirmed, *tasks], return_when=asyncio.FIRST_COMPLETED)
             if confirmed not in done:
@@ -225,7 +226,7 @@ class _Shard:
         """Checks the connection's liveness; ends (the connection is lost) when Redis does not answer in time."""
         while True:
             await asyncio.sleep(PING_SECONDS)
-            await within(client.ping(), self.broker.timeout)
+            await answer_within(client.ping(), self.broker.timeout)
 
     # -- what arrives ------------------------------------------------------------------------
 
@@ -262,8 +263,8 @@ class _Shard:
             return  # subscribed on reconnection, then caught up through on_recovered
         confirmed = self._expect(name)
         try:
-            await within(self._pubsub.subscribe(name), self.broker.timeout)
-            await within(confirmed, self.broker.timeout)
+            await answer_within(self._pubsub.subscribe(name), self.broker.timeout)
+            await answer_within(confirmed, self.broker.timeout)
         except (RedisError, OSError, TimeoutError, ConnectionError) as exc:
             self._lost.set()  # reconnects, re-subscribes everything, then catches up
             log.debug("subscribe failed", extra=fields(shard=self.index, error=repr(exc)))
@@ -272,7 +273,7 @@ class _Shard:
         self.topics.discard(name)
         if self._pubsub is not None:
             try:
-                await within(self._pubsub.unsubscribe(name), self.broker.timeout)
+                await answer_within(self._pubsub.unsubscribe(name), self.broker.timeout)
             except (RedisError, OSError, TimeoutError) as exc:
                 self._lost.set()
                 log.debug("unsubscribe failed", extra=fields(shard=self.index, error=repr(exc)))
@@ -303,7 +304,7 @@ class _Shard:
                 for name, data in batch:
                     pipe.publish(name, data)
                 try:
-                    await within(pipe.execute(), self.broker.timeout)
+                    await answer_within(pipe.execute(), self.broker.timeout)
                 except (RedisError, OSError, TimeoutError) as exc:
                     self._lost.set()
                     log.debug("publish failed", extra=fields(shard=self.index, error=repr(exc)))
