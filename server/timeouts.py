@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import weakref
-from collections.abc import Awaitable
-from typing import TypeVar
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -67,10 +67,57 @@ class _Lag:
 _lags: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Lag] = weakref.WeakKeyDictionary()
 
 
+def _lag_of(loop: asyncio.AbstractEventLoop) -> _Lag:
+    lag = _lags.get(loop)
+    if lag is None:
+        lag = _lags[loop] = _Lag(loop)
+    return lag
+
+
+class FreeTimer:
+    """``loop.call_later(delay, callback, *args)`` where the delay counts only
+    the time the loop was free: whatever time its timers fired late meanwhile
+    (the loop busy, the process starved of CPU) is added, up to ``LAG_CAP``
+    times ``delay`` in all. For a wait on something that arrives through a
+    socket, which a busy loop may already hold unread."""
+
+    def __init__(self, delay: float, callback: Callable[..., None], *args: Any) -> None:
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        self._lag = _lag_of(loop)
+        self._lag.enter()
+        self._began = self._lag.now()  # the lateness already summed when the wait began
+        self._credited = 0.0  # lateness already added to the wait
+        self._hard = loop.time() + delay * LAG_CAP  # never later than this
+        self._callback, self._args = callback, args
+        self._done = False
+        self._handle = loop.call_at(loop.time() + delay, self._check)
+
+    def _check(self) -> None:
+        owed = self._lag.now() - self._began - self._credited
+        now = self._loop.time()
+        if owed > 0.001 and now < self._hard:  # the loop was busy meanwhile: that time does not count
+            self._credited += owed
+            self._handle = self._loop.call_at(min(now + owed, self._hard), self._check)
+            return
+        self._finish()
+        self._callback(*self._args)
+
+    def cancel(self) -> None:
+        if not self._done:
+            self._handle.cancel()
+            self._finish()
+
+    def _finish(self) -> None:
+        self._done = True
+        self._lag.leave()
+
+
 async def answer_within(awaitable: Awaitable[T], seconds: float) -> T:
     """``await awaitable``, raising TimeoutError once the other side (Redis) has
     had ``seconds`` to answer, not counting the time this process's loop was too
-    busy to run anything (at most ``LAG_CAP`` times ``seconds`` in all).
+    busy to run anything (at most ``LAG_CAP`` times ``seconds`` in all: a
+    ``FreeTimer``).
 
     A plain timeout on a loop that lags counts the lag against the peer: an
     answer that arrived in time but was read after the deadline fails the
@@ -78,32 +125,9 @@ async def answer_within(awaitable: Awaitable[T], seconds: float) -> T:
     at once for one that was down, and its recovery (writing all its presence
     entries again) made it further behind."""
     loop = asyncio.get_running_loop()
-    lag = _lags.get(loop)
-    if lag is None:
-        lag = _lags[loop] = _Lag(loop)
-    lag.enter()
-    began = lag.now()
-    hard = loop.time() + seconds * LAG_CAP
-    credited = 0.0  # lag already added to the deadline
-    handle: asyncio.TimerHandle | None = None  # the next look at the deadline
-    try:
-        async with asyncio.timeout(None) as bound:
-
-            def check() -> None:
-                nonlocal handle, credited
-                owed = lag.now() - began - credited
-                now = loop.time()
-                if owed > 0.001 and now < hard:  # the loop was busy meanwhile: that time does not count
-                    credited += owed
-                    handle = loop.call_at(min(now + owed, hard), check)
-                else:
-                    bound.reschedule(now)  # expires: the awaiting task is cancelled, TimeoutError raised
-
-            handle = loop.call_at(loop.time() + seconds, check)
-            try:
-                return await awaitable
-            finally:
-                if handle is not None:
-                    handle.cancel()
-    finally:
-        lag.leave()
+    async with asyncio.timeout(None) as bound:
+        timer = FreeTimer(seconds, lambda: bound.reschedule(loop.time()))  # expiring cancels this task
+        try:
+            return await awaitable
+        finally:
+            timer.cancel()

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from server.timeouts import LAG_CAP, answer_within, within
+from server.timeouts import LAG_CAP, FreeTimer, answer_within, within
 
 
 async def _cancelled_as_it_completes(bounded: Callable[[Awaitable[Any], float], Awaitable[Any]]) -> bool:
@@ -103,3 +103,33 @@ def test_answer_within_is_cancelled_like_any_await() -> None:
             await task
 
     asyncio.run(scenario())
+
+
+def test_a_free_timer_waits_its_delay_of_free_loop_time() -> None:
+    """Idle, it fires after its delay; with the loop held 0.3 s inside the wait, that time is added, so what a
+    busy loop had not yet run (here a callback due before the hold ended) still runs first; cancelled, it
+    never fires."""
+    async def scenario() -> tuple[float, list[str], float, bool]:
+        loop = asyncio.get_running_loop()
+        fired = asyncio.Event()
+        began = loop.time()
+        FreeTimer(0.1, fired.set)
+        await fired.wait()
+        idle = loop.time() - began
+        order: list[str] = []
+        done = asyncio.Event()
+        began = loop.time()
+        FreeTimer(0.1, lambda: (order.append("timer"), done.set()))
+        loop.call_soon(time.sleep, 0.3)  # held past the delay
+        loop.call_later(0.2, order.append, "arrival")  # what the hold kept from running in time
+        await done.wait()
+        busy = loop.time() - began
+        cancelled = FreeTimer(0.05, order.append, "cancelled")
+        cancelled.cancel()
+        await asyncio.sleep(0.1)
+        return idle, order, busy, "cancelled" in order
+
+    idle, order, busy, ran = asyncio.run(scenario())
+    assert 0.1 <= idle < 0.25
+    assert order == ["arrival", "timer"] and busy >= 0.3
+    assert not ran

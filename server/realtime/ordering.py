@@ -4,7 +4,8 @@
 Two processes publishing in one channel reach Redis in any order, and a process
 can miss a Redis message (Redis restarted, a connection dropped). So each
 process keeps, per channel it serves, the last seq it delivered. A message ahead
-of it waits ``GAP_WAIT`` for the missing ones, which are then read from MongoDB
+of it waits ``GAP_WAIT`` for the missing ones (not counting time the loop was
+too busy to read them: a ``FreeTimer``), which are then read from MongoDB
 (where every message is stored before it is published); a message at or below
 it is a duplicate and dropped. When the broker comes back after an outage,
 every served channel is read from MongoDB from its last delivered seq, and live
@@ -21,6 +22,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from server.logs import fields
+from server.timeouts import FreeTimer
 
 log = logging.getLogger("server.ordering")
 
@@ -100,7 +102,7 @@ class Orderer:
         self.wait = wait  # how long a message ahead waits for those before it
         self.channels: dict[str, ChannelOrder | None] = {}  # served channel -> its order (None: start unknown)
         self.waiting: dict[str, list[tuple[int, bytes]]] = {}  # channel whose start is unknown -> what arrived
-        self._timers: dict[str, asyncio.TimerHandle] = {}  # channel -> its pending gap fill
+        self._timers: dict[str, FreeTimer] = {}  # channel -> its pending gap fill (its wait counts free loop time)
         self._filling: dict[str, asyncio.Task[None]] = {}  # channel -> its running read
         self._catch_up: set[str] = set()  # channels whose catch-up waits for their running gap read
         self.fills = 0  # messages delivered from MongoDB rather than from the broker (a metric)
@@ -146,7 +148,7 @@ class Orderer:
         if seq in order.ahead:
             self.held += 1
         if order.gap and channel not in self._timers and channel not in self._filling:
-            self._timers[channel] = asyncio.get_running_loop().call_later(self.wait, self._fill, channel)
+            self._timers[channel] = FreeTimer(self.wait, self._fill, channel)
 
     def _fill(self, channel: str) -> None:
         self._timers.pop(channel, None)
@@ -177,7 +179,7 @@ class Orderer:
             return
         order = self.channels.get(channel)
         if order is not None and order.gap and channel not in self._timers:  # arrived during the read
-            self._timers[channel] = asyncio.get_running_loop().call_later(self.wait, self._fill, channel)
+            self._timers[channel] = FreeTimer(self.wait, self._fill, channel)
 
     async def _read(self, channel: str, whole: bool) -> None:
         """Reads pages after ``last`` until the gap is closed (or, ``whole``, until
