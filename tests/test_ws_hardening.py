@@ -382,3 +382,33 @@ async def test_get_ws_without_an_upgrade_answers_json(base_url: str, login, http
                                     allow_nonstandard_methods=True)
         assert error.value.code == 405, method
         assert json.loads(error.value.response.body)["error"]["code"] == "method_not_allowed"
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_slow_reader_closed_with_windows_still_waiting_is_closed_once(login, http_port: int, services,
+                                                                             monkeypatch) -> None:
+    """A client that does not read, with many full flush windows of its channel waiting: the write that passes
+    the bound closes it with 4009 once (one close logged and counted), and nothing of what still waited is
+    written after the close frame replaced the backlog."""
+    from server.protocol import encode_message_push
+
+    hub = services.realtime.hub
+    alice = await login("alice")
+    raw = await RawSocket.connect(http_port, alice["access_token"], receive_buffer=4096)
+    await raw.send(json.dumps({"id": 1, "op": "subscribe", "channel": "feed:pile"}).encode())
+    await asyncio.sleep(0.3)
+    session = next(iter(hub.subscribers["feed:pile"]))
+    closes: list[int] = []
+    real_log_close = hub.log_close
+    monkeypatch.setattr(hub, "log_close", lambda c, code, reason: (closes.append(code), real_log_close(c, code,
+                                                                                                        reason)))
+    blob = "y" * 15000
+    for seq in range(1, 401):  # 6 MB in one loop turn (the kernel takes a few MB): full windows pile up
+        hub.deliver("feed:pile", seq, encode_message_push({"channel": "feed:pile", "seq": seq, "b": blob}))
+    for _ in range(100):
+        if session.closed:
+            break
+        await asyncio.sleep(0.05)
+    assert session.closed and closes == [CloseCode.TOO_SLOW]
+    assert session.transport.pending() < 80 * 1024  # at most a window being written (64 KiB), and the close frame
+    raw.close()

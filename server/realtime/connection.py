@@ -71,6 +71,7 @@ class Connection:
         self.refilled = time.monotonic()  # when the bucket was last filled
         self.strikes = 0  # frames refused for rate since the bucket was last full
         self.closed = False  # closed by the server or the client
+        self.closing = False  # close() under way (it writes what waited first)
         self.opened = time.monotonic()  # when it opened (the oldest closes first past WS_MAX_PER_USER)
         self._expiry: asyncio.TimerHandle | None = None  # closes with 4001 when the token expires
         self.outbox: list[bytes] | None = None  # frames queued this loop turn, written together by the hub
@@ -93,8 +94,9 @@ class Connection:
 
     def close(self, code: int, reason: str, write_first: bool = True) -> None:
         """Closes with ``code``; what waits to be written goes first unless not ``write_first`` (writing failed)."""
-        if self.closed:
-            return
+        if self.closed or self.closing:
+            return  # closing already (a write while closing found the socket too slow, say)
+        self.closing = True
         if write_first:
             self.holder.catch_up(self)  # what was delivered and waits for the hub's flush, and
             self.flush()  # what was queued (an error reply, say), go before the close frame
@@ -208,6 +210,6 @@ class Connection:
     def _within_bound(self) -> bool:
         if self.transport.pending() > SEND_BUFFER_BYTES:
             self.transport.drop_unsent()  # the close frame in place of the backlog: the client learns why
-            self.close(CloseCode.TOO_SLOW, "the connection does not read fast enough")
+            self.close(CloseCode.TOO_SLOW, "the connection does not read fast enough", write_first=False)
             return False
         return True

@@ -81,7 +81,7 @@ class Hub:
         self._steps: Iterator[None] | None = None  # the running flush's writes still to do (it runs in slices)
         self._writing: list[tuple[str, Window]] = []  # the (channel, window)s the running flush writes, in order
         self._writes_took = 0.0  # seconds the running flush's slices took so far
-        self._timer: asyncio.TimerHandle | None = None  # the next flush, when it waits (a long one went before)
+        self._next: asyncio.Handle | None = None  # the call of the next flush or of the running one's next slice
         self._flush_at = 0.0  # loop time before which the next flush waits (the last one was long)
         self._ids = itertools.count(1)  # connection ids
         self._presence = asyncio.Lock()  # presence calls, one at a time, in order
@@ -278,10 +278,9 @@ class Hub:
         if window.size > WINDOW_BYTES:  # full: the next messages start another, so no one write nears
             del self._windows[channel]  # SEND_BUFFER_BYTES for a client that reads
             self._full.append((channel, window))
-            if self._timer is not None:  # a full window gains nothing by waiting for the paced flush
-                self._timer.cancel()
-                self._timer = None
-                asyncio.get_running_loop().call_soon(self.flush)
+            if isinstance(self._next, asyncio.TimerHandle):  # a full window gains nothing by waiting for
+                self._next.cancel()  # the paced flush
+                self._next = asyncio.get_running_loop().call_soon(self.flush)
             if len(self._full) > WINDOWS_MAX:  # far behind: everything is written now, the loop held meanwhile
                 self.flush(whole=True)
 
@@ -313,9 +312,9 @@ class Hub:
         self._scheduled = True
         loop = asyncio.get_running_loop()
         if self._flush_at > loop.time():
-            self._timer = loop.call_at(self._flush_at, self.flush)
+            self._next = loop.call_at(self._flush_at, self.flush)
         else:
-            loop.call_soon(self.flush)
+            self._next = loop.call_soon(self.flush)
 
     def flush(self, whole: bool = False) -> None:
         """Writes what the windows and outboxes hold, ``FLUSH_SLICE`` seconds at a
@@ -323,24 +322,28 @@ class Hub:
         in, for the next flush), so thousands of sockets' writes on a busy
         process never hold it for long. ``whole``: the running flush and a new one, to the end, now."""
         began = time.perf_counter()
-        self._timer = None
-        if whole and self._steps is not None:
+        if self._next is not None:  # whoever called, one chain of calls drives the flush
+            self._next.cancel()
+            self._next = None
+        try:
+            if whole and self._steps is not None:
+                for _ in self._steps:
+                    pass
+                self._steps = None
+            if self._steps is None:  # a new flush: what was delivered until now
+                windows = [*self._full, *self._windows.items()]
+                self._full, self._windows = [], {}
+                self._writing = windows
+                self._writes_took = 0.0
+                self._steps = self._steps_of(windows)
+            until = began + FLUSH_SLICE
             for _ in self._steps:
-                pass
-            self._steps = None
-        if self._steps is None:  # a new flush: what was delivered and queued until now
-            windows = [*self._full, *self._windows.items()]
-            self._full, self._windows = [], {}
-            queued, self._queued = self._queued, []
-            self._writing = windows
-            self._writes_took = 0.0
-            self._steps = self._steps_of(windows, queued)
-        until = began + FLUSH_SLICE
-        for _ in self._steps:
-            if not whole and time.perf_counter() > until:  # the rest in a later loop turn
-                self._writes_took += time.perf_counter() - began
-                asyncio.get_running_loop().call_soon(self.flush)
-                return
+                if not whole and time.perf_counter() > until:  # the rest in a later loop turn
+                    self._writes_took += time.perf_counter() - began
+                    self._next = asyncio.get_running_loop().call_soon(self.flush)
+                    return
+        except Exception:  # a defect: what this flush had not written is dropped, later flushes still run
+            log.exception("a flush failed")
         self._steps = None
         self._writing = []
         took = self._writes_took + time.perf_counter() - began  # the writing itself, not what ran between slices
@@ -351,8 +354,10 @@ class Hub:
         if self._windows or self._full or self._queued:  # delivered or queued meanwhile: the next flush
             self._schedule()
 
-    def _steps_of(self, windows: list[tuple[str, Window]], queued: list[Connection]) -> Iterator[None]:
-        """The flush's writes, pausing (a ``yield``) every ``FLUSH_STEP`` sockets."""
+    def _steps_of(self, windows: list[tuple[str, Window]]) -> Iterator[None]:
+        """The flush's writes, pausing (a ``yield``) every ``FLUSH_STEP`` sockets:
+        the windows, then the outboxes (replies, and the windows' frames for
+        sockets with a reply or several channels)."""
         for channel, window in windows:  # a connection with a reply queued adds these after it
             subscribers = self.subscribers.get(channel)
             if not subscribers:
@@ -368,6 +373,7 @@ class Hub:
                     delivered = 0
                     yield
             self._count(delivered)
+        queued, self._queued = self._queued, []  # what was queued until now, this flush's windows' parts too
         for n, connection in enumerate(queued, 1):
             try:
                 connection.flush()
