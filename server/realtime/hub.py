@@ -16,7 +16,9 @@ flush that took longer than ``FLUSH_FREE`` (a few hundred sockets' writes),
 the next one waits about as long (``FLUSH_SHARE``, at most
 ``FLUSH_WAIT_MAX``), so what is delivered meanwhile shares one system call per
 socket; an idle process writes at the end of the turn as before. A window
-larger than ``WINDOW_BYTES`` is written at once. A connection whose unsent
+past ``WINDOW_BYTES`` is closed (later messages start another) and starts the
+flush at once; a flush writes ``FLUSH_SLICE`` at a time, the loop running
+between slices. A connection whose unsent
 bytes pass ``SEND_BUFFER_BYTES`` is closed with 4009, so a client that does
 not read costs a bounded amount of memory.
 

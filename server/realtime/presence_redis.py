@@ -47,17 +47,14 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from redis.asyncio import Redis
-from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError
-from redis.retry import Retry
 
 from server.logs import fields
 from server.realtime import presence_lua as lua
-from server.realtime.brokers.redis import PREFIX, shard_of
+from server.realtime.brokers.redis import PREFIX, client_for, shard_of
 from server.realtime.presence import MemoryPresence
-from server.timeouts import LAG_CAP, answer_within, within
+from server.timeouts import answer_within, within
 
 log = logging.getLogger("server.presence")
 
@@ -90,9 +87,7 @@ class RedisPresence:
         self.node = node  # this process's id (the broker's)
         self.timeout = timeout  # seconds any Redis call may take
         self.ttl = ttl or PRESENCE_TTL  # seconds this process's entries outlive its last heartbeat
-        backstop = timeout * LAG_CAP  # the calls' own bound is answer_within's; this one only if that fails
-        self.clients = [Redis.from_url(url, socket_timeout=backstop, socket_connect_timeout=backstop,
-                                       retry=Retry(NoBackoff(), 0)) for url in urls]  # one per shard
+        self.clients = [client_for(url, timeout) for url in urls]  # one per shard
         self.local = MemoryPresence(node)  # this process's entries: re-written after a Redis restart, and the
         # fallback answer while Redis is away
         self.scripts = [{name: client.register_script(source) for name, source in SCRIPTS.items()}

@@ -97,6 +97,15 @@ class Seen:
         return fresh
 
 
+def client_for(url: str, timeout: float, **options: Any) -> Redis:
+    """A client of one Redis server with no retries of its own. Its calls are
+    bounded by ``answer_within(..., timeout)``; its socket timeouts are only
+    the backstop, as long as that bound can stretch on a busy loop."""
+    backstop = timeout * LAG_CAP
+    return Redis.from_url(url, socket_timeout=backstop, socket_connect_timeout=backstop,
+                          retry=Retry(NoBackoff(), 0), **options)
+
+
 class _Shard:
     """One Redis server: a pub/sub connection for what arrives, a command
     connection for publishes and pings, and their reconnection."""
@@ -154,9 +163,7 @@ class _Shard:
         """Connects, subscribes to every wanted topic and waits for Redis to confirm
         them; returns the tasks whose end means the connection is lost."""
         timeout = self.broker.timeout
-        backstop = timeout * LAG_CAP  # the calls' own bound is answer_within's; this one only if that fails
-        self._client = Redis.from_url(self.url, socket_timeout=backstop, socket_connect_timeout=backstop,
-                                      retry=Retry(NoBackoff(), 0), health_check_interval=0)
+        self._client = client_for(self.url, timeout, health_check_interval=0)
         await answer_within(self._client.ping(), timeout)
         pubsub = self._client.pubsub()
         await answer_within(pubsub.connect(), timeout)  # type: ignore[no-untyped-call]
