@@ -11,11 +11,15 @@ arrive meanwhile stored together by one ``insert_many`` (group commit), so the
 insert almost always succeeds first time and messages are handed to the broker
 in seq order.
 
-A publish never fails because of its neighbours in a batch: whatever refuses the
-batch insert (a seq taken elsewhere, a document the driver cannot encode), what
-the insert did not store is stored one at a time, where only the refused
-message fails. The channel's writer is a task of its own, so a publisher that
-stops waiting (its command timed out, its socket closed) stops no one else's.
+A seq taken by another process refuses the batch insert from that message on:
+the channel's last seq is read again and the rest inserted after it as a batch
+(two processes publishing into one channel under load would otherwise store
+message by message, a round trip each). A publish never fails because of its
+neighbours in a batch: whatever else refuses the batch insert (a cid that won a
+race elsewhere, a document the driver cannot encode), what the insert did not
+store is stored one at a time, where only the refused message fails. The
+channel's writer is a task of its own, so a publisher that stops waiting (its
+command timed out, its socket closed) stops no one else's.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from server.storage import Storage, iso, utcnow
 
 MAX_ATTEMPTS = 50  # inserts tried against other processes' concurrent publishes
 MAX_BATCH = 500  # publishes stored with one insert_many
+DUPLICATE_KEY = 11000  # MongoDB's error code for a unique index refusing a document
 # What the driver raises, before sending anything, for a document BSON cannot hold
 # (an integer beyond int64, a NUL in a key, a lone surrogate in a string).
 UNENCODABLE = (InvalidDocument, OverflowError, UnicodeEncodeError)
@@ -175,34 +180,45 @@ class Messages:
                 request.future.set_exception(refusal)
 
     async def _insert_batch(self, channel: str, batch: list[_Request]) -> dict[int, Published]:
-        """Inserts ``batch`` at the next seqs with one ordered insert_many and
+        """Inserts ``batch`` at the next seqs with ordered insert_many calls and
         delivers what was stored, in order; returns the stored ones by request
-        id. Whatever follows a refused insert (a seq another process took, a cid
-        that won a race elsewhere) is left to the one-at-a-time path."""
-        if not batch:
-            return {}
-        seq = await self._last_stored(channel)
-        now = utcnow()
-        docs = [_document(channel, seq + offset, r.sender, r.data, r.cid, now) for offset, r in enumerate(batch, 1)]
-        try:
-            await self._messages.insert_many(docs, ordered=True)
-            inserted = len(docs)
-            self._last[channel] = seq + inserted
-        except BulkWriteError as exc:  # ordered: everything before the first refused document is stored
-            errors = exc.details.get("writeErrors", [])
-            if not errors:
-                raise
-            inserted = int(errors[0]["index"])
-            self._last.pop(channel, None)  # maybe another process wrote here: read the seq again
-        except Exception:  # refused whole (a document the driver cannot encode), or its outcome is unknown
-            self._last.pop(channel, None)
-            inserted = await self._stored_prefix(docs)  # a database still failing raises here: the batch fails
+        id. When another process took one of those seqs, the channel's last seq
+        is read again and the rest of the batch inserted after it, still as a
+        batch: two processes publishing into one channel take turns batch by
+        batch, not message by message. Whatever follows any other refusal (a cid
+        that won a race elsewhere, a document the driver cannot encode) is left
+        to the one-at-a-time path."""
         stored: dict[int, Published] = {}
-        for request, doc in zip(batch[:inserted], docs[:inserted], strict=True):
-            published = Published(public(doc), True)
-            stored[id(request)] = published
-            if request.deliver is not None:
-                request.deliver(published.message)
+        rest = batch
+        for _ in range(MAX_ATTEMPTS):
+            if not rest:
+                break
+            seq = await self._last_stored(channel)
+            now = utcnow()
+            docs = [_document(channel, seq + offset, r.sender, r.data, r.cid, now) for offset, r in enumerate(rest, 1)]
+            seq_taken = False
+            try:
+                await self._messages.insert_many(docs, ordered=True)
+                inserted = len(docs)
+                self._last[channel] = seq + inserted
+            except BulkWriteError as exc:  # ordered: everything before the first refused document is stored
+                errors = exc.details.get("writeErrors", [])
+                if not errors:
+                    raise
+                inserted = int(errors[0]["index"])
+                seq_taken = errors[0].get("code") == DUPLICATE_KEY and "seq" in (errors[0].get("keyPattern") or {})
+                self._last.pop(channel, None)  # maybe another process wrote here: read the seq again
+            except Exception:  # refused whole (a document the driver cannot encode), or its outcome is unknown
+                self._last.pop(channel, None)
+                inserted = await self._stored_prefix(docs)  # a database still failing raises here: the batch fails
+            for request, doc in zip(rest[:inserted], docs[:inserted], strict=True):
+                published = Published(public(doc), True)
+                stored[id(request)] = published
+                if request.deliver is not None:
+                    request.deliver(published.message)
+            rest = rest[inserted:]
+            if not seq_taken:
+                break
         return stored
 
     async def _stored_prefix(self, docs: list[dict[str, Any]]) -> int:

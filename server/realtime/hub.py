@@ -75,6 +75,9 @@ class Hub:
         self.connections = 0  # open connections, kept as they come and go
         self.delivered = 0  # frames written to connections
         self.published = 0  # messages published through this process
+        self.flushes = 0  # flushes begun (stats: how much each flush's writes carry)
+        self.windows_flushed = 0  # channel windows those flushes wrote
+        self.frames_flushed = 0  # message frames in those windows
         self.recent = Recent(recovery_max)  # each served channel's newest messages, for replays
         self._queued: list[Connection] = []  # connections with frames to write at the end of this loop turn
         self._windows: dict[str, Window] = {}  # channel -> its messages to write at the end of this loop turn
@@ -335,6 +338,9 @@ class Hub:
             if self._steps is None:  # a new flush: what was delivered until now
                 windows = [*self._full, *self._windows.items()]
                 self._full, self._windows = [], {}
+                self.flushes += 1
+                self.windows_flushed += len(windows)
+                self.frames_flushed += sum(len(window.seqs) for _, window in windows)
                 self._writing = windows
                 self._writes_took = 0.0
                 self._steps = self._steps_of(windows)

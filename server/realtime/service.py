@@ -151,7 +151,8 @@ class Realtime:
                 "messages_published": hub.published, "messages_delivered": hub.delivered,
                 "uptime": round(time.time() - self.started_at, 3), "node": state["node"], "pid": os.getpid(),
                 "broker": {"kind": state["kind"], "up": state["up"], "held": self.node.orderer.held,
-                           "filled_from_mongodb": self.node.orderer.fills}}
+                           "filled_from_mongodb": self.node.orderer.fills},
+                "flushes": {"flushes": hub.flushes, "windows": hub.windows_flushed, "frames": hub.frames_flushed}}
 
     async def deployment_stats(self) -> dict[str, Any]:
         """Every process's figures and their sums (``users``: distinct users over the deployment)."""
