@@ -6,6 +6,11 @@ from __future__ import annotations
 import asyncio
 import json
 import multiprocessing
+import os
+import queue
+import shutil
+import subprocess
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -62,8 +67,8 @@ class Generators:
         return opened, failed
 
     def send(self, command: Any) -> None:
-        for queue in self.commands:
-            queue.put(command)
+        for commands in self.commands:
+            commands.put(command)
 
     def gather(self, command: Any, timeout: float) -> list[tuple[Any, ...]]:
         """Sends ``command`` to every process and returns their answers."""
@@ -93,13 +98,106 @@ class Generators:
                 process.kill()
 
 
-async def publish_at(url: str, rate: float, seconds: float, body: Any, headers: dict[str, str]) -> tuple[int, int]:
-    """POSTs ``body(n)`` to ``url`` ``rate`` times a second for ``seconds``;
+class NodeGenerators:
+    """``Generators`` for the fan-out benches, in Node (bench/loadgen.js): the same
+    sessions, counts and commands for one channel in the ``ours`` dialect, at a
+    fraction of the CPU per delivery, so that on 2 cores the load generators are
+    not what bounds the server. Each process is ``node`` with JSON lines on its
+    stdin and stdout (a thread per process reads them)."""
+
+    SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "loadgen.js")
+
+    def __init__(self, url: str, tokens: list[str], sessions: int, workers: int, channel: str, seconds: float,
+                 sample_every: int) -> None:
+        node = shutil.which("node")
+        if node is None:
+            raise RuntimeError("node is not installed: use the Python load generators")
+        shares = [sessions // workers + (1 if i < sessions % workers else 0) for i in range(workers)]
+        if max(shares) > MAX_SESSIONS:
+            raise ValueError(f"{sessions} sessions need at least {-(-sessions // MAX_SESSIONS)} processes")
+        self.reports: queue.Queue[dict[str, Any]] = queue.Queue()
+        self.processes = [
+            subprocess.Popen([node, self.SCRIPT, json.dumps({
+                "url": url, "tokens": tokens[i::workers] or tokens, "sessions": n, "channel": channel,
+                "sample_every": sample_every, "source": f"127.0.0.{2 + i}", "seconds": seconds})],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            for i, n in enumerate(shares)]
+        for process in self.processes:
+            threading.Thread(target=self._read, args=(process,), daemon=True).start()
+        self.timeout = seconds
+        self.why_failed: dict[str, int] = {}  # why sessions failed to open -> how many (printed by ready)
+
+    def _read(self, process: subprocess.Popen[str]) -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            self.reports.put(json.loads(line))
+        self.reports.put({"kind": "exited", "code": process.wait()})
+
+    def _next(self, timeout: float) -> dict[str, Any]:
+        report = self.reports.get(timeout=timeout)
+        if report["kind"] == "exited":
+            raise RuntimeError(f"a Node load generator exited ({report['code']})")
+        return report
+
+    def ready(self) -> tuple[int, int]:
+        """Waits until every process has opened its sessions: (opened, failed)."""
+        opened = failed = 0
+        for _ in self.processes:
+            report = self._next(self.timeout)
+            opened, failed = opened + report["opened"], failed + report["failed"]
+            for reason, count in report["why_failed"].items():
+                self.why_failed[reason] = self.why_failed.get(reason, 0) + count
+        if self.why_failed:
+            print(f"# why sessions failed to open: {self.why_failed}", flush=True)
+        return opened, failed
+
+    def send(self, command: str) -> None:
+        for process in self.processes:
+            assert process.stdin is not None
+            process.stdin.write(command + "\n")
+            process.stdin.flush()
+
+    def collect(self) -> Counts:
+        """Every process's counts since the last collect, merged."""
+        self.send("report")
+        merged = Counts()
+        for _ in self.processes:
+            report = self._next(60)
+            merged.deliveries += report["deliveries"]
+            merged.doubled += report["doubled"]
+            merged.skipped += report["skipped"]
+            merged.closed += report["closed"]
+            merged.latencies += report["latencies"]
+            for seq, n in report["by_seq"].items():
+                merged.by_seq[int(seq)] += n
+        return merged
+
+    def stop(self) -> None:
+        for process in self.processes:
+            try:
+                assert process.stdin is not None
+                process.stdin.write("stop\n")
+                process.stdin.close()
+            except OSError:  # it exited already
+                pass
+        for process in self.processes:
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+async def publish_at(url: str, rate: float, seconds: float, body: Any, headers: dict[str, str],
+                     in_flight: int = 64) -> tuple[int, int]:
+    """POSTs ``body(n)`` to ``url`` ``rate`` times a second for ``seconds``, at
+    most ``in_flight`` requests at a time (the rest wait their turn: past it the
+    rate sent is bounded by the server's publish latency, not the rate asked);
     returns how many were sent and how many failed (an overloaded server times
     them out)."""
     from tornado.httpclient import AsyncHTTPClient
 
-    http = AsyncHTTPClient(max_clients=64, defaults={"request_timeout": 120, "connect_timeout": 30})
+    http = AsyncHTTPClient(force_instance=True, max_clients=in_flight,
+                           defaults={"request_timeout": 120, "connect_timeout": 30})
     start = time.perf_counter()
     sent = 0
     pending: set[asyncio.Future[Any]] = set()
@@ -113,6 +211,7 @@ async def publish_at(url: str, rate: float, seconds: float, body: Any, headers: 
     failed = 0
     for outcome in await asyncio.gather(*pending, return_exceptions=True):
         failed += isinstance(outcome, Exception)
+    http.close()
     return sent, failed
 
 

@@ -64,7 +64,7 @@ from typing import Any
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench import cpu
 from bench.cpu import Quotas, Snapshot, Usage
-from bench.harness import API_KEY, Generators, ms, publish_at, sign_in
+from bench.harness import API_KEY, Generators, NodeGenerators, ms, publish_at, sign_in
 from bench.loadgen import PAD
 from bench.storm_bench import merged_failures, publish
 from embedded_mongo.launcher import ChildStore
@@ -125,11 +125,13 @@ class Server:
             self.quotas.confine(now)
         self.pids = now
 
-    def filled(self) -> int:
-        """Messages the processes read from MongoDB to close a gap in seq (server API ``stats``)."""
+    def figures(self) -> dict[int, tuple[int, int, int, int]]:
+        """Each process's (pid ->) messages read from MongoDB to close a gap in seq,
+        flushes, windows written and frames in them (server API ``stats``)."""
         request = urllib.request.Request(self.base + "/api/v1/server/stats", headers={"X-API-Key": API_KEY})
         with urllib.request.urlopen(request, timeout=60) as reply:
-            return sum(p["broker"]["filled_from_mongodb"] for p in json.load(reply)["processes"])
+            return {p["pid"]: (p["broker"]["filled_from_mongodb"], p["flushes"]["flushes"], p["flushes"]["windows"],
+                               p["flushes"]["frames"]) for p in json.load(reply)["processes"]}
 
     def others(self) -> list[int]:
         """The supervisor (with several processes): watched, never confined."""
@@ -149,7 +151,8 @@ class Server:
 class Watch:
     """The processes whose CPU the bench reports, by role."""
 
-    def __init__(self, server: Server, generators: Generators, store: ChildStore, redis: RedisProcess | None) -> None:
+    def __init__(self, server: Server, generators: Generators | NodeGenerators, store: ChildStore,
+                 redis: RedisProcess | None) -> None:
         self.server = server  # its pids may change (check)
         self.generators = [p.pid or 0 for p in generators.processes]  # the load-generator processes
         self.extra = {"store": [store.proc.pid] if store.proc else [],
@@ -200,8 +203,11 @@ def fanout(label: str, server: Server, store: ChildStore, redis: RedisProcess | 
     token = asyncio.run(sign_in(server.base, 1, "bench"))[0]
     url = server.base.replace("http", "ws", 1) + "/ws"
     rates = [int(r) for r in args.rates.split(",")]
-    generators = Generators(url, [token], "ours", args.subscribers, args.workers, [CHANNEL],
-                            300 + args.subscribers / 20 + len(rates) * 120, args.sample)
+    lifetime = 300 + args.subscribers / 20 + len(rates) * 120
+    generators: Generators | NodeGenerators = (
+        NodeGenerators(url, [token], args.subscribers, args.workers, CHANNEL, lifetime, args.sample)
+        if args.generators == "node" else
+        Generators(url, [token], "ours", args.subscribers, args.workers, [CHANNEL], lifetime, args.sample))
     watch = Watch(server, generators, store, redis)
     figures: dict[int, Any] = {}
     try:
@@ -214,14 +220,14 @@ def fanout(label: str, server: Server, store: ChildStore, redis: RedisProcess | 
         for rate in rates:
             server.check(label)
             seconds = min(args.seconds, args.budget / (rate * max(opened, 1)))
-            filled = server.filled()
+            before = server.figures()
             start = last = watch.take()
             body = lambda n: {"channel": CHANNEL, "data": {"t": time.time(), "n": n, "pad": PAD}}  # noqa: E731
             if args.publish_through == "one":
                 sent, timed_out = publish_through_one(server, rate, seconds, body)
             else:
                 sent, timed_out = asyncio.run(publish_at(server.base + "/api/v1/server/publish", rate, seconds,
-                                                         body, headers))
+                                                         body, headers, args.in_flight))
             expected = (sent - timed_out) * opened
             deliveries, latencies, by_seq, skipped = 0, [], {}, 0  # type: ignore[var-annotated]
             while True:
@@ -246,7 +252,14 @@ def fanout(label: str, server: Server, store: ChildStore, redis: RedisProcess | 
             generators_per = usage.seconds_of(watch.generators) / max(deliveries, 1) * 1e6
             redis_per = usage.seconds_of(watch.extra["Redis"]) / max(sent, 1) * 1e6
             bound, where = watch.describe(usage, rate_out >= 0.9 * rate * opened)
-            filled = server.filled() - filled
+            after = server.figures()
+            filled = sum(after[pid][0] - before.get(pid, (0,) * 4)[0] for pid in after)
+            flushes = []
+            for pid in sorted(after):
+                count, windows, frames = (a - b for a, b in zip(after[pid][1:], before.get(pid, (0,) * 4)[1:],
+                                                                strict=True))
+                flushes.append(f"{count} flushes, {windows / max(count, 1):.1f} windows each, "
+                               f"{frames / max(windows, 1):.1f} messages per window")
             figures[rate] = {"deliveries_s": rate_out, "us": per, "redis_us": redis_per, "bound": bound,
                              "p50": ms(latencies, 0.5), "p99": ms(latencies, 0.99)}
             print(f"[{label}] {rate} msg/s asked, {sent} published: {rate_out:8.0f} deliveries/s, {per:5.2f} us "
@@ -255,6 +268,7 @@ def fanout(label: str, server: Server, store: ChildStore, redis: RedisProcess | 
                   f"{ms(latencies, 0.99)} ms; {complete}/{sent} messages to every session, {doubled} twice, "
                   f"{skipped} skipped; {filled} read from MongoDB to close a gap", flush=True)
             print(f"[{label}]   {where}", flush=True)
+            print(f"[{label}]   flushes, by process: {'; '.join(flushes)}", flush=True)
     finally:
         generators.stop()
     return figures
@@ -359,7 +373,8 @@ def main(args: argparse.Namespace) -> None:
     parts = args.parts.split(",")
     print(f"# scale bench {time.strftime('%Y-%m-%d %H:%M')} on {platform.node()} ({os.cpu_count()} cores, "
           f"Python {platform.python_version()}, load average {os.getloadavg()[0]:.2f}): {args.subscribers} "
-          f"subscribers, rates {args.rates}, server CPU {args.server_cpu}; storm of {args.storm} sessions, "
+          f"subscribers, rates {args.rates}, server CPU {args.server_cpu}, {args.generators} load generators; "
+          f"storm of {args.storm} sessions, "
           f"{args.missed} missed, server CPU {args.storm_server_cpu}", flush=True)
     store = ChildStore(tempfile.mkdtemp(prefix="bench-scale-store-")).start()
     redis = RedisProcess().start()
@@ -427,6 +442,11 @@ if __name__ == "__main__":
     parser.add_argument("--publish-through", choices=("any", "one"), default="any",
                         help="fan-out publishes on new connections (any worker) or all through one worker")
     parser.add_argument("--storm-server-cpu", default="none", help="the same for the storm")
+    parser.add_argument("--in-flight", type=int, default=1000,
+                        help="publishes in flight at most (any worker): beyond it publishing waits for replies")
+    parser.add_argument("--generators", choices=("node", "python"), default="node",
+                        help="fan-out load generators: bench/loadgen.js (a fraction of the CPU per delivery) or "
+                             "bench/loadgen.py (the storm always uses the Python ones)")
     # SIGTERM (a timeout, pkill) unwinds like Ctrl-C: the servers, the store, Redis and the cgroups go too
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     main(parser.parse_args())

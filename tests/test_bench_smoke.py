@@ -32,3 +32,23 @@ def test_storm_bench_recovers_every_missed_message_once() -> None:
     out = _bench("bench/storm_bench.py", "--sessions", "40", "--missed", "15", "--workers", "2")
     assert "40 of 40 sessions back (0 failed)" in out, out  # the bench prints why sessions failed, if any did
     assert "600 messages delivered (expected 600), 0 lost, 0 received twice" in out, out
+
+
+def test_scale_bench_node_load_generators_count_every_delivery_through_one_and_two_processes() -> None:
+    """bench/loadgen.js (the fan-out comparison's load generators) counts what one process and two on Redis
+    deliver: every message to every session, nothing twice, nothing skipped."""
+    from tests.helpers.redis_process import require_redis
+    from tests.test_sdk import need
+
+    need("node")
+    require_redis()
+    out = _bench("bench/scale_bench.py", "--parts", "fanout", "--subscribers", "60", "--workers", "2",
+                 "--rates", "20", "--seconds", "1", "--drain", "20", "--server-cpu", "none", "--generators", "node")
+    assert out.count("60 sessions subscribed (0 failed)") == 2, out
+    lines = [line for line in out.splitlines() if "msg/s asked" in line]
+    assert len(lines) == 2, out
+    for line in lines:
+        sent = int(re.search(r"(\d+) published", line).group(1))
+        assert sent > 0 and f"{sent}/{sent} messages to every session, 0 twice, 0 skipped" in line, line
+    assert out.count("flushes, by process") == 2, out
+    assert re.search(r"two processes deliver x\d+\.\d\d one's deliveries/s", out), out
