@@ -99,9 +99,9 @@ class Generators:
 
 
 class NodeGenerators:
-    """``Generators`` for the fan-out benches, in Node (bench/loadgen.js): the same
-    sessions, counts and commands for one channel in the ``ours`` dialect, at a
-    fraction of the CPU per delivery, so that on 2 cores the load generators are
+    """``Generators`` for the fan-out and storm benches, in Node (bench/loadgen.js):
+    the same sessions, counts and commands for one channel in the ``ours``
+    dialect, at a fraction of the CPU per delivery and per reconnect, so that on 2 cores the load generators are
     not what bounds the server. Each process is ``node`` with JSON lines on its
     stdin and stdout (a thread per process reads them)."""
 
@@ -156,6 +156,20 @@ class NodeGenerators:
             assert process.stdin is not None
             process.stdin.write(command + "\n")
             process.stdin.flush()
+
+    def gather(self, command: Any, timeout: float) -> list[tuple[Any, ...]]:
+        """Sends ``command`` ("drop", or ("reconnect", seq)) to every process and returns their
+        answers, shaped as bench/loadgen.py's."""
+        self.send(command if isinstance(command, str) else " ".join(str(part) for part in command))
+        answers: list[tuple[Any, ...]] = []
+        for _ in self.processes:
+            report = self._next(timeout)
+            if report["kind"] == "dropped":
+                answers.append(("dropped", report["sessions"]))
+            else:
+                answers.append(("storm", report["opened"], report["failed"], report["start"], report["caught_up"],
+                                report["lost"], report["doubled"], report["deliveries"], report["why_failed"]))
+        return answers
 
     def collect(self) -> Counts:
         """Every process's counts since the last collect, merged."""

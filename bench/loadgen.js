@@ -5,10 +5,11 @@
 //                             "channel": "feed:bench", "sample_every": 10, "source": "127.0.0.2",
 //                             "seconds": 600}'
 //
-// It does what bench/loadgen.py does in its "ours" dialect for the fan-out
-// benches (connect, upgrade, subscribe, answer pings, count every delivered
-// message by its seq, time a sample of deliveries from the publisher's data.t),
-// at a fraction of the CPU: Python's per-frame parsing cost the load generators
+// It does what bench/loadgen.py does in its "ours" dialect for the fan-out and
+// storm benches (connect, upgrade, subscribe, answer pings, count every delivered
+// message by its seq, time a sample of deliveries from the publisher's data.t;
+// drop every session at once, then reconnect each with `since` its last seq and
+// time until all have every missed message), at a fraction of the CPU: Python's per-frame parsing cost the load generators
 // five to eight times the server's CPU per delivery, so on this 2-core machine
 // they, not the server, bound the comparison of one server process with two.
 //
@@ -16,7 +17,9 @@
 // objects and events would cost more than the parsing). Driven by JSON lines:
 // it writes {"kind":"ready",...} once every session has subscribed or failed,
 // then answers "report" on stdin with {"kind":"report",...} (the counts since
-// the last report) and exits on "stop", on stdin's end or after `seconds`.
+// the last report), "drop" with {"kind":"dropped",...} and "reconnect SEQ" with
+// {"kind":"storm",...} once every session is back with every message up to SEQ,
+// and exits on "stop", on stdin's end or after `seconds`.
 // Bounded: it connects only to loopback, at most CONNECTING handshakes at a
 // time, and a session not subscribed OPEN_SECONDS after its connect fails.
 
@@ -29,7 +32,6 @@ const CONNECTING = 64; // handshakes in flight: the ramp measures the server, no
 const OPEN_SECONDS = 120; // a session not subscribed this long after its connect counts as failed
 const SEQ = Buffer.from('"seq":');
 const T = Buffer.from('"t":');
-const REPLY = Buffer.from('{"id"');
 const SCAN = 300; // a push's seq is in its first bytes (the frame's own envelope)
 
 const config = JSON.parse(process.argv[2]);
@@ -45,7 +47,18 @@ const sampleEvery = Math.max(1, config.sample_every | 0);
 
 function fresh() {
   return { opened: 0, failed: 0, closed: 0, deliveries: 0, doubled: 0, skipped: 0, latencies: [],
-           by_seq: new Map(), why_failed: {} };
+           by_seq: [], why_failed: {} }; // by_seq: seq -> sessions that received it (seqs are dense)
+}
+
+function find(buffer, needle, from, to) { // indexOf within [from, to): a byte loop the JIT compiles beats
+  const first = needle[0]; //                 a native call per frame on these short scans
+  const last = to - needle.length;
+  outer: for (let i = from; i <= last; i++) {
+    if (buffer[i] !== first) continue;
+    for (let j = 1; j < needle.length; j++) if (buffer[i + j] !== needle[j]) continue outer;
+    return i;
+  }
+  return -1;
 }
 let counts = fresh();
 
@@ -74,14 +87,15 @@ function frame(opcode, payload) { // a client frame, masked as RFC 6455 requires
 }
 
 class Session {
-  constructor(token) {
+  constructor(token, last = 0) {
     this.token = token;
     this.socket = null;
     this.buffer = null; // bytes not yet parsed
     this.upgraded = false;
     this.settled = false; // subscribed or failed
     this.started = 0; // when its connect began (ms, monotonic)
-    this.last = 0; // newest seq received
+    this.last = last; // newest seq received: a reconnect asks for what follows it
+    this.behind = false; // not yet at the storm's target seq
   }
 
   connect() {
@@ -121,7 +135,9 @@ class Session {
       }
       this.upgraded = true;
       buffer = buffer.subarray(end + 4);
-      this.send(1, Buffer.from(JSON.stringify({ id: 0, op: 'subscribe', channel: config.channel })));
+      const command = { id: 0, op: 'subscribe', channel: config.channel };
+      if (this.last) command.since = this.last;
+      this.send(1, Buffer.from(JSON.stringify(command)));
     }
     const size = buffer.length;
     let position = 0;
@@ -158,20 +174,20 @@ class Session {
   }
 
   text(buffer, start, end) {
-    if (buffer.compare(REPLY, 0, REPLY.length, start, start + REPLY.length) === 0) {
+    if (buffer[start + 2] === 0x69 && buffer[start + 3] === 0x64) { // {"id": a reply (pushes start {"push")
       this.reply(buffer.toString('utf8', start, end));
       return;
     }
-    const at = buffer.indexOf(SEQ, start);
-    if (at < 0 || at >= Math.min(end, start + SCAN)) return; // presence and other pushes
+    const at = find(buffer, SEQ, start, Math.min(end, start + SCAN));
+    if (at < 0) return; // presence and other pushes
     let digit = at + SEQ.length;
     while (buffer[digit] === 32) digit++; // Tornado's JSON puts a space after the colon
     let seq = 0;
     for (let c = buffer[digit]; c >= 48 && c <= 57; c = buffer[++digit]) seq = seq * 10 + (c - 48);
     let sent = null;
     if (counts.deliveries % sampleEvery === 0) {
-      const t = buffer.indexOf(T, start);
-      if (t >= 0 && t < end) sent = parseFloat(buffer.toString('latin1', t + T.length, Math.min(end, t + 40)));
+      const t = find(buffer, T, start, end);
+      if (t >= 0) sent = parseFloat(buffer.toString('latin1', t + T.length, Math.min(end, t + 40)));
     }
     this.message(seq, sent);
   }
@@ -184,13 +200,23 @@ class Session {
       return;
     }
     for (const message of reply.result.messages || []) this.message(message.seq, null);
+    if (this.last && reply.result.seq > this.last) counts.skipped += reply.result.seq - this.last;
     this.last = Math.max(this.last, reply.result.seq);
     this.settle(true);
+    this.checkTarget();
+  }
+
+  checkTarget() {
+    if (this.behind && this.last >= target) {
+      this.behind = false;
+      caughtUp();
+    }
   }
 
   message(seq, sent) {
     counts.deliveries += 1;
-    counts.by_seq.set(seq, (counts.by_seq.get(seq) || 0) + 1);
+    const bySeq = counts.by_seq;
+    bySeq[seq] = (bySeq[seq] || 0) + 1;
     if (sent !== null) counts.latencies.push(now() - sent);
     if (seq <= this.last) {
       counts.doubled += 1;
@@ -198,6 +224,7 @@ class Session {
     }
     if (this.last && seq > this.last + 1) counts.skipped += seq - this.last - 1;
     this.last = seq;
+    if (this.behind && seq >= target) this.checkTarget();
   }
 
   send(opcode, payload) {
@@ -218,6 +245,10 @@ class Session {
     } else {
       counts.failed += 1;
       counts.why_failed[why] = (counts.why_failed[why] || 0) + 1;
+      if (this.behind) {
+        this.behind = false;
+        caughtUp();
+      }
     }
     connectMore();
   }
@@ -225,10 +256,14 @@ class Session {
 
 const waiting = Array.from({ length: config.sessions }, (_, i) => new Session(tokens[i % tokens.length]));
 const connecting = new Set();
-const sessions = [];
-const begun = performance.now();
-let stopping = false;
-let ready = false;
+let sessions = [];
+let begun = performance.now();
+let stopping = false; // closing every session on purpose (stop, or a storm's drop)
+let ready = false; // the current opening was reported
+let target = 0; // the seq every session must reach (reconnect storm)
+let behind = 0; // sessions not yet at target
+let stormStarted = 0; // when the reconnect began (epoch seconds)
+let allCaughtUp = 0; // when the last session reached target (epoch seconds)
 
 function write(message) {
   process.stdout.write(JSON.stringify(message) + '\n');
@@ -242,10 +277,50 @@ function connectMore() {
   }
   if (!connecting.size && !ready) {
     ready = true;
-    clearInterval(expiry);
-    write({ kind: 'ready', opened: counts.opened, failed: counts.failed,
-            seconds: (performance.now() - begun) / 1000, why_failed: counts.why_failed });
+    if (target) {
+      storming();
+    } else {
+      write({ kind: 'ready', opened: counts.opened, failed: counts.failed,
+              seconds: (performance.now() - begun) / 1000, why_failed: counts.why_failed });
+    }
   }
+}
+
+function caughtUp() {
+  behind -= 1;
+  if (behind === 0) allCaughtUp = now();
+  storming();
+}
+
+function storming() { // the storm's report, once every session is open and at target (or failed)
+  if (!ready || behind > 0 || !target) return;
+  const lost = sessions.reduce((sum, session) => sum + Math.max(0, target - session.last), 0) + counts.skipped;
+  write({ kind: 'storm', opened: counts.opened, failed: counts.failed, start: stormStarted,
+          caught_up: allCaughtUp || now(), lost, doubled: counts.doubled, deliveries: counts.deliveries,
+          why_failed: counts.why_failed });
+  target = 0;
+}
+
+function drop() { // closes every session at once (the client side of a reconnect storm)
+  stopping = true;
+  for (const session of sessions) session.socket.destroy();
+  setTimeout(() => write({ kind: 'dropped', sessions: sessions.length }), 500);
+}
+
+function reconnect(seq) { // reopens every dropped session with since its last seq
+  stopping = false;
+  counts = fresh();
+  target = seq;
+  stormStarted = now();
+  allCaughtUp = 0;
+  const fresh_ = sessions.map((session) => new Session(session.token, session.last));
+  sessions = [];
+  behind = fresh_.length;
+  for (const session of fresh_) session.behind = true;
+  waiting.push(...fresh_.reverse()); // popped from the end: the original order
+  ready = false;
+  begun = performance.now();
+  connectMore();
 }
 
 const expiry = setInterval(() => { // fails the sessions too long unsubscribed (a guard)
@@ -254,6 +329,7 @@ const expiry = setInterval(() => { // fails the sessions too long unsubscribed (
     if (session.started < limit) session.fail(`not subscribed ${OPEN_SECONDS} s after its connect`);
   }
 }, OPEN_SECONDS * 250);
+expiry.unref();
 
 function stop() {
   stopping = true;
@@ -263,11 +339,17 @@ function stop() {
 
 readline.createInterface({ input: process.stdin }).on('line', (line) => {
   if (line === 'report') {
-    const report = { kind: 'report', ...counts, by_seq: Object.fromEntries(counts.by_seq) };
+    const bySeq = {};
+    counts.by_seq.forEach((n, seq) => { bySeq[seq] = n; }); // skips the holes
+    const report = { kind: 'report', ...counts, by_seq: bySeq };
     counts = fresh();
     write(report);
   } else if (line === 'stop') {
     stop();
+  } else if (line === 'drop') {
+    drop();
+  } else if (line.startsWith('reconnect ')) {
+    reconnect(Number(line.slice(10)));
   }
 }).on('close', stop);
 setTimeout(stop, config.seconds * 1000).unref();

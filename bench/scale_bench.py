@@ -5,6 +5,7 @@ processes with Redis, and the reconnect storm through one and two, in one run.
                                 [--server-cpu none,0.35] [--publish-through any|one]
                                 [--storm 10000] [--missed 100]
                                 [--storm-server-cpu none] [--parts fanout,storm]
+                                [--generators node|python] [--in-flight 1000]
 
 Starts one embedded store and one redis-server (no persistence) on free ports,
 then, for each setup, the real server with ``run.py`` (one process; then
@@ -37,6 +38,12 @@ every missed message, messages lost or doubled (there must be none), the
 server's CPU per reconnected session (each worker and all), the load
 generators' beside it, and the busiest worker's CPU seconds: a lower bound of
 the storm's time with a core per worker and the load generators elsewhere.
+
+Load generators: ``node`` (bench/loadgen.js, the default) costs about a third
+of the CPU per delivery of ``python`` (bench/loadgen.py), so on 2 cores they are
+not what bounds the comparison. Publishes are open-loop: up to ``--in-flight``
+at once (with 64, a busy server's publish latency, not the rate asked, set the
+rate it took).
 
 Bounds: loopback only; every process stops by itself; the cgroups are removed
 on exit.
@@ -322,7 +329,9 @@ def storm(label: str, server: Server, store: ChildStore, redis: RedisProcess | N
     tokens = asyncio.run(sign_in(server.base, users, "storm"))
     asyncio.run(publish(server.base, 10, CHANNEL))
     url = server.base.replace("http", "ws", 1) + "/ws"
-    generators = Generators(url, tokens, "ours", args.storm, args.storm_workers, [CHANNEL], 600, 1)
+    generators: Generators | NodeGenerators = (
+        NodeGenerators(url, tokens, args.storm, args.storm_workers, CHANNEL, 600, 1) if args.generators == "node"
+        else Generators(url, tokens, "ours", args.storm, args.storm_workers, [CHANNEL], 600, 1))
     watch = Watch(server, generators, store, redis)
     try:
         opened, _ = generators.ready()
@@ -445,8 +454,8 @@ if __name__ == "__main__":
     parser.add_argument("--in-flight", type=int, default=1000,
                         help="publishes in flight at most (any worker): beyond it publishing waits for replies")
     parser.add_argument("--generators", choices=("node", "python"), default="node",
-                        help="fan-out load generators: bench/loadgen.js (a fraction of the CPU per delivery) or "
-                             "bench/loadgen.py (the storm always uses the Python ones)")
+                        help="load generators: bench/loadgen.js (a fraction of the CPU per delivery and per "
+                             "reconnect) or bench/loadgen.py")
     # SIGTERM (a timeout, pkill) unwinds like Ctrl-C: the servers, the store, Redis and the cgroups go too
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     main(parser.parse_args())
