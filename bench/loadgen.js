@@ -2,8 +2,7 @@
 // A fan-out load generator in Node: one process holding many subscribed sessions.
 //
 //     node bench/loadgen.js '{"url": "ws://127.0.0.1:PORT/ws", "tokens": [...], "sessions": 3334,
-//                             "channel": "feed:bench", "sample_every": 10, "source": "127.0.0.2",
-//                             "seconds": 600}'
+//                             "channel": "feed:bench", "sample_every": 10, "seconds": 600}'
 //
 // It does what bench/loadgen.py does in its "ours" dialect for the fan-out and
 // storm benches (connect, upgrade, subscribe, answer pings, count every delivered
@@ -20,8 +19,13 @@
 // the last report), "drop" with {"kind":"dropped",...} and "reconnect SEQ" with
 // {"kind":"storm",...} once every session is back with every message up to SEQ,
 // and exits on "stop", on stdin's end or after `seconds`.
-// Bounded: it connects only to loopback, at most CONNECTING handshakes at a
-// time, and a session not subscribed OPEN_SECONDS after its connect fails.
+//
+// It connects from 127.0.0.1 with ports the kernel picks at connect (Node cannot
+// bind a source address without taking a port at bind time, which a reconnect
+// storm's thousands of TIME_WAIT ports made slow): up to about 28,000 sessions
+// to one server port over all processes. Bounded: it connects only to loopback,
+// at most CONNECTING handshakes at a time, and a session not subscribed
+// OPEN_SECONDS after its connect fails.
 
 const net = require('node:net');
 const crypto = require('node:crypto');
@@ -32,6 +36,8 @@ const CONNECTING = 64; // handshakes in flight: the ramp measures the server, no
 const OPEN_SECONDS = 120; // a session not subscribed this long after its connect counts as failed
 const SEQ = Buffer.from('"seq":');
 const T = Buffer.from('"t":');
+const MESSAGES = Buffer.from('"messages":[');
+const SUBSCRIBED = Buffer.from('{"id":0,"result":'); // the start of a successful subscribe reply
 const SCAN = 300; // a push's seq is in its first bytes (the frame's own envelope)
 
 const config = JSON.parse(process.argv[2]);
@@ -100,7 +106,7 @@ class Session {
 
   connect() {
     this.started = performance.now();
-    const socket = net.connect({ host, port, localAddress: config.source, noDelay: true });
+    const socket = net.connect({ host, port, noDelay: true });
     this.socket = socket;
     socket.on('connect', () => {
       const key = crypto.randomBytes(16).toString('base64');
@@ -175,7 +181,7 @@ class Session {
 
   text(buffer, start, end) {
     if (buffer[start + 2] === 0x69 && buffer[start + 3] === 0x64) { // {"id": a reply (pushes start {"push")
-      this.reply(buffer.toString('utf8', start, end));
+      this.reply(buffer, start, end);
       return;
     }
     const at = find(buffer, SEQ, start, Math.min(end, start + SCAN));
@@ -192,16 +198,33 @@ class Session {
     this.message(seq, sent);
   }
 
-  reply(text) {
-    const reply = JSON.parse(text);
-    if (reply.id !== 0 || this.settled) return; // no other command is sent
-    if (!reply.result) {
-      this.fail(`subscribe refused: ${text.slice(0, 160)}`);
+  reply(buffer, start, end) {
+    // A subscribe reply, {"id":0,"result":{"channel":..,"seq":N,..,"messages":[..]}}, scanned as
+    // bench/loadgen.py's replay_seqs does rather than decoded (up to RECOVERY_MAX messages each).
+    if (this.settled) return; // no other command is sent
+    const messages = find(buffer, MESSAGES, start, end);
+    if (find(buffer, SUBSCRIBED, start, start + SUBSCRIBED.length) !== start || messages < 0) {
+      this.fail(`subscribe refused: ${buffer.toString('utf8', start, Math.min(end, start + 160))}`);
       return;
     }
-    for (const message of reply.result.messages || []) this.message(message.seq, null);
-    if (this.last && reply.result.seq > this.last) counts.skipped += reply.result.seq - this.last;
-    this.last = Math.max(this.last, reply.result.seq);
+    let current = -1;
+    for (let at = find(buffer, SEQ, start, end); at >= 0; at = find(buffer, SEQ, at + SEQ.length, end)) {
+      let digit = at + SEQ.length;
+      while (buffer[digit] === 32) digit++;
+      let seq = 0;
+      for (let c = buffer[digit]; c >= 48 && c <= 57; c = buffer[++digit]) seq = seq * 10 + (c - 48);
+      if (at < messages) {
+        if (current < 0) current = seq; // the channel's seq, before the messages
+      } else {
+        this.message(seq, null); // a replayed message
+      }
+    }
+    if (current < 0) {
+      this.fail('subscribe reply without its seq');
+      return;
+    }
+    if (this.last && current > this.last) counts.skipped += current - this.last;
+    this.last = Math.max(this.last, current);
     this.settle(true);
     this.checkTarget();
   }

@@ -34,7 +34,7 @@ def test_storm_bench_recovers_every_missed_message_once() -> None:
     assert "600 messages delivered (expected 600), 0 lost, 0 received twice" in out, out
 
 
-def test_scale_bench_node_load_generators_count_every_delivery_through_one_and_two_processes() -> None:
+def test_scale_bench_node_load_generators_count_every_delivery_and_storm_through_one_and_two_processes() -> None:
     """bench/loadgen.js (the fan-out comparison's load generators) counts what one process and two on Redis
     deliver: every message to every session, nothing twice, nothing skipped."""
     from tests.helpers.redis_process import require_redis
@@ -52,3 +52,10 @@ def test_scale_bench_node_load_generators_count_every_delivery_through_one_and_t
         assert sent > 0 and f"{sent}/{sent} messages to every session, 0 twice, 0 skipped" in line, line
     assert out.count("flushes, by process") == 2, out
     assert re.search(r"two processes deliver x\d+\.\d\d one's deliveries/s", out), out
+    storm = _bench("bench/scale_bench.py", "--parts", "storm", "--storm", "60", "--missed", "15",
+                   "--storm-workers", "2", "--generators", "node")
+    lines = [line for line in storm.splitlines() if "storm:" in line]
+    assert len(lines) == 2, storm
+    for line in lines:
+        assert "60 of 60 sessions back (0 failed); every session had all 15 missed messages" in line, line
+        assert "0 lost, 0 received twice" in line, line
