@@ -120,8 +120,15 @@ class Session {
       if (!this.settled) this.settle(false, `connection lost before subscribing (${error.code || error.message})`);
     });
     socket.on('close', () => {
-      if (!this.settled) this.settle(false, 'connection lost before subscribing (closed)');
-      else if (!stopping) counts.closed += 1;
+      if (!this.settled) {
+        this.settle(false, 'connection lost before subscribing (closed)');
+      } else if (!stopping) {
+        counts.closed += 1;
+        if (this.behind) { // closed before it had every missed message: its shortfall counts as lost
+          this.behind = false;
+          caughtUp();
+        }
+      }
     });
   }
 

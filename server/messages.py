@@ -193,24 +193,12 @@ class Messages:
         for _ in range(MAX_ATTEMPTS):
             if not rest:
                 break
-            seq = await self._last_stored(channel)
-            now = utcnow()
-            docs = [_document(channel, seq + offset, r.sender, r.data, r.cid, now) for offset, r in enumerate(rest, 1)]
-            seq_taken = False
             try:
-                await self._messages.insert_many(docs, ordered=True)
-                inserted = len(docs)
-                self._last[channel] = seq + inserted
-            except BulkWriteError as exc:  # ordered: everything before the first refused document is stored
-                errors = exc.details.get("writeErrors", [])
-                if not errors:
-                    raise
-                inserted = int(errors[0]["index"])
-                seq_taken = errors[0].get("code") == DUPLICATE_KEY and "seq" in (errors[0].get("keyPattern") or {})
-                self._last.pop(channel, None)  # maybe another process wrote here: read the seq again
-            except Exception:  # refused whole (a document the driver cannot encode), or its outcome is unknown
-                self._last.pop(channel, None)
-                inserted = await self._stored_prefix(docs)  # a database still failing raises here: the batch fails
+                docs, inserted, seq_taken = await self._insert_round(channel, rest)
+            except Exception:
+                if not stored:
+                    raise  # nothing stored: the whole batch fails
+                break  # what earlier rounds stored stands; the rest is stored one at a time, each failing alone
             for request, doc in zip(rest[:inserted], docs[:inserted], strict=True):
                 published = Published(public(doc), True)
                 stored[id(request)] = published
@@ -220,6 +208,29 @@ class Messages:
             if not seq_taken:
                 break
         return stored
+
+    async def _insert_round(self, channel: str, rest: list[_Request]) -> tuple[list[dict[str, Any]], int, bool]:
+        """One ordered insert_many of ``rest`` after the channel's last seq: (the
+        documents, how many of them were stored, whether the first refused one met
+        a seq another process took)."""
+        seq = await self._last_stored(channel)
+        now = utcnow()
+        docs = [_document(channel, seq + offset, r.sender, r.data, r.cid, now) for offset, r in enumerate(rest, 1)]
+        try:
+            await self._messages.insert_many(docs, ordered=True)
+        except BulkWriteError as exc:  # ordered: everything before the first refused document is stored
+            errors = exc.details.get("writeErrors", [])
+            if not errors:
+                raise
+            self._last.pop(channel, None)  # maybe another process wrote here: read the seq again
+            first = errors[0]
+            return docs, int(first["index"]), (first.get("code") == DUPLICATE_KEY
+                                               and "seq" in (first.get("keyPattern") or {}))
+        except Exception:  # refused whole (a document the driver cannot encode), or its outcome is unknown
+            self._last.pop(channel, None)
+            return docs, await self._stored_prefix(docs), False  # a database still failing raises here
+        self._last[channel] = seq + len(docs)
+        return docs, len(docs), False
 
     async def _stored_prefix(self, docs: list[dict[str, Any]]) -> int:
         """How many of ``docs`` (inserted in order) are stored, found by their ``_id``."""

@@ -7,8 +7,11 @@ the channel's new last seq, not by storing message by message."""
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
-from server.messages import Messages
+from pymongo.errors import AutoReconnect
+
+from server.messages import Messages, _document, utcnow
 from server.storage import Storage
 from tests.mongo_process import StoreProcess
 
@@ -42,7 +45,10 @@ def test_two_stores_publishing_into_one_channel_take_turns_by_batch(store: Store
         for _ in range(5):  # each round, both stores start a batch at once: their hints collide
             first, second = await asyncio.gather(burst(0, 40), burst(1, 40))
             answered += first + second
-        return handed, answered, sorted(await _stored(stores[0])), one_at_a_time[0]
+        stored = sorted(await _stored(stores[0]))
+        for messages in stores:
+            messages._messages.database.client.close()
+        return handed, answered, stored, one_at_a_time[0]
 
     async def _stored(messages: Messages) -> list[int]:
         found, _ = await messages.history("feed:f", None, 0, 1000)
@@ -55,3 +61,57 @@ def test_two_stores_publishing_into_one_channel_take_turns_by_batch(store: Store
     for seqs in handed:
         assert seqs == sorted(seqs)
     assert one_at_a_time == 0  # a seq taken elsewhere is retried as a batch
+
+
+class _FailingSecondInsert:
+    """The messages collection, with its second insert_many raising as a lost connection would, and the
+    find that follows it (what was stored?) too."""
+
+    def __init__(self, collection: Any) -> None:
+        self._collection = collection
+        self.calls = 0
+        self.find_fails = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._collection, name)
+
+    def find(self, *args: Any, **options: Any) -> Any:
+        if self.find_fails:
+            self.find_fails = False
+            raise AutoReconnect("connection lost")
+        return self._collection.find(*args, **options)
+
+    async def insert_many(self, docs: list[dict[str, Any]], **options: Any) -> Any:
+        self.calls += 1
+        if self.calls == 2:
+            self.find_fails = True
+            raise AutoReconnect("connection lost")
+        return await self._collection.insert_many(docs, **options)
+
+
+def test_a_later_round_that_fails_keeps_what_earlier_rounds_stored(store: StoreProcess, database: str) -> None:
+    """A batch's first round stores three messages and meets a seq taken elsewhere; its second round fails
+    (the database's answer lost, and the look at what was stored too). The three stand, answered and handed
+    on once; the rest are stored one at a time: every publish succeeds, seqs 1..N with nothing twice."""
+    async def scenario() -> tuple[list[int], list[int], list[int], int]:
+        storage = Storage(store.uri, database)
+        await storage.wait_until_ready()
+        await storage.ensure_indexes()
+        messages = Messages(storage)
+        await messages.publish("feed:f", "server", {"n": 0}, None)  # seq 1; the hint says 1
+        await storage["messages"].insert_one(_document("feed:f", 5, "other", {}, None, utcnow()))  # another process
+        failing = _FailingSecondInsert(messages._messages)
+        messages._messages = failing  # type: ignore[assignment]
+        handed: list[int] = []
+        results = await asyncio.gather(*(
+            messages.publish("feed:f", "server", {"n": n}, None, deliver=lambda m: handed.append(m["seq"]))
+            for n in range(1, 9)))
+        found, _ = await messages.history("feed:f", None, 0, 100)
+        storage.close()
+        return [r.message["seq"] for r in results], handed, [m["seq"] for m in found], failing.calls
+
+    answered, handed, stored, rounds = asyncio.run(scenario())
+    assert rounds >= 2  # the second round ran, and failed
+    assert stored == list(range(1, 11))  # 1, then 2-4 (the first round), the other's 5, then 6-10 one at a time
+    assert sorted(answered) == [2, 3, 4, 6, 7, 8, 9, 10]  # every publish answered with its own seq
+    assert handed == sorted(answered)  # each handed on once, in seq order
