@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,7 +30,67 @@ def ms(ordered: list[float], fraction: float) -> str:
     return f"{percentile(ordered, fraction) * 1e3:.1f}"
 
 
-class Generators:
+def _shares(sessions: int, workers: int) -> list[int]:
+    """``sessions`` split over ``workers`` processes, each within MAX_SESSIONS."""
+    shares = [sessions // workers + (1 if i < sessions % workers else 0) for i in range(workers)]
+    if max(shares) > MAX_SESSIONS:
+        raise ValueError(f"{sessions} sessions need at least {-(-sessions // MAX_SESSIONS)} load-generator processes")
+    return shares
+
+
+class LoadGenerators:
+    """What both kinds of load-generator processes offer the benches: commands
+    sent to every process, and their answers as bench/loadgen.py shapes them
+    (("ready", opened, failed, seconds, why), ("report", Counts), ("dropped", n),
+    ("storm", opened, failed, start, caught_up, lost, doubled, deliveries, why))."""
+
+    processes: list[Any]  # the processes (each with its pid)
+    timeout: float  # seconds to wait for every session to open
+    why_failed: dict[str, int]  # why sessions failed to open -> how many (printed by ready)
+
+    def send(self, command: Any) -> None:
+        raise NotImplementedError
+
+    def _receive(self, timeout: float) -> tuple[Any, ...]:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def ready(self) -> tuple[int, int]:
+        """Waits until every process has opened its sessions: (opened, failed)."""
+        opened = failed = 0
+        for _ in self.processes:
+            _, ok, bad, _, why = self._receive(self.timeout)
+            opened, failed = opened + ok, failed + bad
+            for reason, count in why.items():
+                self.why_failed[reason] = self.why_failed.get(reason, 0) + count
+        if self.why_failed:
+            print(f"# why sessions failed to open: {self.why_failed}", flush=True)
+        return opened, failed
+
+    def gather(self, command: Any, timeout: float) -> list[tuple[Any, ...]]:
+        """Sends ``command`` to every process and returns their answers."""
+        self.send(command)
+        return [self._receive(timeout) for _ in self.processes]
+
+    def collect(self) -> Counts:
+        """Every process's counts since the last collect, merged."""
+        merged = Counts()
+        for _, counts in self.gather("report", 60):
+            merged.deliveries += counts.deliveries
+            merged.doubled += counts.doubled
+            merged.skipped += counts.skipped
+            merged.closed += counts.closed
+            merged.acked += counts.acked
+            merged.refused += counts.refused
+            merged.latencies += counts.latencies
+            merged.ack_latencies += counts.ack_latencies
+            merged.by_seq.update(counts.by_seq)
+        return merged
+
+
+class Generators(LoadGenerators):
     """``workers`` load-generator processes holding ``sessions`` sessions between
     them, each process connecting from its own source address (127.0.0.2, .3...)
     and using its own share of ``tokens`` (so no user has more sockets than the
@@ -40,55 +101,23 @@ class Generators:
         ctx = multiprocessing.get_context("spawn")
         self.reports = ctx.Queue()
         self.commands = [ctx.Queue() for _ in range(workers)]
-        shares = [sessions // workers + (1 if i < sessions % workers else 0) for i in range(workers)]
-        if max(shares) > MAX_SESSIONS:
-            needed = -(-sessions // MAX_SESSIONS)
-            raise ValueError(f"{sessions} sessions need at least {needed} load-generator processes")
         self.processes = [
             ctx.Process(target=run_worker, args=(url, tokens[i::workers] or tokens, n, channels, seconds,
                                                  self.commands[i], self.reports,
                                                  sample_every, dialect, f"127.0.0.{2 + i}", shared), daemon=True)
-            for i, n in enumerate(shares)]
+            for i, n in enumerate(_shares(sessions, workers))]
         self.timeout = seconds
-        self.why_failed: dict[str, int] = {}  # why sessions failed to open -> how many (printed by ready)
+        self.why_failed = {}
         for process in self.processes:
             process.start()
-
-    def ready(self) -> tuple[int, int]:
-        """Waits until every process has opened its sessions: (opened, failed)."""
-        opened = failed = 0
-        for _ in self.processes:
-            _, ok, bad, _, why = self.reports.get(timeout=self.timeout)
-            opened, failed = opened + ok, failed + bad
-            for reason, count in why.items():
-                self.why_failed[reason] = self.why_failed.get(reason, 0) + count
-        if self.why_failed:
-            print(f"# why sessions failed to open: {self.why_failed}", flush=True)
-        return opened, failed
 
     def send(self, command: Any) -> None:
         for commands in self.commands:
             commands.put(command)
 
-    def gather(self, command: Any, timeout: float) -> list[tuple[Any, ...]]:
-        """Sends ``command`` to every process and returns their answers."""
-        self.send(command)
-        return [self.reports.get(timeout=timeout) for _ in self.processes]
-
-    def collect(self) -> Counts:
-        """Every process's counts since the last collect, merged."""
-        merged = Counts()
-        for _, counts in self.gather("report", 60):
-            merged.deliveries += counts.deliveries
-            merged.doubled += counts.doubled
-            merged.closed += counts.closed
-            merged.acked += counts.acked
-            merged.refused += counts.refused
-            merged.latencies += counts.latencies
-            merged.ack_latencies += counts.ack_latencies
-            for seq, n in counts.by_seq.items():
-                merged.by_seq[seq] = merged.by_seq.get(seq, 0) + n
-        return merged
+    def _receive(self, timeout: float) -> tuple[Any, ...]:
+        answer: tuple[Any, ...] = self.reports.get(timeout=timeout)
+        return answer
 
     def stop(self) -> None:
         self.send("stop")
@@ -98,7 +127,7 @@ class Generators:
                 process.kill()
 
 
-class NodeGenerators:
+class NodeGenerators(LoadGenerators):
     """``Generators`` for the fan-out and storm benches, in Node (bench/loadgen.js):
     the same sessions, counts and commands for one channel in the ``ours``
     dialect, at a fraction of the CPU per delivery, so that on 2 cores the load
@@ -113,20 +142,17 @@ class NodeGenerators:
         node = shutil.which("node")
         if node is None:
             raise RuntimeError("node is not installed: use the Python load generators")
-        shares = [sessions // workers + (1 if i < sessions % workers else 0) for i in range(workers)]
-        if max(shares) > MAX_SESSIONS:
-            raise ValueError(f"{sessions} sessions need at least {-(-sessions // MAX_SESSIONS)} processes")
         self.reports: queue.Queue[dict[str, Any]] = queue.Queue()
         self.processes = [
             subprocess.Popen([node, self.SCRIPT, json.dumps({
                 "url": url, "tokens": tokens[i::workers] or tokens, "sessions": n, "channel": channel,
                 "sample_every": sample_every, "seconds": seconds})],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-            for i, n in enumerate(shares)]
+            for i, n in enumerate(_shares(sessions, workers))]
         for process in self.processes:
             threading.Thread(target=self._read, args=(process,), daemon=True).start()
         self.timeout = seconds
-        self.why_failed: dict[str, int] = {}  # why sessions failed to open -> how many (printed by ready)
+        self.why_failed = {}
 
     def _read(self, process: subprocess.Popen[str]) -> None:
         assert process.stdout is not None
@@ -134,58 +160,29 @@ class NodeGenerators:
             self.reports.put(json.loads(line))
         self.reports.put({"kind": "exited", "code": process.wait()})
 
-    def _next(self, timeout: float) -> dict[str, Any]:
-        report = self.reports.get(timeout=timeout)
-        if report["kind"] == "exited":
-            raise RuntimeError(f"a Node load generator exited ({report['code']})")
-        return report
-
-    def ready(self) -> tuple[int, int]:
-        """Waits until every process has opened its sessions: (opened, failed)."""
-        opened = failed = 0
-        for _ in self.processes:
-            report = self._next(self.timeout)
-            opened, failed = opened + report["opened"], failed + report["failed"]
-            for reason, count in report["why_failed"].items():
-                self.why_failed[reason] = self.why_failed.get(reason, 0) + count
-        if self.why_failed:
-            print(f"# why sessions failed to open: {self.why_failed}", flush=True)
-        return opened, failed
-
-    def send(self, command: str) -> None:
+    def send(self, command: Any) -> None:
+        """``command``: "report", "drop", or ("reconnect", seq)."""
+        line = command if isinstance(command, str) else " ".join(str(part) for part in command)
         for process in self.processes:
             assert process.stdin is not None
-            process.stdin.write(command + "\n")
+            process.stdin.write(line + "\n")
             process.stdin.flush()
 
-    def gather(self, command: Any, timeout: float) -> list[tuple[Any, ...]]:
-        """Sends ``command`` ("drop", or ("reconnect", seq)) to every process and returns their
-        answers, shaped as bench/loadgen.py's."""
-        self.send(command if isinstance(command, str) else " ".join(str(part) for part in command))
-        answers: list[tuple[Any, ...]] = []
-        for _ in self.processes:
-            report = self._next(timeout)
-            if report["kind"] == "dropped":
-                answers.append(("dropped", report["sessions"]))
-            else:
-                answers.append(("storm", report["opened"], report["failed"], report["start"], report["caught_up"],
-                                report["lost"], report["doubled"], report["deliveries"], report["why_failed"]))
-        return answers
-
-    def collect(self) -> Counts:
-        """Every process's counts since the last collect, merged."""
-        self.send("report")
-        merged = Counts()
-        for _ in self.processes:
-            report = self._next(60)
-            merged.deliveries += report["deliveries"]
-            merged.doubled += report["doubled"]
-            merged.skipped += report["skipped"]
-            merged.closed += report["closed"]
-            merged.latencies += report["latencies"]
-            for seq, n in report["by_seq"].items():
-                merged.by_seq[int(seq)] += n
-        return merged
+    def _receive(self, timeout: float) -> tuple[Any, ...]:
+        report = self.reports.get(timeout=timeout)
+        kind = report["kind"]
+        if kind == "exited":
+            raise RuntimeError(f"a Node load generator exited ({report['code']})")
+        if kind == "ready":
+            return kind, report["opened"], report["failed"], report["seconds"], report["why_failed"]
+        if kind == "report":
+            return kind, Counts(deliveries=report["deliveries"], doubled=report["doubled"],
+                                skipped=report["skipped"], closed=report["closed"], latencies=report["latencies"],
+                                by_seq=Counter({int(seq): n for seq, n in report["by_seq"].items()}))
+        if kind == "dropped":
+            return kind, report["sessions"]
+        return (kind, report["opened"], report["failed"], report["start"], report["caught_up"], report["lost"],
+                report["doubled"], report["deliveries"], report["why_failed"])
 
     def stop(self) -> None:
         for process in self.processes:

@@ -66,6 +66,7 @@ function find(buffer, needle, from, to) { // indexOf within [from, to): a byte l
   }
   return -1;
 }
+
 let counts = fresh();
 
 function now() { // epoch seconds, sub-millisecond (the publisher's data.t is Python's time.time())
@@ -308,7 +309,7 @@ function connectMore() {
   if (!connecting.size && !ready) {
     ready = true;
     if (target) {
-      storming();
+      reportStorm();
     } else {
       write({ kind: 'ready', opened: counts.opened, failed: counts.failed,
               seconds: (performance.now() - begun) / 1000, why_failed: counts.why_failed });
@@ -319,10 +320,10 @@ function connectMore() {
 function caughtUp() {
   behind -= 1;
   if (behind === 0) allCaughtUp = now();
-  storming();
+  reportStorm();
 }
 
-function storming() { // the storm's report, once every session is open and at target (or failed)
+function reportStorm() { // the storm's report, once every session is open and at target (or failed)
   if (!ready || behind > 0 || !target) return;
   const lost = sessions.reduce((sum, session) => sum + Math.max(0, target - session.last), 0) + counts.skipped;
   write({ kind: 'storm', opened: counts.opened, failed: counts.failed, start: stormStarted,
@@ -331,9 +332,13 @@ function storming() { // the storm's report, once every session is open and at t
   target = 0;
 }
 
-function drop() { // closes every session at once (the client side of a reconnect storm)
+function closeAll() { // closes every session at once; their closes are not counted as the server's
   stopping = true;
   for (const session of sessions) session.socket.destroy();
+}
+
+function drop() { // the client side of a reconnect storm
+  closeAll();
   setTimeout(() => write({ kind: 'dropped', sessions: sessions.length }), 500);
 }
 
@@ -343,11 +348,11 @@ function reconnect(seq) { // reopens every dropped session with since its last s
   target = seq;
   stormStarted = now();
   allCaughtUp = 0;
-  const fresh_ = sessions.map((session) => new Session(session.token, session.last));
+  const reopened = sessions.map((session) => new Session(session.token, session.last));
   sessions = [];
-  behind = fresh_.length;
-  for (const session of fresh_) session.behind = true;
-  waiting.push(...fresh_.reverse()); // popped from the end: the original order
+  behind = reopened.length;
+  for (const session of reopened) session.behind = true;
+  waiting.push(...reopened.reverse()); // popped from the end: the original order
   ready = false;
   begun = performance.now();
   connectMore();
@@ -362,8 +367,7 @@ const expiry = setInterval(() => { // fails the sessions too long unsubscribed (
 expiry.unref();
 
 function stop() {
-  stopping = true;
-  for (const session of sessions) session.socket.destroy();
+  closeAll();
   setTimeout(() => process.exit(0), 200);
 }
 

@@ -71,7 +71,7 @@ from typing import Any
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench import cpu
 from bench.cpu import Quotas, Snapshot, Usage
-from bench.harness import API_KEY, Generators, NodeGenerators, ms, publish_at, sign_in
+from bench.harness import API_KEY, Generators, LoadGenerators, NodeGenerators, ms, publish_at, sign_in
 from bench.loadgen import PAD
 from bench.storm_bench import merged_failures, publish
 from embedded_mongo.launcher import ChildStore
@@ -132,13 +132,17 @@ class Server:
             self.quotas.confine(now)
         self.pids = now
 
-    def figures(self) -> dict[int, tuple[int, int, int, int]]:
-        """Each process's (pid ->) messages read from MongoDB to close a gap in seq,
-        flushes, windows written and frames in them (server API ``stats``)."""
+    def figures(self, since: dict[int, dict[str, int]] | None = None) -> dict[int, dict[str, int]]:
+        """Each process's (pid ->) messages read from MongoDB to close a gap in seq
+        (``filled``), ``flushes``, ``windows`` written and ``frames`` in them
+        (server API ``stats``); with ``since`` (an earlier answer), what each added since."""
         request = urllib.request.Request(self.base + "/api/v1/server/stats", headers={"X-API-Key": API_KEY})
         with urllib.request.urlopen(request, timeout=60) as reply:
-            return {p["pid"]: (p["broker"]["filled_from_mongodb"], p["flushes"]["flushes"], p["flushes"]["windows"],
-                               p["flushes"]["frames"]) for p in json.load(reply)["processes"]}
+            now = {p["pid"]: {"filled": p["broker"]["filled_from_mongodb"], **p["flushes"]}
+                   for p in json.load(reply)["processes"]}
+        before = since or {}
+        return {pid: {key: value - before.get(pid, {}).get(key, 0) for key, value in figures.items()}
+                for pid, figures in now.items()}
 
     def others(self) -> list[int]:
         """The supervisor (with several processes): watched, never confined."""
@@ -158,7 +162,7 @@ class Server:
 class Watch:
     """The processes whose CPU the bench reports, by role."""
 
-    def __init__(self, server: Server, generators: Generators | NodeGenerators, store: ChildStore,
+    def __init__(self, server: Server, generators: LoadGenerators, store: ChildStore,
                  redis: RedisProcess | None) -> None:
         self.server = server  # its pids may change (check)
         self.generators = [p.pid or 0 for p in generators.processes]  # the load-generator processes
@@ -205,16 +209,21 @@ class Watch:
         return verdict[0], where + "; " + verdict[1]
 
 
+def load_generators(args: argparse.Namespace, url: str, tokens: list[str], sessions: int, workers: int,
+                    seconds: float, sample_every: int) -> LoadGenerators:
+    """``sessions`` subscribed to CHANNEL from ``workers`` processes of the kind ``--generators`` names."""
+    if args.generators == "node":
+        return NodeGenerators(url, tokens, sessions, workers, CHANNEL, seconds, sample_every)
+    return Generators(url, tokens, "ours", sessions, workers, [CHANNEL], seconds, sample_every)
+
+
 def fanout(label: str, server: Server, store: ChildStore, redis: RedisProcess | None,
            args: argparse.Namespace) -> dict[int, Any]:
     token = asyncio.run(sign_in(server.base, 1, "bench"))[0]
     url = server.base.replace("http", "ws", 1) + "/ws"
     rates = [int(r) for r in args.rates.split(",")]
-    lifetime = 300 + args.subscribers / 20 + len(rates) * 120
-    generators: Generators | NodeGenerators = (
-        NodeGenerators(url, [token], args.subscribers, args.workers, CHANNEL, lifetime, args.sample)
-        if args.generators == "node" else
-        Generators(url, [token], "ours", args.subscribers, args.workers, [CHANNEL], lifetime, args.sample))
+    generators = load_generators(args, url, [token], args.subscribers, args.workers,
+                                 300 + args.subscribers / 20 + len(rates) * 120, args.sample)
     watch = Watch(server, generators, store, redis)
     figures: dict[int, Any] = {}
     try:
@@ -259,14 +268,11 @@ def fanout(label: str, server: Server, store: ChildStore, redis: RedisProcess | 
             generators_per = usage.seconds_of(watch.generators) / max(deliveries, 1) * 1e6
             redis_per = usage.seconds_of(watch.extra["Redis"]) / max(sent, 1) * 1e6
             bound, where = watch.describe(usage, rate_out >= 0.9 * rate * opened)
-            after = server.figures()
-            filled = sum(after[pid][0] - before.get(pid, (0,) * 4)[0] for pid in after)
-            flushes = []
-            for pid in sorted(after):
-                count, windows, frames = (a - b for a, b in zip(after[pid][1:], before.get(pid, (0,) * 4)[1:],
-                                                                strict=True))
-                flushes.append(f"{count} flushes, {windows / max(count, 1):.1f} windows each, "
-                               f"{frames / max(windows, 1):.1f} messages per window")
+            added = server.figures(since=before)
+            filled = sum(f["filled"] for f in added.values())
+            flushes = [f"{f['flushes']} flushes, {f['windows'] / max(f['flushes'], 1):.1f} windows each, "
+                       f"{f['frames'] / max(f['windows'], 1):.1f} messages per window"
+                       for _, f in sorted(added.items())]
             figures[rate] = {"deliveries_s": rate_out, "us": per, "redis_us": redis_per, "bound": bound,
                              "p50": ms(latencies, 0.5), "p99": ms(latencies, 0.99)}
             print(f"[{label}] {rate} msg/s asked, {sent} published: {rate_out:8.0f} deliveries/s, {per:5.2f} us "
@@ -329,9 +335,7 @@ def storm(label: str, server: Server, store: ChildStore, redis: RedisProcess | N
     tokens = asyncio.run(sign_in(server.base, users, "storm"))
     asyncio.run(publish(server.base, 10, CHANNEL))
     url = server.base.replace("http", "ws", 1) + "/ws"
-    generators: Generators | NodeGenerators = (
-        NodeGenerators(url, tokens, args.storm, args.storm_workers, CHANNEL, 600, 1) if args.generators == "node"
-        else Generators(url, tokens, "ours", args.storm, args.storm_workers, [CHANNEL], 600, 1))
+    generators = load_generators(args, url, tokens, args.storm, args.storm_workers, 600, 1)
     watch = Watch(server, generators, store, redis)
     try:
         opened, _ = generators.ready()
@@ -454,8 +458,8 @@ if __name__ == "__main__":
     parser.add_argument("--in-flight", type=int, default=1000,
                         help="publishes in flight at most (any worker): beyond it publishing waits for replies")
     parser.add_argument("--generators", choices=("node", "python"), default="node",
-                        help="load generators: bench/loadgen.js (a fraction of the CPU per delivery and per "
-                             "reconnect) or bench/loadgen.py")
+                        help="load generators: bench/loadgen.js (a fraction of the CPU per delivery) or "
+                             "bench/loadgen.py")
     # SIGTERM (a timeout, pkill) unwinds like Ctrl-C: the servers, the store, Redis and the cgroups go too
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     main(parser.parse_args())

@@ -11,19 +11,18 @@ from typing import Any
 
 from pymongo.errors import AutoReconnect
 
-from server.messages import Messages, _document, utcnow
-from server.storage import Storage
+from server.messages import Messages, _document
+from server.storage import Storage, utcnow
 from tests.mongo_process import StoreProcess
 
 
 def test_two_stores_publishing_into_one_channel_take_turns_by_batch(store: StoreProcess, database: str) -> None:
     async def scenario() -> tuple[list[list[int]], list[int], list[int], int]:
-        stores = []
-        for _ in range(2):
-            storage = Storage(store.uri, database)
+        storages = [Storage(store.uri, database) for _ in range(2)]
+        for storage in storages:
             await storage.wait_until_ready()
             await storage.ensure_indexes()
-            stores.append(Messages(storage))
+        stores = [Messages(storage) for storage in storages]
         handed: list[list[int]] = [[], []]  # each process's deliveries, in the order it made them
         one_at_a_time = [0]
         for messages in stores:
@@ -46,8 +45,8 @@ def test_two_stores_publishing_into_one_channel_take_turns_by_batch(store: Store
             first, second = await asyncio.gather(burst(0, 40), burst(1, 40))
             answered += first + second
         stored = sorted(await _stored(stores[0]))
-        for messages in stores:
-            messages._messages.database.client.close()
+        for storage in storages:
+            storage.close()
         return handed, answered, stored, one_at_a_time[0]
 
     async def _stored(messages: Messages) -> list[int]:
